@@ -1,0 +1,146 @@
+//! Staff logins, API tokens and browser sessions. Only hashes of secrets are stored.
+
+use crate::error::{Result, StoreError};
+use crate::{now_ms, Store};
+use narwhal_domain::{Role, Scope, TokenId, UserId};
+use serde::Serialize;
+use sqlx::Row;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    pub role: Role,
+    pub disabled: bool,
+    #[serde(skip)]
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiToken {
+    pub id: TokenId,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub revoked: bool,
+}
+
+fn parse_role(s: &str) -> Result<Role> {
+    Role::parse(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store {
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: Role,
+    ) -> Result<UserId> {
+        on_write!(self, p => {
+            let disabled = false;
+            let id: i64 = sqlx::query_scalar("INSERT INTO users (username, password_hash, role, disabled, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id")
+                .bind(username).bind(password_hash).bind(role.as_str()).bind(disabled).bind(now_ms())
+                .fetch_one(p).await.map_err(|e| StoreError::from_unique(e, &format!("user {username}")))?;
+            Ok(UserId(id))
+        })
+    }
+
+    pub async fn set_password(&self, username: &str, password_hash: &str) -> Result<()> {
+        let n = on_write!(self, p => sqlx::query("UPDATE users SET password_hash = $1 WHERE username = $2").bind(password_hash).bind(username).execute(p).await.map(|r| r.rows_affected()))?;
+        if n == 0 {
+            return Err(StoreError::NotFound("user"));
+        }
+        Ok(())
+    }
+
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>> {
+        self.user_where("username = $1", username.to_string()).await
+    }
+
+    pub async fn user_by_id(&self, id: UserId) -> Result<Option<User>> {
+        self.user_where("CAST(id AS TEXT) = $1", id.0.to_string())
+            .await
+    }
+
+    async fn user_where(&self, cond: &str, arg: String) -> Result<Option<User>> {
+        let sql =
+            format!("SELECT id, username, password_hash, role, disabled FROM users WHERE {cond}");
+        on_read!(self, p => {
+            let Some(r) = sqlx::query(&sql).bind(arg).fetch_optional(p).await? else { return Ok(None) };
+            let role: String = r.try_get("role")?;
+            Ok(Some(User {
+                id: UserId(r.try_get("id")?),
+                username: r.try_get("username")?,
+                role: parse_role(&role)?,
+                disabled: r.try_get("disabled")?,
+                password_hash: r.try_get("password_hash")?,
+            }))
+        })
+    }
+
+    pub async fn create_token(
+        &self,
+        name: &str,
+        token_hash: &str,
+        scopes: &[Scope],
+        created_by: &str,
+    ) -> Result<TokenId> {
+        let scopes = scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        on_write!(self, p => {
+            let id: i64 = sqlx::query_scalar("INSERT INTO api_tokens (name, token_hash, scopes, created_by, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id")
+                .bind(name).bind(token_hash).bind(scopes).bind(created_by).bind(now_ms())
+                .fetch_one(p).await?;
+            Ok(TokenId(id))
+        })
+    }
+
+    /// The live (not revoked) token with this hash.
+    pub async fn token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>> {
+        on_read!(self, p => {
+            let Some(r) = sqlx::query("SELECT id, name, scopes, created_by, created_at, revoked_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+                .bind(token_hash).fetch_optional(p).await? else { return Ok(None) };
+            let scopes: String = r.try_get("scopes")?;
+            let revoked: Option<i64> = r.try_get("revoked_at")?;
+            Ok(Some(ApiToken {
+                id: TokenId(r.try_get("id")?),
+                name: r.try_get("name")?,
+                scopes: Scope::parse_list(&scopes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                created_by: r.try_get("created_by")?,
+                created_at: r.try_get("created_at")?,
+                revoked: revoked.is_some(),
+            }))
+        })
+    }
+
+    pub async fn revoke_token(&self, id: TokenId) -> Result<()> {
+        on_write!(self, p => sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2").bind(now_ms()).bind(id.0).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn create_session(&self, token_hash: &str, user: UserId, ttl_ms: i64) -> Result<()> {
+        let now = now_ms();
+        on_write!(self, p => sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash).bind(user.0).bind(now).bind(now + ttl_ms).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// The user of an unexpired session.
+    pub async fn session_user(&self, token_hash: &str) -> Result<Option<User>> {
+        let uid: Option<i64> = on_read!(self, p => sqlx::query_scalar("SELECT user_id FROM sessions WHERE token_hash = $1 AND expires_at > $2")
+            .bind(token_hash).bind(now_ms()).fetch_optional(p).await)?;
+        match uid {
+            Some(id) => Ok(self.user_by_id(UserId(id)).await?.filter(|u| !u.disabled)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn delete_session(&self, token_hash: &str) -> Result<()> {
+        on_write!(self, p => sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(token_hash).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,228 @@
+//! Opening a backend, and the macros that run one piece of SQL code on either.
+
+use crate::error::Result;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Where the data lives: an SQLite data directory or a PostgreSQL URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    /// `narwhal.db` inside this directory (created if missing).
+    SqliteDir(PathBuf),
+    /// A `postgres://` URL. Not printed by `Debug` elsewhere: it may hold a password.
+    Postgres(String),
+}
+
+impl DatabaseTarget {
+    /// `postgres://...` or `postgresql://...` is PostgreSQL; `sqlite://DIR` or a bare
+    /// path is an SQLite data directory.
+    pub fn parse(s: &str) -> Self {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Self::Postgres(s.to_string())
+        } else {
+            Self::SqliteDir(PathBuf::from(s.strip_prefix("sqlite://").unwrap_or(s)))
+        }
+    }
+
+    /// A description safe to log: the password of a URL is replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::SqliteDir(p) => format!("sqlite:{}", p.join("narwhal.db").display()),
+            Self::Postgres(url) => redact_url(url),
+        }
+    }
+}
+
+/// Hides the password in `scheme://user:password@host/...`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((creds, host)) = rest.split_once('@') {
+            if let Some((user, _)) = creds.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    url.to_string()
+}
+
+#[derive(Clone)]
+pub(crate) enum Pools {
+    Sqlite { read: SqlitePool, write: SqlitePool },
+    Postgres(PgPool),
+}
+
+/// The handle every service uses to reach storage. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) pools: Pools,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.backend().as_str())
+    }
+}
+
+/// Runs `$body` with `$p` bound to a pool that may read.
+macro_rules! on_read {
+    ($store:expr, $p:ident => $body:expr) => {
+        match &$store.pools {
+            $crate::db::Pools::Sqlite { read: $p, .. } => $body,
+            $crate::db::Pools::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$p` bound to the pool that writes.
+macro_rules! on_write {
+    ($store:expr, $p:ident => $body:expr) => {
+        match &$store.pools {
+            $crate::db::Pools::Sqlite { write: $p, .. } => $body,
+            $crate::db::Pools::Postgres($p) => $body,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (and for SQLite creates) the database. Does not migrate.
+    pub async fn open(target: &DatabaseTarget) -> Result<Self> {
+        match target {
+            DatabaseTarget::SqliteDir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    crate::StoreError::Invalid(format!(
+                        "cannot create data directory {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+                Self::open_sqlite_file(&dir.join("narwhal.db")).await
+            }
+            DatabaseTarget::Postgres(url) => {
+                let opts = PgConnectOptions::from_str(url)?;
+                Self::open_postgres(opts, 16).await
+            }
+        }
+    }
+
+    pub(crate) async fn open_sqlite_file(path: &std::path::Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(opts.clone())
+            .await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Self {
+            pools: Pools::Sqlite { read, write },
+        })
+    }
+
+    pub(crate) async fn open_postgres(opts: PgConnectOptions, max: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        Ok(Self {
+            pools: Pools::Postgres(pool),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pools {
+            Pools::Sqlite { .. } => Backend::Sqlite,
+            Pools::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Creates or upgrades the schema. Returns how many migrations ran.
+    pub async fn migrate(&self) -> Result<usize> {
+        crate::migrate::run(self).await
+    }
+
+    /// A round trip to the database, for `/readyz`.
+    pub async fn ping(&self) -> Result<()> {
+        on_read!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// A consistent online copy of the SQLite database (`VACUUM INTO`), safe while
+    /// the server runs. PostgreSQL is backed up with its own tools (see README).
+    pub async fn backup_sqlite(&self, dest: &std::path::Path) -> Result<()> {
+        match &self.pools {
+            Pools::Sqlite { write, .. } => {
+                if dest.exists() {
+                    return Err(crate::StoreError::Invalid(format!("{} already exists", dest.display())));
+                }
+                let d = dest.to_string_lossy().to_string();
+                sqlx::query("VACUUM INTO $1").bind(d).execute(write).await?;
+                Ok(())
+            }
+            Pools::Postgres(_) => Err(crate::StoreError::Invalid(
+                "online backup here is for SQLite; back up PostgreSQL with pg_dump or pg_basebackup".into(),
+            )),
+        }
+    }
+
+    pub async fn close(&self) {
+        match &self.pools {
+            Pools::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Pools::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            DatabaseTarget::parse("postgres://u@h/db"),
+            DatabaseTarget::Postgres("postgres://u@h/db".into())
+        );
+        assert_eq!(
+            DatabaseTarget::parse("sqlite://x"),
+            DatabaseTarget::SqliteDir("x".into())
+        );
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! Forward-only migrations, one folder per backend, embedded in the binary.
+
+use crate::error::Result;
+use crate::{now_ms, Backend, Store};
+
+/// (version, name, SQLite SQL, PostgreSQL SQL). Append only; never edit a shipped one.
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
+    1,
+    "people",
+    include_str!("../migrations/sqlite/0001_people.sql"),
+    include_str!("../migrations/postgres/0001_people.sql"),
+)];
+
+pub(crate) async fn run(store: &Store) -> Result<usize> {
+    let backend = store.backend();
+    on_write!(store, p => {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .execute(p)
+        .await?;
+        // Several nodes may start at once on PostgreSQL: serialize them.
+        let mut tx = p.begin().await?;
+        if backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7261001)").execute(&mut *tx).await?;
+        }
+        let done: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(&mut *tx).await?;
+        let mut ran = 0;
+        for (version, name, sqlite, pg) in MIGRATIONS {
+            if done.contains(version) {
+                continue;
+            }
+            let sql = if backend == Backend::Sqlite { sqlite } else { pg };
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+                .bind(version)
+                .bind(name)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(version, name, "applied migration");
+            ran += 1;
+        }
+        tx.commit().await?;
+        Ok(ran)
+    })
+}
