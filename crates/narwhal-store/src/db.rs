@@ -159,6 +159,44 @@ impl Store {
         })
     }
 
+    /// Opens PostgreSQL with every table inside `schema` (created if missing): one
+    /// server can then hold isolated databases for benchmarks and rehearsals.
+    pub async fn open_postgres_schema(url: &str, schema: &str) -> Result<Self> {
+        use sqlx::ConnectOptions;
+        if !schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(crate::StoreError::Invalid(
+                "a schema name has only letters, digits and _".into(),
+            ));
+        }
+        let base = PgConnectOptions::from_str(url)?;
+        let mut admin = base.clone().connect().await?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&mut admin)
+            .await?;
+        Self::open_postgres(base.options([("search_path", schema)]), 8).await
+    }
+
+    /// Drops a schema made by [`Store::open_postgres_schema`].
+    pub async fn drop_postgres_schema(url: &str, schema: &str) -> Result<()> {
+        use sqlx::ConnectOptions;
+        if !schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(crate::StoreError::Invalid(
+                "a schema name has only letters, digits and _".into(),
+            ));
+        }
+        let mut admin = PgConnectOptions::from_str(url)?.connect().await?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&mut admin)
+            .await?;
+        Ok(())
+    }
+
     pub fn backend(&self) -> Backend {
         match self.pools {
             Pools::Sqlite { .. } => Backend::Sqlite,

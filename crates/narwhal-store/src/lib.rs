@@ -22,6 +22,7 @@ pub mod error;
 pub mod people;
 #[macro_use]
 pub mod jobs;
+pub mod bench;
 pub mod imports;
 pub mod inbound;
 pub mod lists;

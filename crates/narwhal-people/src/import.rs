@@ -1,0 +1,462 @@
+//! Streaming CSV/TSV imports of any size.
+//!
+//! A parser thread reads the file record by record (bytes, so that bad UTF-8 is a
+//! rejected row and not a crash), turns each row into a [`PersonDraft`] through the
+//! [`Mapping`], and hands batches to the writer, which resolves and commits each batch
+//! in one transaction through [`Hub::upsert_batch`]. A row is therefore either fully
+//! stored or not at all. Every rejected row goes to the rejects file with its line
+//! number and reason. Because resolution is by strong keys and unchanged rows are
+//! recognized by fingerprint, running the same file again changes nothing.
+
+use crate::hub::Hub;
+use crate::mapping::{Encoding, Mapping, MappingError};
+use crate::PeopleError;
+use narwhal_domain::ImportId;
+use narwhal_domain::{
+    ConsentState, CustomFieldKey, Email, PersonDraft, PhoneE164, PostalAddress, Tag, VoterId,
+};
+use narwhal_store::imports::ImportCounts;
+use narwhal_store::Store;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Rows longer than this are rejected rather than parsed.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub batch_rows: usize,
+    pub rejects_path: PathBuf,
+}
+
+impl ImportOptions {
+    /// Rejects go next to the input: `FILE.rejects.csv`.
+    pub fn beside(path: &Path) -> Self {
+        let mut r = path.as_os_str().to_owned();
+        r.push(".rejects.csv");
+        Self {
+            batch_rows: 5000,
+            rejects_path: PathBuf::from(r),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The file as a whole cannot be imported (nothing was written).
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("mapping: {0}")]
+    Mapping(#[from] MappingError),
+    #[error("{path}: line {line}: {reason}")]
+    Read {
+        path: String,
+        line: u64,
+        reason: String,
+    },
+    #[error(transparent)]
+    People(#[from] PeopleError),
+}
+
+/// One rejected row.
+#[derive(Debug, Clone)]
+pub struct Reject {
+    pub line: u64,
+    pub reason: String,
+    pub raw: String,
+}
+
+struct Chunk {
+    drafts: Vec<PersonDraft>,
+    rejects: Vec<Reject>,
+    rows: i64,
+    bytes: i64,
+}
+
+/// Column positions the mapping needs, found in the header.
+struct Plan {
+    fields: HashMap<String, usize>,
+    custom: Vec<(CustomFieldKey, usize)>,
+    tag_cols: Vec<(usize, String)>,
+    width: usize,
+}
+
+fn plan(header: &[String], m: &Mapping, path: &str) -> Result<Plan, ImportError> {
+    let mut pos: HashMap<&str, usize> = HashMap::new();
+    for (i, h) in header.iter().enumerate() {
+        pos.entry(h.trim()).or_insert(i);
+    }
+    let missing: Vec<&str> = m
+        .columns()
+        .into_iter()
+        .filter(|c| !pos.contains_key(c.trim()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ImportError::File {
+            path: path.into(),
+            reason: format!(
+                "line 1: the header lacks column(s) the mapping needs: {}",
+                missing.join(", ")
+            ),
+        });
+    }
+    Ok(Plan {
+        fields: m
+            .fields
+            .iter()
+            .map(|(f, c)| (f.clone(), pos[c.trim()]))
+            .collect(),
+        custom: m
+            .custom
+            .iter()
+            .map(|(k, c)| (k.clone(), pos[c.trim()]))
+            .collect(),
+        tag_cols: m
+            .tags
+            .from_column
+            .iter()
+            .map(|t| (pos[t.column.trim()], t.prefix.clone()))
+            .collect(),
+        width: header.len(),
+    })
+}
+
+fn decode(bytes: &[u8], enc: Encoding) -> Option<String> {
+    match enc {
+        Encoding::Utf8 => std::str::from_utf8(bytes).ok().map(str::to_string),
+        Encoding::Latin1 => Some(bytes.iter().map(|&b| b as char).collect()),
+    }
+}
+
+fn raw_line(rec: &csv::ByteRecord, delim: u8) -> String {
+    let mut v = Vec::new();
+    for (i, f) in rec.iter().enumerate() {
+        if i > 0 {
+            v.push(delim);
+        }
+        v.extend_from_slice(f);
+        if v.len() > 10_000 {
+            v.truncate(10_000);
+            break;
+        }
+    }
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+/// One row to a draft, or the reason it is rejected.
+fn row_to_draft(
+    rec: &csv::ByteRecord,
+    header: &[String],
+    p: &Plan,
+    m: &Mapping,
+) -> Result<PersonDraft, String> {
+    if rec.len() != p.width {
+        return Err(format!("expected {} fields, found {}", p.width, rec.len()));
+    }
+    let cell = |i: usize| -> Result<String, String> {
+        let b = rec.get(i).unwrap_or_default();
+        decode(b, m.source.encoding).map(|s| s.trim().to_string()).ok_or_else(|| {
+            format!("invalid UTF-8 in column {} (set encoding = \"latin1\" under [source] if the file is Latin-1)", header[i])
+        })
+    };
+    let field = |name: &str| -> Result<String, String> {
+        let v = match p.fields.get(name) {
+            Some(&i) => cell(i)?,
+            None => String::new(),
+        };
+        if v.is_empty() {
+            Ok(m.defaults.get(name).cloned().unwrap_or_default())
+        } else {
+            Ok(v)
+        }
+    };
+    let col = |name: &str| -> String {
+        p.fields
+            .get(name)
+            .map(|&i| header[i].clone())
+            .unwrap_or_else(|| name.to_string())
+    };
+    let mut d = PersonDraft::default();
+    let v = field("voter_id")?;
+    if !v.is_empty() {
+        d.voter_id =
+            Some(VoterId::parse(&v).map_err(|e| format!("column {}: {e}", col("voter_id")))?);
+    }
+    d.name.first_name = Some(field("first_name")?);
+    d.name.middle_name = Some(field("middle_name")?);
+    d.name.last_name = Some(field("last_name")?);
+    d.name.suffix = Some(field("suffix")?);
+    for f in ["email", "email2"] {
+        let v = field(f)?;
+        if !v.is_empty() {
+            d.emails
+                .push(Email::parse(&v).map_err(|e| format!("column {}: {e}", col(f)))?);
+        }
+    }
+    for f in ["phone", "phone2"] {
+        let v = field(f)?;
+        if !v.is_empty() {
+            d.phones
+                .push(PhoneE164::parse(&v).map_err(|e| format!("column {}: {e}", col(f)))?);
+        }
+    }
+    let addr = PostalAddress::parse(
+        &field("address_line1")?,
+        &field("address_line2")?,
+        &field("city")?,
+        &field("state")?,
+        &field("zip")?,
+        &field("county")?,
+        &field("precinct")?,
+    )
+    .map_err(|e| format!("address: {e}"))?;
+    if !addr.is_empty() {
+        d.address = Some(addr);
+    }
+    d.email_consent = ConsentState::parse(&field("email_consent")?)
+        .map_err(|e| format!("column {}: {e}", col("email_consent")))?;
+    d.sms_consent = ConsentState::parse(&field("sms_consent")?)
+        .map_err(|e| format!("column {}: {e}", col("sms_consent")))?;
+    for (k, i) in &p.custom {
+        let v = cell(*i)?;
+        if !v.is_empty() {
+            d.custom.insert(k.clone(), v);
+        }
+    }
+    d.tags.extend(m.tags.always.iter().cloned());
+    for (i, prefix) in &p.tag_cols {
+        let v = cell(*i)?;
+        if !v.is_empty() {
+            d.tags.push(
+                Tag::parse(&format!("{prefix}{v}"))
+                    .map_err(|e| format!("column {}: {e}", header[*i]))?,
+            );
+        }
+    }
+    if !d.has_strong_key() {
+        return Err("the row has no voter id, email or phone to match on".into());
+    }
+    Ok(d.normalize())
+}
+
+/// Imports a file. `on_progress` is called after every committed batch.
+pub async fn run(
+    hub: &Hub,
+    path: &Path,
+    mapping: &Mapping,
+    opts: &ImportOptions,
+    actor: &str,
+    on_progress: &(dyn Fn(&ImportCounts) + Sync),
+) -> Result<ImportCounts, ImportError> {
+    let shown = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| ImportError::File {
+        path: shown.clone(),
+        reason: format!("cannot open: {e}"),
+    })?;
+    let bytes_total = file.metadata().map(|m| m.len() as i64).unwrap_or(0);
+    if bytes_total == 0 {
+        return Err(ImportError::File {
+            path: shown,
+            reason: "the file is empty (no header line)".into(),
+        });
+    }
+    let delim = mapping.delimiter_for(path);
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(delim)
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(1 << 20)
+        .from_reader(std::io::BufReader::with_capacity(1 << 20, file));
+    let mut header_rec = csv::ByteRecord::new();
+    let got = rdr
+        .read_byte_record(&mut header_rec)
+        .map_err(|e| ImportError::Read {
+            path: shown.clone(),
+            line: 1,
+            reason: e.to_string(),
+        })?;
+    if !got {
+        return Err(ImportError::File {
+            path: shown,
+            reason: "the file is empty (no header line)".into(),
+        });
+    }
+    let header: Vec<String> = header_rec
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let h = if i == 0 {
+                h.strip_prefix(b"\xef\xbb\xbf").unwrap_or(h)
+            } else {
+                h
+            };
+            decode(h, mapping.source.encoding).ok_or_else(|| ImportError::File {
+                path: shown.clone(),
+                reason: format!("line 1: header column {} is not valid UTF-8", i + 1),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let plan = plan(&header, mapping, &shown)?;
+
+    let mut rejects =
+        csv::Writer::from_path(&opts.rejects_path).map_err(|e| ImportError::File {
+            path: opts.rejects_path.display().to_string(),
+            reason: format!("cannot write the rejects file: {e}"),
+        })?;
+    rejects
+        .write_record(["line", "reason", "raw"])
+        .map_err(|e| ImportError::File {
+            path: opts.rejects_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+
+    // Parse on a thread of its own so that parsing and writing overlap.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Chunk, ImportError>>(4);
+    let batch = opts.batch_rows.max(1);
+    let m = mapping.clone();
+    let parse_path = shown.clone();
+    let parser = std::thread::spawn(move || {
+        let mut rec = csv::ByteRecord::new();
+        let mut chunk = Chunk {
+            drafts: Vec::with_capacity(batch),
+            rejects: Vec::new(),
+            rows: 0,
+            bytes: 0,
+        };
+        loop {
+            match rdr.read_byte_record(&mut rec) {
+                Ok(false) => break,
+                Ok(true) => {
+                    let line = rec.position().map(|p| p.line()).unwrap_or(0);
+                    chunk.rows += 1;
+                    let len = rec.as_slice().len();
+                    if len > MAX_LINE_BYTES {
+                        chunk.rejects.push(Reject {
+                            line,
+                            reason: format!(
+                                "the row is {len} bytes, over the {MAX_LINE_BYTES}-byte limit"
+                            ),
+                            raw: String::new(),
+                        });
+                    } else if rec.len() == 1 && rec.get(0).is_some_and(|f| f.is_empty()) {
+                        chunk.rows -= 1; // a blank line
+                    } else {
+                        match row_to_draft(&rec, &header, &plan, &m) {
+                            Ok(d) => chunk.drafts.push(d),
+                            Err(reason) => chunk.rejects.push(Reject {
+                                line,
+                                reason,
+                                raw: raw_line(&rec, delim),
+                            }),
+                        }
+                    }
+                    if chunk.drafts.len() + chunk.rejects.len() >= batch {
+                        chunk.bytes = rdr.position().byte() as i64;
+                        let full = std::mem::replace(
+                            &mut chunk,
+                            Chunk {
+                                drafts: Vec::with_capacity(batch),
+                                rejects: Vec::new(),
+                                rows: 0,
+                                bytes: 0,
+                            },
+                        );
+                        if tx.blocking_send(Ok(full)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let line = e.position().map(|p| p.line()).unwrap_or(0);
+                    let _ = tx.blocking_send(Err(ImportError::Read {
+                        path: parse_path.clone(),
+                        line,
+                        reason: e.to_string(),
+                    }));
+                    return;
+                }
+            }
+        }
+        chunk.bytes = rdr.position().byte() as i64;
+        let _ = tx.blocking_send(Ok(chunk));
+    });
+
+    let mut counts = ImportCounts {
+        bytes_total,
+        ..Default::default()
+    };
+    let source = mapping.source.name.clone();
+    let mut result = Ok(());
+    while let Some(msg) = rx.recv().await {
+        let chunk = match msg {
+            Ok(c) => c,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        counts.rows_read += chunk.rows;
+        counts.bytes_read = chunk.bytes.max(counts.bytes_read);
+        for r in &chunk.rejects {
+            counts.rejected += 1;
+            let _ = rejects.write_record([
+                r.line.to_string().as_str(),
+                r.reason.as_str(),
+                r.raw.as_str(),
+            ]);
+        }
+        if !chunk.drafts.is_empty() {
+            match hub.upsert_batch(chunk.drafts, &source, actor, false).await {
+                Ok((_, t)) => {
+                    counts.inserted += t.inserted;
+                    counts.updated += t.updated;
+                    counts.unchanged += t.unchanged;
+                    counts.merged += t.merged;
+                }
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            }
+        }
+        on_progress(&counts);
+    }
+    drop(rx);
+    let _ = parser.join();
+    let _ = rejects.flush();
+    result.map(|()| counts)
+}
+
+/// Validates a mapping and a file, then records the import and queues the job that
+/// runs it on whichever node's worker claims it first.
+/// `source_name`, when not empty, names the import in listings instead of the mapping's source.
+pub async fn start_import(
+    store: &Store,
+    source_name: &str,
+    path: &Path,
+    mapping_toml: &str,
+    created_by: &str,
+) -> Result<ImportId, PeopleError> {
+    let m =
+        Mapping::parse(mapping_toml).map_err(|e| PeopleError::Invalid(format!("mapping: {e}")))?;
+    let name = if source_name.trim().is_empty() {
+        m.source.name.as_str()
+    } else {
+        source_name.trim()
+    };
+    if !path.is_file() {
+        return Err(PeopleError::Invalid(format!(
+            "{}: no such file on the server",
+            path.display()
+        )));
+    }
+    Ok(store
+        .create_import(
+            name,
+            &path.display().to_string(),
+            mapping_toml,
+            created_by,
+            true,
+        )
+        .await?)
+}

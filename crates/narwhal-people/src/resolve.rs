@@ -1,0 +1,329 @@
+//! Turning drafts into rows: what a new person looks like, and how a draft changes an
+//! existing one. Pure functions, no I/O.
+
+use narwhal_domain::{ConsentState, PersonDraft};
+use narwhal_store::people::{NewPerson, PersonRecord, PersonRow};
+use serde_json::{json, Map, Value};
+
+/// The provenance stamp recorded for every field a source sets.
+pub fn stamp(source: &str, at: i64) -> Value {
+    json!({ "source": source, "at": at })
+}
+
+/// A brand-new person from a draft.
+pub fn new_person(d: &PersonDraft, source: &str, at: i64) -> NewPerson {
+    let name = d.name.to_name();
+    let mut row = PersonRow {
+        voter_id: d.voter_id.as_ref().map(|v| v.as_str().to_string()),
+        first_name: name.first.clone(),
+        middle_name: name.middle.clone(),
+        last_name: name.last.clone(),
+        suffix: name.suffix.clone(),
+        search_name: name.search_key(),
+        email: d.emails.first().map(|e| e.as_str().to_string()),
+        phone: d.phones.first().map(|p| p.as_str().to_string()),
+        email_consent: d.email_consent.as_str().to_string(),
+        sms_consent: d.sms_consent.as_str().to_string(),
+        row_hash: d.fingerprint(),
+        ..Default::default()
+    };
+    if let Some(a) = &d.address {
+        set_address(&mut row, a);
+    }
+    row.custom = d
+        .custom
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), Value::String(v.clone())))
+        .collect();
+    let s = stamp(source, at);
+    let mut prov = Map::new();
+    for f in present_fields(&row) {
+        prov.insert(f.to_string(), s.clone());
+    }
+    for k in d.custom.keys() {
+        prov.insert(format!("custom.{}", k.as_str()), s.clone());
+    }
+    row.provenance = prov;
+    NewPerson {
+        row,
+        emails: d.emails.iter().map(|e| e.as_str().to_string()).collect(),
+        phones: d.phones.iter().map(|p| p.as_str().to_string()).collect(),
+        tags: d.tags.iter().map(|t| t.as_str().to_string()).collect(),
+    }
+}
+
+fn set_address(row: &mut PersonRow, a: &narwhal_domain::PostalAddress) {
+    row.addr_line1 = a.line1.clone();
+    row.addr_line2 = a.line2.clone();
+    row.city = a.city.clone();
+    row.state = a.state.map(|s| s.as_str().to_string());
+    row.zip = a.zip.clone();
+    row.county = a.county.clone();
+    row.precinct = a.precinct.clone();
+    row.addr_key = a.match_key();
+}
+
+fn present_fields(row: &PersonRow) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    let pairs: [(&'static str, bool); 15] = [
+        ("voter_id", row.voter_id.is_some()),
+        ("first_name", row.first_name.is_some()),
+        ("middle_name", row.middle_name.is_some()),
+        ("last_name", row.last_name.is_some()),
+        ("suffix", row.suffix.is_some()),
+        ("email", row.email.is_some()),
+        ("phone", row.phone.is_some()),
+        (
+            "address",
+            row.addr_line1.is_some() || row.zip.is_some() || row.city.is_some(),
+        ),
+        ("state", row.state.is_some()),
+        ("county", row.county.is_some()),
+        ("precinct", row.precinct.is_some()),
+        ("email_consent", row.email_consent != "unknown"),
+        ("sms_consent", row.sms_consent != "unknown"),
+        ("city", false),
+        ("zip", false),
+    ];
+    for (name, present) in pairs {
+        if present {
+            v.push(name);
+        }
+    }
+    v
+}
+
+/// What a draft changes on an existing person.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub row: PersonRow,
+    pub changed: Vec<String>,
+    pub add_emails: Vec<String>,
+    pub add_phones: Vec<String>,
+    pub add_tags: Vec<String>,
+}
+
+impl Applied {
+    pub fn is_noop(&self) -> bool {
+        self.changed.is_empty()
+            && self.add_emails.is_empty()
+            && self.add_phones.is_empty()
+            && self.add_tags.is_empty()
+    }
+}
+
+/// Folds a draft into a stored person: values the draft has win, values it lacks stay;
+/// keys and tags are added, never removed; consent follows [`ConsentState::merge`].
+/// `direct` is true when the person themself acted (a form they submitted).
+pub fn apply(cur: &PersonRecord, d: &PersonDraft, source: &str, at: i64, direct: bool) -> Applied {
+    let mut row = cur.row.clone();
+    let mut changed = Vec::new();
+    let s = stamp(source, at);
+    let set = |field: &'static str,
+               dst: &mut Option<String>,
+               src: Option<String>,
+               changed: &mut Vec<String>,
+               prov: &mut Map<String, Value>| {
+        if src.is_some() && *dst != src {
+            *dst = src;
+            changed.push(field.to_string());
+            prov.insert(field.to_string(), s.clone());
+        }
+    };
+    let name = d.name.to_name();
+    let mut prov = row.provenance.clone();
+    set(
+        "voter_id",
+        &mut row.voter_id,
+        d.voter_id.as_ref().map(|v| v.as_str().to_string()),
+        &mut changed,
+        &mut prov,
+    );
+    set(
+        "first_name",
+        &mut row.first_name,
+        name.first.clone(),
+        &mut changed,
+        &mut prov,
+    );
+    set(
+        "middle_name",
+        &mut row.middle_name,
+        name.middle.clone(),
+        &mut changed,
+        &mut prov,
+    );
+    set(
+        "last_name",
+        &mut row.last_name,
+        name.last.clone(),
+        &mut changed,
+        &mut prov,
+    );
+    set(
+        "suffix",
+        &mut row.suffix,
+        name.suffix.clone(),
+        &mut changed,
+        &mut prov,
+    );
+    if row.email.is_none() {
+        set(
+            "email",
+            &mut row.email,
+            d.emails.first().map(|e| e.as_str().to_string()),
+            &mut changed,
+            &mut prov,
+        );
+    }
+    if row.phone.is_none() {
+        set(
+            "phone",
+            &mut row.phone,
+            d.phones.first().map(|p| p.as_str().to_string()),
+            &mut changed,
+            &mut prov,
+        );
+    }
+    if let Some(a) = &d.address {
+        let mut next = row.clone();
+        set_address(&mut next, a);
+        if (
+            next.addr_line1.clone(),
+            next.addr_line2.clone(),
+            next.city.clone(),
+            next.state.clone(),
+            next.zip.clone(),
+            next.county.clone(),
+            next.precinct.clone(),
+        ) != (
+            row.addr_line1.clone(),
+            row.addr_line2.clone(),
+            row.city.clone(),
+            row.state.clone(),
+            row.zip.clone(),
+            row.county.clone(),
+            row.precinct.clone(),
+        ) {
+            set_address(&mut row, a);
+            changed.push("address".into());
+            prov.insert("address".into(), s.clone());
+        }
+    }
+    for (field, cur_state, incoming) in [
+        ("email_consent", &mut row.email_consent, d.email_consent),
+        ("sms_consent", &mut row.sms_consent, d.sms_consent),
+    ] {
+        let old = ConsentState::parse(cur_state).unwrap_or_default();
+        let new = old.merge(incoming, direct);
+        if new != old {
+            *cur_state = new.as_str().to_string();
+            changed.push(field.to_string());
+            prov.insert(field.to_string(), s.clone());
+        }
+    }
+    for (k, v) in &d.custom {
+        let val = Value::String(v.clone());
+        if row.custom.get(k.as_str()) != Some(&val) {
+            row.custom.insert(k.as_str().to_string(), val);
+            changed.push(format!("custom.{}", k.as_str()));
+            prov.insert(format!("custom.{}", k.as_str()), s.clone());
+        }
+    }
+    row.search_name = narwhal_domain::PersonName {
+        first: row.first_name.clone(),
+        middle: None,
+        last: row.last_name.clone(),
+        suffix: None,
+    }
+    .search_key();
+    row.provenance = prov;
+    row.row_hash = d.fingerprint();
+    let add_emails: Vec<String> = d
+        .emails
+        .iter()
+        .map(|e| e.as_str().to_string())
+        .filter(|e| !cur.emails.contains(e))
+        .collect();
+    let add_phones: Vec<String> = d
+        .phones
+        .iter()
+        .map(|p| p.as_str().to_string())
+        .filter(|p| !cur.phones.contains(p))
+        .collect();
+    let add_tags: Vec<String> = d
+        .tags
+        .iter()
+        .map(|t| t.as_str().to_string())
+        .filter(|t| !cur.tags.contains(t))
+        .collect();
+    Applied {
+        row,
+        changed,
+        add_emails,
+        add_phones,
+        add_tags,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use narwhal_domain::{Email, PersonId, Tag, VoterId};
+
+    fn draft() -> PersonDraft {
+        PersonDraft {
+            voter_id: Some(VoterId::parse("OH1").unwrap()),
+            emails: vec![Email::parse("a@example.org").unwrap()],
+            tags: vec![Tag::parse("voter").unwrap()],
+            email_consent: ConsentState::Subscribed,
+            ..Default::default()
+        }
+    }
+
+    fn record(np: NewPerson) -> PersonRecord {
+        PersonRecord {
+            id: PersonId(1),
+            row: np.row,
+            emails: np.emails,
+            phones: np.phones,
+            tags: np.tags,
+            version: 1,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn same_draft_changes_nothing() {
+        let cur = record(new_person(&draft(), "file", 1));
+        let a = apply(&cur, &draft(), "file", 2, false);
+        assert!(a.is_noop(), "{:?}", a.changed);
+    }
+
+    #[test]
+    fn import_cannot_resubscribe_but_person_can() {
+        let mut cur = record(new_person(&draft(), "file", 1));
+        cur.row.email_consent = "unsubscribed".into();
+        assert!(apply(&cur, &draft(), "file", 2, false).is_noop());
+        let a = apply(&cur, &draft(), "form", 2, true);
+        assert_eq!(a.row.email_consent, "subscribed");
+        assert_eq!(a.row.provenance["email_consent"]["source"], "form");
+    }
+
+    #[test]
+    fn provenance_records_source_per_field() {
+        let np = new_person(&draft(), "ohio-file", 42);
+        assert_eq!(
+            np.row.provenance["voter_id"],
+            json!({"source":"ohio-file","at":42})
+        );
+        assert!(!np.row.provenance.contains_key("first_name"));
+        let mut d = draft();
+        d.name.first_name = Some("Ada".into());
+        let a = apply(&record(np), &d, "crm", 50, false);
+        assert_eq!(a.changed, vec!["first_name"]);
+        assert_eq!(a.row.provenance["first_name"]["source"], "crm");
+        assert_eq!(a.row.provenance["voter_id"]["source"], "ohio-file");
+    }
+}

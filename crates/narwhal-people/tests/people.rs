@@ -1,0 +1,273 @@
+//! Imports, identity resolution and inbound processing, on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use narwhal_domain::{Email, PersonDraft, PhoneE164, VoterId};
+use narwhal_people::import::{self, ImportError, ImportOptions};
+use narwhal_people::mapping::Mapping;
+use narwhal_people::{synth, Hub, Outcome};
+use narwhal_store::both_backends;
+use narwhal_store::test_support::TestDb;
+use std::path::{Path, PathBuf};
+
+const MAPPING: &str = r#"
+[source]
+name = "county-file"
+[fields]
+voter_id = "VOTER ID"
+first_name = "First"
+last_name = "Last"
+email = "Email"
+phone = "Phone"
+state = "State"
+county = "County"
+[custom]
+party = "Party"
+[tags]
+always = ["voter"]
+[defaults]
+state = "OH"
+"#;
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+async fn import(
+    db: &TestDb,
+    path: &Path,
+    mapping: &str,
+) -> Result<narwhal_store::imports::ImportCounts, ImportError> {
+    let hub = Hub::new(db.store.clone());
+    let m = Mapping::parse(mapping).unwrap();
+    let mut opts = ImportOptions::beside(path);
+    opts.batch_rows = 3;
+    import::run(&hub, path, &m, &opts, "test", &|_| {}).await
+}
+
+fn rejects(path: &Path) -> Vec<(u64, String)> {
+    let mut r = csv::Reader::from_path(ImportOptions::beside(path).rejects_path).unwrap();
+    r.records()
+        .map(|x| x.unwrap())
+        .map(|x| (x[0].parse().unwrap(), x[1].to_string()))
+        .collect()
+}
+
+async fn import_rejects_bad_rows_with_line_and_reason(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = b"VOTER ID,First,Last,Email,Phone,State,County,Party\n".to_vec();
+    body.extend_from_slice(b"OH1,Ada,Lovelace,ada@example.org,614-555-0101,,Franklin,D\n"); // line 2 ok
+    body.extend_from_slice(b"OH2,Alan,Turing,not-an-email,,,Franklin,R\n"); // 3 bad email
+    body.extend_from_slice(b"OH3,Grace,Hopper,,12,,Franklin,R\n"); // 4 bad phone
+    body.extend_from_slice(b"OH4,Too,Few\n"); // 5 missing columns
+    body.extend_from_slice(b"OH5,Too,Many,,,,Franklin,D,extra\n"); // 6 extra column
+    body.extend_from_slice(b"OH6,Bad\xff\xfeUtf8,X,,,,Franklin,D\n"); // 7 bad UTF-8
+    body.extend_from_slice(b",No,Keys,,,,Franklin,D\n"); // 8 no strong key
+    body.extend_from_slice(b"OH7,\"Quoted, Name\",Smith,,,,Franklin,D\n"); // 9 ok: quoted comma
+    body.extend_from_slice(b"OH8,Bro\"ken,Quote,,,,Franklin,D\n"); // 10 stray quote mid-field: kept literally
+    body.extend_from_slice(b"OH9,Big,");
+    body.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
+    body.extend_from_slice(b",,,,Franklin,D\n"); // 11 a 10 MB line
+    body.extend_from_slice(b"OH10,Last,Row,,,XX,Franklin,D\n"); // 12 bad state
+    let path = write(dir.path(), "voters.csv", &body);
+    let c = import(&db, &path, MAPPING).await.unwrap();
+    assert_eq!(c.rows_read, 11);
+    assert_eq!(c.inserted, 3, "{c:?}");
+    assert_eq!(c.rejected, 8);
+    let r = rejects(&path);
+    let lines: Vec<u64> = r.iter().map(|x| x.0).collect();
+    assert_eq!(lines, vec![3, 4, 5, 6, 7, 8, 11, 12]);
+    assert!(
+        r[0].1.contains("column Email") && r[0].1.contains("email"),
+        "{}",
+        r[0].1
+    );
+    assert!(r[1].1.contains("column Phone"), "{}", r[1].1);
+    assert!(r[2].1.contains("expected 8 fields, found 3"), "{}", r[2].1);
+    assert!(r[3].1.contains("found 9"), "{}", r[3].1);
+    assert!(
+        r[4].1.contains("invalid UTF-8 in column First"),
+        "{}",
+        r[4].1
+    );
+    assert!(r[5].1.contains("no voter id, email or phone"), "{}", r[5].1);
+    assert!(r[6].1.contains("over the"), "{}", r[6].1);
+    assert!(r[7].1.contains("state"), "{}", r[7].1);
+    let p = db.store.search_people("OH7", None, 5).await.unwrap();
+    assert_eq!(p[0].first_name.as_deref(), Some("Quoted, Name"));
+    let ada = db
+        .store
+        .search_people("ada@example.org", None, 5)
+        .await
+        .unwrap();
+    assert_eq!(ada[0].phone.as_deref(), Some("+16145550101"));
+    assert_eq!(ada[0].state.as_deref(), Some("OH"), "default state applied");
+    assert_eq!(ada[0].county.as_deref(), Some("FRANKLIN"));
+}
+
+async fn whole_file_errors_name_the_file_and_write_nothing(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write(dir.path(), "empty.csv", b"");
+    let e = import(&db, &empty, MAPPING).await.unwrap_err().to_string();
+    assert!(e.contains("empty.csv") && e.contains("empty"), "{e}");
+    let wrong = write(dir.path(), "wrong.csv", b"ID,Name\n1,x\n");
+    let e = import(&db, &wrong, MAPPING).await.unwrap_err().to_string();
+    assert!(
+        e.contains("wrong.csv: line 1") && e.contains("VOTER ID"),
+        "{e}"
+    );
+    let missing = dir.path().join("missing.csv");
+    let e = import(&db, &missing, MAPPING)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.csv: cannot open"), "{e}");
+    assert_eq!(db.store.count_people().await.unwrap(), 0);
+}
+
+async fn reimport_changes_nothing_and_tsv_latin1_work(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "voters.tsv",
+        b"VOTER ID\tFirst\tLast\tEmail\tPhone\tState\tCounty\tParty\nOH1\tJos\xe9\tN\xfa\xf1ez\t\t\tOH\tLucas\tD\nOH2\tAmy\tLi\tamy@example.org\t\tOH\tLucas\tR\n",
+    );
+    let latin = MAPPING.replace(
+        "name = \"county-file\"",
+        "name = \"county-file\"\nencoding = \"latin1\"",
+    );
+    let c1 = import(&db, &path, &latin).await.unwrap();
+    assert_eq!((c1.inserted, c1.rejected), (2, 0));
+    let before = db.store.audit_log(None, None, 100).await.unwrap().len();
+    let c2 = import(&db, &path, &latin).await.unwrap();
+    assert_eq!((c2.inserted, c2.updated, c2.unchanged), (0, 0, 2));
+    assert_eq!(
+        db.store.audit_log(None, None, 100).await.unwrap().len(),
+        before,
+        "a re-import writes no changes"
+    );
+    let p = db.store.search_people("OH1", None, 1).await.unwrap();
+    assert_eq!(p[0].first_name.as_deref(), Some("José"));
+    assert_eq!(p[0].last_name.as_deref(), Some("Núñez"));
+    // Without latin1 the same bytes are rejected, not mangled.
+    let c3 = import(&db, &path, MAPPING).await.unwrap();
+    assert_eq!(c3.rejected, 1);
+}
+
+async fn sources_resolve_to_one_person_with_provenance(db: TestDb) {
+    let hub = Hub::new(db.store.clone());
+    let voter = PersonDraft {
+        voter_id: Some(VoterId::parse("OH1").unwrap()),
+        ..Default::default()
+    };
+    let a = hub.upsert(voter, "voter-file", "test").await.unwrap();
+    let crm = PersonDraft {
+        emails: vec![Email::parse("Ada@Example.org").unwrap()],
+        phones: vec![PhoneE164::parse("(614) 555-0101").unwrap()],
+        ..Default::default()
+    };
+    let b = hub.upsert(crm, "crm", "test").await.unwrap();
+    assert_eq!(b.outcome, Outcome::Created);
+    assert_ne!(a.id, b.id);
+    // A record carrying both the voter id and the email proves they are one person.
+    let both = PersonDraft {
+        voter_id: Some(VoterId::parse("oh1").unwrap()),
+        emails: vec![Email::parse("ada@example.org").unwrap()],
+        name: narwhal_domain::person::PersonNameFields {
+            first_name: Some(" Ada ".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let c = hub.upsert(both, "signup-form", "test").await.unwrap();
+    assert_eq!(c.id, a.id);
+    assert_eq!(c.merged, vec![b.id]);
+    let p = db.store.get_person(a.id).await.unwrap();
+    assert_eq!(p.phones, vec!["+16145550101"]);
+    assert_eq!(p.row.first_name.as_deref(), Some("Ada"));
+    assert_eq!(p.row.provenance["voter_id"]["source"], "voter-file");
+    assert_eq!(p.row.provenance["first_name"]["source"], "signup-form");
+    assert_eq!(db.store.count_people().await.unwrap(), 1);
+    // Different voter ids are never merged, even when they share a phone.
+    let other = PersonDraft {
+        voter_id: Some(VoterId::parse("OH2").unwrap()),
+        phones: vec![PhoneE164::parse("614 555 0101").unwrap()],
+        ..Default::default()
+    };
+    let d = hub.upsert(other, "voter-file", "test").await.unwrap();
+    assert_ne!(d.id, a.id);
+    assert!(d.merged.is_empty());
+    // And the merge can be undone.
+    let m = db.store.merges_of(a.id).await.unwrap();
+    db.store.undo_merge(m[0].id, "test").await.unwrap_err(); // survivor changed since: refused
+}
+
+async fn inbound_payloads_become_people_once(db: TestDb) {
+    let hub = Hub::new(db.store.clone());
+    let body = serde_json::json!({"emails":["x@example.org"],"first_name":"X"});
+    let (id, _) = db.store.receive_inbound("crm", "k1", &body).await.unwrap();
+    db.store.receive_inbound("crm", "k1", &body).await.unwrap();
+    let r = narwhal_people::worker::process_inbound(&hub, id)
+        .await
+        .unwrap();
+    assert_eq!(r["outcome"], "created");
+    let again = narwhal_people::worker::process_inbound(&hub, id)
+        .await
+        .unwrap();
+    assert_eq!(again["skipped"], "processed");
+    assert_eq!(db.store.count_people().await.unwrap(), 1);
+    let (bad, _) = db
+        .store
+        .receive_inbound("crm", "k2", &serde_json::json!({"shoe": 1}))
+        .await
+        .unwrap();
+    narwhal_people::worker::process_inbound(&hub, bad)
+        .await
+        .unwrap();
+    let stored = db.store.inbound(bad).await.unwrap();
+    assert_eq!(stored.state, "rejected");
+    assert!(stored.error.unwrap().contains("unknown field"));
+}
+
+async fn queued_import_job_runs_on_the_worker(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("synth.csv");
+    synth::write_csv(&path, 1, 500, &|_| {}).unwrap();
+    let id = import::start_import(&db.store, "", &path, synth::MAPPING, "user:staff")
+        .await
+        .unwrap();
+    let hub = Hub::new(db.store.clone());
+    let job = db
+        .store
+        .claim_job(narwhal_people::worker::KINDS, "node-1", 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    narwhal_people::worker::run_job(&hub, &job, "node-1")
+        .await
+        .unwrap();
+    let run = db.store.import_run(id).await.unwrap();
+    assert_eq!(run.state, "done");
+    assert_eq!(run.counts.rows_read, 500);
+    assert_eq!(run.counts.inserted + run.counts.merged, 500);
+    assert_eq!(db.store.count_people().await.unwrap(), run.counts.inserted);
+    let bad = import::start_import(
+        &db.store,
+        "",
+        &path,
+        "[source]\nname='x'\n[fields]\nbogus='y'\n",
+        "u",
+    )
+    .await;
+    assert!(bad.is_err());
+}
+
+both_backends!(
+    import_rejects_bad_rows_with_line_and_reason,
+    whole_file_errors_name_the_file_and_write_nothing,
+    reimport_changes_nothing_and_tsv_latin1_work,
+    sources_resolve_to_one_person_with_provenance,
+    inbound_payloads_become_people_once,
+    queued_import_job_runs_on_the_worker,
+);
