@@ -1,1 +1,111 @@
-//! placeholder
+//! Narwhal's HTTP edge: the JSON API under `/api/v1`, its errors, auth, OpenAPI
+//! document, metrics and health checks, and the server-rendered staff console.
+//!
+//! Only this crate knows status codes and axum. Every API route is declared once, as
+//! data, in [`routes::ROUTES`]; the router and the OpenAPI document are both built
+//! from that table, so they cannot drift.
+//!
+//! Invariants:
+//! - Every `/api/v1` route names the scope it needs; without credentials it is 401,
+//!   without the scope 403. Public routes are marked so in the table.
+//! - Errors leave as one JSON shape with a request id; 5xx are logged once, here.
+//! - Logs carry method, matched route, status and latency: never query strings or
+//!   bodies, which may hold personal data.
+
+pub mod audit;
+pub mod auth;
+pub mod console;
+pub mod error;
+pub mod imports;
+pub mod inbound;
+pub mod lists;
+pub mod metrics;
+pub mod ops;
+pub mod people;
+pub mod requests;
+pub mod routes;
+pub mod segments;
+
+pub use auth::{hash_password, new_token, verify_password};
+
+use axum::extract::DefaultBodyLimit;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of the HTTP edge.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest accepted request body; bigger ones get 413.
+    pub max_body_bytes: usize,
+    /// A request taking longer gets 503 `timeout`.
+    pub request_timeout: Duration,
+    /// Mark the session cookie `Secure` (on whenever served over HTTPS).
+    pub cookie_secure: bool,
+    /// Imports may only read files under this directory.
+    pub upload_dir: PathBuf,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 2 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            cookie_secure: false,
+            upload_dir: PathBuf::from("uploads"),
+        }
+    }
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: narwhal_store::Store,
+    /// The people service: identity resolution, edits, merges.
+    pub hub: narwhal_people::Hub,
+    pub config: Arc<HttpConfig>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// The console's templates, parsed once.
+    pub templates: Arc<minijinja::Environment<'static>>,
+}
+
+impl AppState {
+    pub fn new(store: narwhal_store::Store, config: HttpConfig) -> Self {
+        Self {
+            hub: narwhal_people::Hub::new(store.clone()),
+            store,
+            config: Arc::new(config),
+            metrics: Arc::new(metrics::Metrics::default()),
+            templates: Arc::new(console::environment()),
+        }
+    }
+}
+
+/// The whole application: API, OpenAPI, ops endpoints and console.
+pub fn router(state: AppState) -> axum::Router {
+    let mut r = axum::Router::new();
+    for route in routes::ROUTES {
+        r = r.route(route.path, routes::method_router(route, &state));
+    }
+    r.merge(ops::router())
+        .merge(console::router())
+        .fallback(requests::not_found)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            requests::track,
+        ))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,276 @@
+//! Who is calling and what they may do. Denied unless a scope grants it.
+//!
+//! Two kinds of credentials: `Authorization: Bearer <token>` (API tokens, scopes stored
+//! with the token) and the `narwhal_session` cookie (staff logins, scopes from the
+//! user's role). Only SHA-256 hashes of tokens and session ids are stored.
+
+use crate::error::{ApiError, ApiResult, Json};
+use crate::AppState;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use narwhal_domain::Scope;
+use rand::RngCore;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "narwhal_session";
+/// How long a login lasts.
+pub const SESSION_TTL_MS: i64 = 12 * 60 * 60 * 1000;
+
+/// An authenticated caller, put in request extensions by [`require`].
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// `user:NAME` or `token:NAME`, written to the audit log.
+    pub actor: String,
+    pub scopes: Vec<Scope>,
+    /// The session id (plaintext) when the caller came by cookie; the CSRF key.
+    pub session: Option<String>,
+}
+
+impl Caller {
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+}
+
+/// Hashes a password with Argon2id and a random salt (PHC string).
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+/// True when `password` matches the stored PHC hash.
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// A new random secret: `(plaintext, sha256 hex)`. Store the hash, show the plaintext once.
+pub fn new_token() -> (String, String) {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    let plain = format!("nwl_{}", hex(&b));
+    let hash = sha256_hex(&plain);
+    (plain, hash)
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    hex(&Sha256::digest(s.as_bytes()))
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+/// The CSRF token of a session: a hash of the session id, so nothing more is stored.
+pub fn csrf_token(session: &str) -> String {
+    sha256_hex(&format!("csrf:{session}"))
+}
+
+/// Reads a cookie's value from the request headers.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Resolves credentials, if any. A presented but unknown credential is an error
+/// (`Err(unauthenticated)`), not anonymity.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<Caller>> {
+    if let Some(v) = headers.get(AUTHORIZATION) {
+        let token = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(ApiError::unauthenticated)?;
+        let t = state
+            .store
+            .token_by_hash(&sha256_hex(token))
+            .await?
+            .ok_or_else(ApiError::unauthenticated)?;
+        return Ok(Some(Caller {
+            actor: format!("token:{}", t.name),
+            scopes: t.scopes,
+            session: None,
+        }));
+    }
+    if let Some(sid) = cookie(headers, SESSION_COOKIE) {
+        return match state.store.session_user(&sha256_hex(&sid)).await? {
+            Some(u) => Ok(Some(Caller {
+                actor: format!("user:{}", u.username),
+                scopes: u.role.scopes().to_vec(),
+                session: Some(sid),
+            })),
+            None => Ok(None),
+        };
+    }
+    Ok(None)
+}
+
+/// Middleware for one route: authenticate, check the route's scope, hand the caller on.
+/// `None` scope means the route is public.
+pub async fn require(
+    State((state, scope)): State<(AppState, Option<Scope>)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(scope) = scope else {
+        return next.run(req).await;
+    };
+    let caller = match authenticate(&state, req.headers()).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return ApiError::unauthenticated().into_response(),
+        Err(e) => return e.into_response(),
+    };
+    if !caller.has(scope) {
+        return ApiError::forbidden(scope.as_str()).into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// Checks a username and password; `None` when wrong (without saying which part).
+pub async fn check_login(
+    state: &AppState,
+    username: &str,
+    password: &str,
+) -> ApiResult<Option<narwhal_store::auth::User>> {
+    let user = state.store.user_by_name(username.trim()).await?;
+    let Some(user) = user else {
+        // Same work as a real check, so timing does not reveal which usernames exist.
+        let _ = verify_password(password, dummy_hash());
+        return Ok(None);
+    };
+    if user.disabled || !verify_password(password, &user.password_hash) {
+        return Ok(None);
+    }
+    Ok(Some(user))
+}
+
+/// A real hash of nothing in particular, for equal-time misses.
+fn dummy_hash() -> &'static str {
+    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    H.get_or_init(|| hash_password("narwhal-dummy").unwrap_or_default())
+}
+
+/// Starts a session for a user; returns the `Set-Cookie` value.
+pub async fn start_session(
+    state: &AppState,
+    user: &narwhal_store::auth::User,
+) -> ApiResult<HeaderValue> {
+    let (sid, hash) = new_token();
+    state
+        .store
+        .create_session(&hash, user.id, SESSION_TTL_MS)
+        .await?;
+    session_cookie(&sid, SESSION_TTL_MS / 1000, state.config.cookie_secure)
+}
+
+pub fn session_cookie(value: &str, max_age_s: i64, secure: bool) -> ApiResult<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_s}{secure}"
+    ))
+    .map_err(|_| ApiError::internal())
+}
+
+/// Ends the caller's session, if it came by cookie; returns the clearing cookie.
+pub async fn end_session(state: &AppState, headers: &HeaderMap) -> ApiResult<HeaderValue> {
+    if let Some(sid) = cookie(headers, SESSION_COOKIE) {
+        state.store.delete_session(&sha256_hex(&sid)).await?;
+    }
+    session_cookie("", 0, state.config.cookie_secure)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    username: String,
+    password: String,
+}
+
+/// `POST /api/v1/sessions`: log in with JSON, get the session cookie.
+pub async fn api_login(
+    State(state): State<AppState>,
+    Json(body): Json<LoginBody>,
+) -> ApiResult<Response> {
+    let Some(user) = check_login(&state, &body.username, &body.password).await? else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "wrong username or password",
+        ));
+    };
+    let cookie = start_session(&state, &user).await?;
+    let mut r = (
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({"username": user.username, "role": user.role})),
+    )
+        .into_response();
+    r.headers_mut().insert(SET_COOKIE, cookie);
+    Ok(r)
+}
+
+/// `DELETE /api/v1/sessions`: log out.
+pub async fn api_logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let cookie = end_session(&state, &headers).await?;
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(SET_COOKIE, cookie);
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_round_trip() {
+        let h = hash_password("correct horse").unwrap_or_default();
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong", &h));
+        assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn tokens_hash_to_what_is_stored() {
+        let (plain, hash) = new_token();
+        assert_eq!(sha256_hex(&plain), hash);
+        assert_ne!(new_token().0, plain);
+        assert_eq!(hash.len(), 64);
+    }
+
+    #[test]
+    fn reads_cookies() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static("a=1; narwhal_session=abc; b=2"),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie(&h, "c"), None);
+    }
+}

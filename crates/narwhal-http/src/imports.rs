@@ -1,0 +1,93 @@
+//! `/api/v1/imports`: start an import of a server-side file, watch its progress.
+//!
+//! Files are read only from under the configured upload directory, so an API token
+//! cannot make the server read arbitrary paths.
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, Json, Path};
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use narwhal_domain::ImportId;
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewImport {
+    /// The source's name, recorded as provenance.
+    pub source: String,
+    /// A file under the upload directory (relative to it, or absolute inside it).
+    pub path: String,
+    /// The column mapping, as TOML text.
+    pub mapping: String,
+}
+
+/// Resolves `path` inside `dir`, refusing anything that escapes it.
+pub fn resolve_upload(dir: &std::path::Path, path: &str) -> ApiResult<std::path::PathBuf> {
+    let base = dir
+        .canonicalize()
+        .map_err(|_| ApiError::invalid("the upload directory does not exist"))?;
+    let p = std::path::Path::new(path.trim());
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    let full = full
+        .canonicalize()
+        .map_err(|_| ApiError::invalid("no such file in the upload directory"))?;
+    if !full.starts_with(&base) || !full.is_file() {
+        return Err(ApiError::invalid(
+            "imports read only files under the upload directory",
+        ));
+    }
+    Ok(full)
+}
+
+/// Validates and queues an import; shared with the console.
+pub async fn start(s: &AppState, caller: &Caller, b: &NewImport) -> ApiResult<ImportId> {
+    let source = b.source.trim();
+    if source.is_empty() || source.chars().count() > 100 {
+        return Err(ApiError::invalid("a source name is 1 to 100 characters"));
+    }
+    let path = resolve_upload(&s.config.upload_dir, &b.path)?;
+    if let Err(e) = narwhal_people::mapping::Mapping::parse(&b.mapping) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mapping",
+            e.to_string(),
+        ));
+    }
+    Ok(
+        narwhal_people::import::start_import(&s.store, source, &path, &b.mapping, &caller.actor)
+            .await?,
+    )
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(b): Json<NewImport>,
+) -> ApiResult<Response> {
+    let id = start(&s, &caller, &b).await?;
+    let run = s.store.import_run(id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "job_id": run.job_id, "state": run.state})),
+    )
+        .into_response())
+}
+
+pub async fn index(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(json!({"imports": s.store.import_runs(50).await?})))
+}
+
+pub async fn show(
+    State(s): State<AppState>,
+    Path(id): Path<ImportId>,
+) -> ApiResult<Json<narwhal_store::imports::ImportRun>> {
+    Ok(Json(s.store.import_run(id).await?))
+}

@@ -1,0 +1,15 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! API tests: each runs the real server on 127.0.0.1:0 with a fresh database, on
+//! SQLite and on PostgreSQL.
+
+mod helpers;
+
+mod auth;
+mod browser;
+mod errors;
+mod imports;
+mod inbound;
+mod lists;
+mod ops;
+mod people;
+mod segments;
