@@ -6,6 +6,7 @@ mod helpers;
 
 mod auth;
 mod browser;
+mod console;
 mod errors;
 mod imports;
 mod inbound;

@@ -100,3 +100,18 @@ async fn openapi_matches_the_router(app: TestApp) {
     assert_eq!(s, 404);
     assert_eq!(v["error"]["message"], "no such route");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_gone_is_503() {
+    let app = TestApp::spawn(narwhal_store::Backend::Sqlite)
+        .await
+        .unwrap();
+    app.store.close().await;
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let r = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, v) = split(app.req(Method::GET, "/api/v1/people").send().await.unwrap()).await;
+    assert_eq!(s, 503);
+    crate::helpers::assert_error(&v, "unavailable");
+}
