@@ -1,1 +1,89 @@
-fn main() {}
+//! `narwhal`: the one binary. Every subcommand explains itself with `--help`.
+
+mod admin;
+mod bench;
+mod config;
+mod demo;
+mod import;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "narwhal",
+    version,
+    about = "Narwhal: a campaign's people hub, email, donations and election day, on one API."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: config::GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the API, the staff console and the background workers.
+    Serve(serve::ServeArgs),
+    /// Create a realistic synthetic campaign in the embedded database and serve it.
+    Demo(demo::DemoArgs),
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Import records from a file.
+    #[command(subcommand)]
+    Import(import::ImportCommand),
+    /// Run a benchmark and print one JSON line per backend.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Administration: users, tokens, backups, configuration.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match config::Settings::load(&cli.global) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    config::init_logging(&settings);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Serve(a) => serve::run(&settings, a).await,
+            Command::Demo(a) => demo::run(&settings, a).await,
+            Command::Migrate => {
+                let store = config::open_store(&settings).await?;
+                println!(
+                    "applied {} migration(s) to {}",
+                    store.migrate().await?,
+                    settings.database.redacted()
+                );
+                Ok(())
+            }
+            Command::Import(c) => import::run(&settings, c).await,
+            Command::Bench(c) => bench::run(&settings, c).await,
+            Command::Admin(c) => admin::run(&settings, c).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

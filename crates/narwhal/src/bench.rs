@@ -1,0 +1,145 @@
+//! `narwhal bench NAME`: measured, not timed in tests. One JSON line per run on
+//! stdout, with a baseline measured in the same run.
+
+use anyhow::Context;
+use narwhal_domain::SegmentFilter;
+use narwhal_people::import::{self, ImportOptions};
+use narwhal_people::mapping::Mapping;
+use narwhal_people::{synth, Hub};
+use narwhal_store::{Backend, DatabaseTarget, Store};
+use std::time::Instant;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// sqlite, postgres or both.
+    #[arg(long, default_value = "both")]
+    pub backend: String,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Import a generated 70-column voter file; compare with a raw bulk insert of the same rows.
+    Import {
+        #[command(flatten)]
+        common: BenchArgs,
+        /// Rows in the generated file.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 2012)]
+        seed: u64,
+    },
+}
+
+/// The PostgreSQL server benches use unless the global `--database` names one.
+pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+pub async fn run(settings: &crate::config::Settings, cmd: BenchCommand) -> anyhow::Result<()> {
+    let BenchCommand::Import { common, rows, seed } = cmd;
+    // `--database URL` (global) picks the PostgreSQL server; a schema of its own is created and dropped.
+    let pg_url = match &settings.database {
+        DatabaseTarget::Postgres(u) => u.clone(),
+        DatabaseTarget::SqliteDir(_) => DEFAULT_PG_URL.to_string(),
+    };
+    let backends: Vec<Backend> = match common.backend.as_str() {
+        "sqlite" => vec![Backend::Sqlite],
+        "postgres" => vec![Backend::Postgres],
+        "both" => vec![Backend::Sqlite, Backend::Postgres],
+        other => anyhow::bail!("--backend: expected sqlite, postgres or both, got {other:?}"),
+    };
+    let tmp = tempfile::tempdir()?;
+    let file = tmp.path().join("voter-file.csv");
+    eprintln!("generating {rows} rows x 70 columns...");
+    synth::write_csv(&file, seed, rows, &|_| {})?;
+    let mapping = Mapping::parse(synth::MAPPING).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for b in backends {
+        let schema = format!("bench_{}", std::process::id());
+        let dir = tmp.path().join(format!("db-{}", b.as_str()));
+        let store = match b {
+            Backend::Sqlite => Store::open(&DatabaseTarget::SqliteDir(dir.clone())).await?,
+            Backend::Postgres => Store::open_postgres_schema(&pg_url, &schema)
+                .await
+                .context("opening PostgreSQL for the bench")?,
+        };
+        store.migrate().await?;
+        let out = run_import(&store, b, &file, &mapping, rows, seed).await;
+        store.close().await;
+        if b == Backend::Postgres {
+            let _ = Store::drop_postgres_schema(&pg_url, &schema).await;
+        }
+        println!("{}", out?);
+    }
+    Ok(())
+}
+
+async fn run_import(
+    store: &Store,
+    b: Backend,
+    file: &std::path::Path,
+    mapping: &Mapping,
+    rows: u64,
+    seed: u64,
+) -> anyhow::Result<serde_json::Value> {
+    eprintln!("[{}] baseline: raw bulk insert...", b.as_str());
+    let t = Instant::now();
+    store
+        .bench_baseline_insert(rows, &|i| synth::baseline_row(seed, i))
+        .await?;
+    let baseline = rows as f64 / t.elapsed().as_secs_f64();
+
+    eprintln!("[{}] import...", b.as_str());
+    let hub = Hub::new(store.clone());
+    let opts = ImportOptions::beside(file);
+    let t = Instant::now();
+    let c = import::run(&hub, file, mapping, &opts, "bench", &|_| {}).await?;
+    let secs = t.elapsed().as_secs_f64();
+
+    eprintln!("[{}] re-import of the same file...", b.as_str());
+    let t = Instant::now();
+    let c2 = import::run(&hub, file, mapping, &opts, "bench", &|_| {}).await?;
+    let resecs = t.elapsed().as_secs_f64();
+
+    let filter = SegmentFilter::parse(&serde_json::json!({"all":[{"county":"FRANKLIN"},{"consent":{"channel":"email","state":"subscribed"}},{"not":{"tag":"donoryes"}}]}))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut best = f64::MAX;
+    let mut count = 0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        count = store.count_matching(&filter).await?;
+        best = best.min(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let everyone = SegmentFilter::parse(&serde_json::json!({"state":"OH"}))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let t = Instant::now();
+    let all = store.count_matching(&everyone).await?;
+    let all_ms = t.elapsed().as_secs_f64() * 1000.0;
+    Ok(serde_json::json!({
+        "bench": "import",
+        "backend": b.as_str(),
+        "rows": c.rows_read,
+        "rows_per_s": (c.rows_read as f64 / secs).round(),
+        "baseline_rows_per_s": baseline.round(),
+        "ratio_to_baseline": ((c.rows_read as f64 / secs) / baseline * 100.0).round() / 100.0,
+        "reimport_rows_per_s": (c2.rows_read as f64 / resecs).round(),
+        "reimport_changes": c2.inserted + c2.updated + c2.merged,
+        "peak_rss_mb": peak_rss_mb(),
+        "rejects": c.rejected,
+        "inserted": c.inserted,
+        "segment_count_ms": (best * 10.0).round() / 10.0,
+        "segment_count": count,
+        "count_all_ms": (all_ms * 10.0).round() / 10.0,
+        "count_all": all,
+    }))
+}
+
+/// The process's peak resident memory (VmHWM), in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| (kb / 1024.0).round())
+        .unwrap_or(0.0)
+}

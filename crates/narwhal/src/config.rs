@@ -1,0 +1,123 @@
+//! One typed settings struct: defaults, then an optional `narwhal.toml`, then
+//! `NARWHAL_*` environment variables and flags (clap reads both). Bad values fail fast
+//! and name the key.
+
+use anyhow::{bail, Context};
+use narwhal_store::{DatabaseTarget, Store};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Configuration file (optional; default: ./narwhal.toml when it exists).
+    #[arg(long, global = true, env = "NARWHAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL URL (postgres://...); without it, the embedded SQLite database in --data-dir.
+    #[arg(long, global = true, env = "NARWHAL_DATABASE_URL")]
+    pub database: Option<String>,
+    /// Where the embedded database, uploads and rejects files live.
+    #[arg(long, global = true, env = "NARWHAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format: pretty or json.
+    #[arg(long, global = true, env = "NARWHAL_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// `narwhal.toml`: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    database: Option<String>,
+    data_dir: Option<PathBuf>,
+    log_format: Option<String>,
+    listen: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: DatabaseTarget,
+    pub data_dir: PathBuf,
+    pub log_format: String,
+    /// Default listen address for `serve` (flags override).
+    pub listen: String,
+}
+
+impl Settings {
+    pub fn load(args: &GlobalArgs) -> anyhow::Result<Self> {
+        let path = args.config.clone().or_else(|| {
+            let p = PathBuf::from("narwhal.toml");
+            p.exists().then_some(p)
+        });
+        let file: FileSettings = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: cannot read", p.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message()))?
+            }
+            None => FileSettings::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("narwhal-data"));
+        let database = match args.database.clone().or(file.database) {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                DatabaseTarget::Postgres(url)
+            }
+            Some(url) if url.starts_with("sqlite://") => DatabaseTarget::parse(&url),
+            Some(_) => bail!("database: expected a postgres:// or sqlite:// URL"),
+            None => DatabaseTarget::SqliteDir(data_dir.clone()),
+        };
+        let log_format = args
+            .log_format
+            .clone()
+            .or(file.log_format)
+            .unwrap_or_else(|| "pretty".into());
+        if !matches!(log_format.as_str(), "pretty" | "json") {
+            bail!("log_format: expected pretty or json, got {log_format:?}");
+        }
+        let listen = file.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+        Ok(Self {
+            database,
+            data_dir,
+            log_format,
+            listen,
+        })
+    }
+
+    /// The effective configuration with secrets hidden.
+    pub fn describe(&self) -> String {
+        format!(
+            "database = {:?}\ndata_dir = {:?}\nlog_format = {:?}\nlisten = {:?}\n",
+            self.database.redacted(),
+            self.data_dir.display().to_string(),
+            self.log_format,
+            self.listen
+        )
+    }
+}
+
+pub fn init_logging(s: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("NARWHAL_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if s.log_format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Opens and migrates the configured database.
+pub async fn open_store(s: &Settings) -> anyhow::Result<Store> {
+    let store = Store::open(&s.database)
+        .await
+        .with_context(|| format!("cannot open {}", s.database.redacted()))?;
+    store.migrate().await.context("migrating the database")?;
+    Ok(store)
+}

@@ -1,0 +1,71 @@
+//! `narwhal serve`: API, console and workers, with graceful shutdown.
+
+use crate::config::{open_store, Settings};
+use anyhow::Context;
+use narwhal_http::{AppState, HttpConfig};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "NARWHAL_LISTEN")]
+    pub listen: Option<String>,
+    /// A name for this node in job leases (default: host-pid).
+    #[arg(long, env = "NARWHAL_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Mark the session cookie Secure (set when served over HTTPS).
+    #[arg(long, env = "NARWHAL_COOKIE_SECURE")]
+    pub cookie_secure: bool,
+}
+
+pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
+    let store = open_store(settings).await?;
+    serve_store(settings, store, &args, None).await
+}
+
+/// Serves an opened store; `banner` is printed once the port is bound.
+pub async fn serve_store(
+    settings: &Settings,
+    store: narwhal_store::Store,
+    args: &ServeArgs,
+    banner: Option<String>,
+) -> anyhow::Result<()> {
+    let listen = args
+        .listen
+        .clone()
+        .unwrap_or_else(|| settings.listen.clone());
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let node_id = args
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("node-{}", std::process::id()));
+    let upload_dir = settings.data_dir.join("uploads");
+    std::fs::create_dir_all(&upload_dir)
+        .with_context(|| format!("cannot create {}", upload_dir.display()))?;
+    let config = HttpConfig {
+        cookie_secure: args.cookie_secure,
+        upload_dir,
+        ..HttpConfig::default()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = narwhal_people::worker::spawn(store.clone(), node_id.clone(), stop_rx);
+    println!(
+        "Narwhal is serving on http://{addr} (node {node_id}, {})",
+        settings.database.redacted()
+    );
+    if let Some(b) = banner {
+        println!("{b}");
+    }
+    let state = AppState::new(store.clone(), config);
+    narwhal_http::serve(listener, state, async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    })
+    .await?;
+    let _ = stop_tx.send(true);
+    let _ = worker.await;
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! The real binary, end to end, on the embedded SQLite default.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+fn narwhal(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_narwhal"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("NARWHAL_DATABASE_URL")
+        .env("NARWHAL_DATA_DIR", dir.join("data"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn demo_builds_a_campaign_and_import_reports_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ok, out, err) = narwhal(d, &["demo", "--people", "300", "--no-serve"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("Staff login: demo-admin / "), "{out}");
+    assert!(
+        out.contains("created 300 people") || out.contains("created 29"),
+        "{out}"
+    );
+
+    // A broken mapping names the file and the line.
+    std::fs::write(
+        d.join("m.toml"),
+        "[source]\nname = \"x\"\n[fields]\nvoter_id = 7\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("f.csv"), "V\nOH1\n").unwrap();
+    let (ok, _, err) = narwhal(d, &["import", "people", "f.csv", "--mapping", "m.toml"]);
+    assert!(!ok);
+    assert!(err.contains("m.toml: line 4"), "{err}");
+
+    // An empty file names the file.
+    std::fs::write(
+        d.join("m.toml"),
+        "[source]\nname = \"x\"\n[fields]\nvoter_id = \"V\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("empty.csv"), "").unwrap();
+    let (ok, _, err) = narwhal(d, &["import", "people", "empty.csv", "--mapping", "m.toml"]);
+    assert!(!ok);
+    assert!(err.contains("empty.csv: the file is empty"), "{err}");
+
+    // A good file imports, reports its rejects, and a second run changes nothing.
+    std::fs::write(d.join("f.csv"), "V\nOH1\nbad id!\nOH2\n").unwrap();
+    let (ok, out, err) = narwhal(d, &["import", "people", "f.csv", "--mapping", "m.toml"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("3 rows read") && out.contains("2 new") && out.contains("1 rejected"),
+        "{out}"
+    );
+    let rejects = std::fs::read_to_string(d.join("f.csv.rejects.csv")).unwrap();
+    assert!(
+        rejects.contains("3,column V: invalid voter id"),
+        "{rejects}"
+    );
+    let (ok, out, _) = narwhal(d, &["import", "people", "f.csv", "--mapping", "m.toml"]);
+    assert!(ok && out.contains("0 new, 0 updated, 2 unchanged"), "{out}");
+
+    // Backup makes a copy; config hides secrets.
+    let (ok, out, err) = narwhal(d, &["admin", "backup", "copy.db"]);
+    assert!(ok && out.contains("backed up"), "{err}");
+    assert!(d.join("copy.db").exists());
+    let out = Command::new(env!("CARGO_BIN_EXE_narwhal"))
+        .args([
+            "admin",
+            "config",
+            "--database",
+            "postgres://u:hunter2@127.0.0.1/x",
+        ])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("postgres://u:***@127.0.0.1/x") && !s.contains("hunter2"),
+        "{s}"
+    );
+    let (ok, _, err) = narwhal(
+        d,
+        &[
+            "admin",
+            "create-token",
+            "crm",
+            "--scopes",
+            "people:read,root",
+        ],
+    );
+    assert!(!ok && err.contains("--scopes"), "{err}");
+    let (ok, out, _) = narwhal(
+        d,
+        &["admin", "create-token", "crm", "--scopes", "people:read"],
+    );
+    assert!(ok && out.contains("shown once"), "{out}");
+}
