@@ -62,7 +62,7 @@ fn demo_builds_a_campaign_and_import_reports_bad_input() {
     );
     let rejects = std::fs::read_to_string(d.join("f.csv.rejects.csv")).unwrap();
     assert!(
-        rejects.contains("3,column V: invalid voter id"),
+        rejects.contains("3,\"column V: invalid voter id"),
         "{rejects}"
     );
     let (ok, out, _) = narwhal(d, &["import", "people", "f.csv", "--mapping", "m.toml"]);
