@@ -159,8 +159,15 @@ impl Hub {
                         .collect();
                     return Ok((out, totals));
                 }
-                // Another writer got between our read and our write: read again.
-                Err(PeopleError::Conflict(_)) if attempt < 3 => continue,
+                // Another writer got between our read and our write: read again
+                // (after a short, growing pause so that racing writers spread out).
+                Err(PeopleError::Conflict(_)) if attempt < 10 => {
+                    let jitter =
+                        (std::process::id() as u64 + attempt * 7919 + now_ms() as u64) % 20;
+                    tokio::time::sleep(std::time::Duration::from_millis(attempt * 5 + jitter))
+                        .await;
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }

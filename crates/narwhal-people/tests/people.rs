@@ -263,7 +263,50 @@ async fn queued_import_job_runs_on_the_worker(db: TestDb) {
     assert!(bad.is_err());
 }
 
+async fn concurrent_writers_never_duplicate_a_person(db: TestDb) {
+    // Two nodes receive the same new supporters at the same moment.
+    let drafts = |offset: usize| -> Vec<PersonDraft> {
+        (0..200)
+            .map(|i| PersonDraft {
+                emails: vec![
+                    Email::parse(&format!("s{}@example.org", (i + offset) % 200)).unwrap(),
+                ],
+                ..Default::default()
+            })
+            .collect()
+    };
+    let mut handles = Vec::new();
+    for w in 0..4 {
+        let hub = Hub::new(db.store.clone());
+        let batch = drafts(w * 37);
+        handles.push(tokio::spawn(async move {
+            for chunk in batch.chunks(50) {
+                hub.upsert_batch(chunk.to_vec(), "signup", "test", false)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert_eq!(db.store.count_people().await.unwrap(), 200);
+    let m = db
+        .store
+        .find_by_keys(
+            &[],
+            &(0..200)
+                .map(|i| format!("s{i}@example.org"))
+                .collect::<Vec<_>>(),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.email.len(), 200, "every email belongs to someone");
+}
+
 both_backends!(
+    concurrent_writers_never_duplicate_a_person,
     import_rejects_bad_rows_with_line_and_reason,
     whole_file_errors_name_the_file_and_write_nothing,
     reimport_changes_nothing_and_tsv_latin1_work,

@@ -462,12 +462,16 @@ impl Store {
             }
 
             // Keys and tags: (person id, value) pairs for every table.
+            // New people's keys must all land: if one is taken, another writer created
+            // that person first, and the batch is retried so that it resolves to them.
+            let mut new_emails: Vec<(i64, &str)> = Vec::new();
+            let mut new_phones: Vec<(i64, &str)> = Vec::new();
             let mut emails: Vec<(i64, &str)> = Vec::new();
             let mut phones: Vec<(i64, &str)> = Vec::new();
             let mut ptags: Vec<(i64, i64)> = Vec::new();
             for (i, np) in cs.inserts.iter().enumerate() {
-                emails.extend(np.emails.iter().map(|e| (ids[i], e.as_str())));
-                phones.extend(np.phones.iter().map(|e| (ids[i], e.as_str())));
+                new_emails.extend(np.emails.iter().map(|e| (ids[i], e.as_str())));
+                new_phones.extend(np.phones.iter().map(|e| (ids[i], e.as_str())));
                 ptags.extend(np.tags.iter().filter_map(|t| tag_ids.get(t).map(|&tid| (ids[i], tid))));
             }
             for u in &cs.updates {
@@ -480,7 +484,12 @@ impl Store {
                     }
                 }
             }
-            for (table, col, pairs) in [("person_emails", "email", &emails), ("person_phones", "phone", &phones)] {
+            for (table, col, pairs, strict) in [
+                ("person_emails", "email", &new_emails, true),
+                ("person_phones", "phone", &new_phones, true),
+                ("person_emails", "email", &emails, false),
+                ("person_phones", "phone", &phones, false),
+            ] {
                 for chunk in pairs.chunks(INSERT_CHUNK * 4) {
                     let values: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(1 + i * 4, 4))).collect();
                     let sql = format!("INSERT INTO {table} (person_id, {col}, source_id, created_at) VALUES {} ON CONFLICT ({col}) DO NOTHING", values.join(", "));
@@ -488,7 +497,10 @@ impl Store {
                     for (pid, v) in chunk {
                         q = q.bind(*pid).bind(*v).bind(None::<i64>).bind(now);
                     }
-                    q.execute(&mut *tx).await?;
+                    let n = q.execute(&mut *tx).await?.rows_affected();
+                    if strict && n != chunk.len() as u64 {
+                        return Err(StoreError::Conflict(format!("an {col} was claimed by another writer; retry")));
+                    }
                 }
             }
             for chunk in ptags.chunks(INSERT_CHUNK * 8) {
