@@ -1,4 +1,6 @@
-//! `/api/v1/imports`: start an import of a server-side file, watch its progress.
+//! `/api/v1/imports`: start an import of a file in the upload directory (put there by
+//! `PUT /api/v1/uploads/{name}`, the console, or an operator), watch its progress,
+//! download its rejects.
 //!
 //! Files are read only from under the configured upload directory, so an API token
 //! cannot make the server read arbitrary paths.
@@ -7,7 +9,8 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Path};
 use crate::AppState;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use narwhal_domain::ImportId;
@@ -90,4 +93,45 @@ pub async fn show(
     Path(id): Path<ImportId>,
 ) -> ApiResult<Json<narwhal_store::imports::ImportRun>> {
     Ok(Json(s.store.import_run(id).await?))
+}
+
+/// `GET /api/v1/imports/{id}/rejects.csv`: the rejects file recorded on the import
+/// row, and nothing else, streamed. Recorded in the audit log: it holds source rows.
+pub async fn rejects(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<ImportId>,
+) -> ApiResult<Response> {
+    let run = s.store.import_run(id).await?;
+    let path = run
+        .rejects_path
+        .ok_or_else(|| ApiError::not_found("rejects file"))?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| ApiError::not_found("rejects file"))?;
+    crate::lists::export_audit(&s.store, &caller, "import", id.0).await?;
+    let stream = futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(buf), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let mut r = axum::body::Body::from_stream(stream).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("attachment; filename=\"import-{id}-rejects.csv\""))
+    {
+        h.insert(CONTENT_DISPOSITION, v);
+    }
+    Ok(r)
 }

@@ -25,6 +25,7 @@ pub mod people;
 pub mod requests;
 pub mod routes;
 pub mod segments;
+pub mod uploads;
 
 pub use auth::{hash_password, new_token, verify_password};
 
@@ -33,6 +34,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub(crate) use narwhal_store::now_ms;
 
 /// Settings of the HTTP edge.
 #[derive(Debug, Clone)]
@@ -43,8 +46,14 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Mark the session cookie `Secure` (on whenever served over HTTPS).
     pub cookie_secure: bool,
-    /// Imports may only read files under this directory.
+    /// Imports may only read files under this directory; uploads land here.
     pub upload_dir: PathBuf,
+    /// Largest accepted upload (`PUT /api/v1/uploads/{name}`, the console's upload
+    /// form); bigger ones get 413 and leave no file behind.
+    pub max_upload_bytes: u64,
+    /// Replaces `request_timeout` on the routes that stream uploads
+    /// ([`uploads::LONG_ROUTES`]): a large file over a slow link takes a while.
+    pub upload_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -54,6 +63,8 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             cookie_secure: false,
             upload_dir: PathBuf::from("uploads"),
+            max_upload_bytes: 2 * 1024 * 1024 * 1024,
+            upload_timeout: Duration::from_secs(60 * 60),
         }
     }
 }

@@ -41,7 +41,14 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
         .unwrap_or_else(|| "unmatched".to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
-    let timeout = state.config.request_timeout;
+    let long = crate::uploads::LONG_ROUTES
+        .iter()
+        .any(|(m, r)| *m == method && *r == route);
+    let timeout = if long {
+        state.config.upload_timeout
+    } else {
+        state.config.request_timeout
+    };
     let res = tokio::time::timeout(timeout, next.run(req).instrument(span.clone())).await;
     let mut res = match res {
         Ok(r) => r,

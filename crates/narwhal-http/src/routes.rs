@@ -2,7 +2,7 @@
 //! both built from [`ROUTES`].
 
 use crate::auth::{self, require};
-use crate::{audit, imports, inbound, lists, people, segments, AppState};
+use crate::{audit, imports, inbound, lists, people, segments, uploads, AppState};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use narwhal_domain::Scope;
 use serde_json::{json, Map, Value};
@@ -60,9 +60,11 @@ pub const ROUTES: &[Route] = routes! {
     GET "/api/v1/segments/{id}/count" Some(ListsRead), 200, "How many people a segment matches now" => segments::count;
     GET "/api/v1/segments/{id}/people" Some(PeopleRead), 200, "A page of a segment's people (after, limit)" => segments::people;
     GET "/api/v1/segments/{id}/export.csv" Some(Export), 200, "A segment's people as CSV, streamed" => segments::export;
+    PUT "/api/v1/uploads/{name}" Some(ImportsWrite), 201, "Upload a file to the upload directory (raw body, streamed; never overwrites)" => uploads::put;
     POST "/api/v1/imports" Some(ImportsWrite), 202, "Start an import of a file under the upload directory" => imports::create;
     GET "/api/v1/imports" Some(ImportsWrite), 200, "Recent imports" => imports::index;
     GET "/api/v1/imports/{id}" Some(ImportsWrite), 200, "An import's progress" => imports::show;
+    GET "/api/v1/imports/{id}/rejects.csv" Some(ImportsWrite), 200, "The rows an import rejected, with reasons, as CSV" => imports::rejects;
     POST "/api/v1/inbound/{source}" Some(PeopleWrite), 202, "Receive a record from another system (Idempotency-Key required)" => inbound::receive;
     GET "/api/v1/audit" Some(AuditRead), 200, "The audit log, newest first (entity, id, before, limit)" => audit::index;
 };

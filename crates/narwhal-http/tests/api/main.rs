@@ -14,3 +14,4 @@ mod lists;
 mod ops;
 mod people;
 mod segments;
+mod uploads;
