@@ -50,20 +50,27 @@ pub fn resolve_upload(dir: &std::path::Path, path: &str) -> ApiResult<std::path:
     Ok(full)
 }
 
-/// Validates and queues an import; shared with the console.
-pub async fn start(s: &AppState, caller: &Caller, b: &NewImport) -> ApiResult<ImportId> {
-    let source = b.source.trim();
+/// Checks the source name and the mapping, before any file is touched.
+pub fn check_settings(source: &str, mapping: &str) -> ApiResult<()> {
+    let source = source.trim();
     if source.is_empty() || source.chars().count() > 100 {
         return Err(ApiError::invalid("a source name is 1 to 100 characters"));
     }
-    let path = resolve_upload(&s.config.upload_dir, &b.path)?;
-    if let Err(e) = narwhal_people::mapping::Mapping::parse(&b.mapping) {
+    if let Err(e) = narwhal_people::mapping::Mapping::parse(mapping) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_mapping",
             e.to_string(),
         ));
     }
+    Ok(())
+}
+
+/// Validates and queues an import; shared with the console.
+pub async fn start(s: &AppState, caller: &Caller, b: &NewImport) -> ApiResult<ImportId> {
+    check_settings(&b.source, &b.mapping)?;
+    let source = b.source.trim();
+    let path = resolve_upload(&s.config.upload_dir, &b.path)?;
     Ok(
         narwhal_people::import::start_import(&s.store, source, &path, &b.mapping, &caller.actor)
             .await?,

@@ -49,7 +49,13 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(json!({"id": id}))).into_response())
 }
 
-async fn audit(s: &AppState, caller: &Caller, action: &str, id: SegmentId) -> ApiResult<()> {
+/// Records a change to a segment in the audit log.
+pub(crate) async fn audit(
+    s: &AppState,
+    caller: &Caller,
+    action: &str,
+    id: SegmentId,
+) -> ApiResult<()> {
     s.store
         .audit(&narwhal_store::audit::AuditEntry::new(
             &caller.actor,

@@ -7,17 +7,52 @@
 use crate::auth::{self, csrf_token, Caller};
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Form, Path, Query, State};
 use axum::http::header::{CONTENT_TYPE, HOST, LOCATION, ORIGIN, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use minijinja::{context, Environment, Value};
-use narwhal_domain::{ListId, MergeId, PersonId, Scope, SegmentId};
+use narwhal_domain::{MergeId, PersonId, Scope};
 use serde::Deserialize;
 
+mod imports;
+mod lists;
+mod people;
+
 const CSS: &str = include_str!("templates/console.css");
+
+/// Rows per console page; "Load more" fetches the next page by keyset (`after=`).
+const PAGE: i64 = 50;
+
+/// The "Load more" link of a full page: `path?extra&after=LAST`. `None` when the page
+/// was short (there is nothing more).
+fn next_link(path: &str, extra: &[(&str, &str)], len: usize, last: Option<i64>) -> Option<String> {
+    let last = last.filter(|_| len as i64 == PAGE)?;
+    let mut q = String::new();
+    for (k, v) in extra {
+        q.push_str(k);
+        q.push('=');
+        q.push_str(&percent_encode(v));
+        q.push('&');
+    }
+    Some(format!("{path}?{q}after={last}"))
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
 
 /// Parses the embedded templates. A broken template is a build-time bug, caught by tests.
 pub fn environment() -> Environment<'static> {
@@ -32,6 +67,7 @@ pub fn environment() -> Environment<'static> {
         ("members.html", include_str!("templates/members.html")),
         ("segments.html", include_str!("templates/segments.html")),
         ("imports.html", include_str!("templates/imports.html")),
+        ("import.html", include_str!("templates/import.html")),
         ("audit.html", include_str!("templates/audit.html")),
         ("message.html", include_str!("templates/message.html")),
     ] {
@@ -67,14 +103,26 @@ pub fn router() -> Router<AppState> {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/", get(dashboard))
-        .route("/people", get(people))
-        .route("/people/{id}", get(person))
+        .route("/people", get(people::search))
+        .route("/people/{id}", get(people::show))
+        .route("/people/{id}/edit", post(people::edit))
+        .route("/people/{id}/merge", post(people::merge))
+        .route("/people/{id}/lists", post(people::add_to_list))
         .route("/merges/{id}/undo", post(undo_merge))
-        .route("/lists", get(lists))
-        .route("/lists/{id}", get(list))
-        .route("/segments", get(segments))
-        .route("/segments/{id}", get(segment))
+        .route("/lists", get(lists::index).post(lists::create))
+        .route("/lists/{id}", get(lists::members))
+        .route(
+            "/segments",
+            get(lists::index_segments).post(lists::create_segment),
+        )
+        .route("/segments/{id}", get(lists::segment))
         .route("/imports", get(imports).post(start_import))
+        .route(
+            "/imports/upload",
+            // The handler counts bytes against `max_upload_bytes` itself.
+            post(imports::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/imports/{id}", get(imports::show))
         .route("/audit", get(audit))
 }
 
@@ -149,8 +197,8 @@ async fn staff(s: &AppState, headers: &HeaderMap, scope: Scope) -> Result<Caller
     Ok(caller)
 }
 
-/// For POSTs: same-origin (when the browser says) and the session's CSRF token.
-fn check_post(headers: &HeaderMap, caller: &Caller, csrf: &str) -> Result<(), Fail> {
+/// Refuses a form posted from another site (when the browser says where it came from).
+fn check_origin(headers: &HeaderMap) -> Result<(), Fail> {
     if let (Some(origin), Some(host)) = (headers.get(ORIGIN), headers.get(HOST)) {
         let o = origin.to_str().unwrap_or("");
         let o_host = o.split_once("://").map(|(_, h)| h).unwrap_or(o);
@@ -158,6 +206,12 @@ fn check_post(headers: &HeaderMap, caller: &Caller, csrf: &str) -> Result<(), Fa
             return Err(ApiError::forbidden("same-origin form").into());
         }
     }
+    Ok(())
+}
+
+/// For POSTs: same-origin (when the browser says) and the session's CSRF token.
+fn check_post(headers: &HeaderMap, caller: &Caller, csrf: &str) -> Result<(), Fail> {
+    check_origin(headers)?;
     let expected = caller.session.as_deref().map(csrf_token);
     if expected.as_deref() != Some(csrf) {
         return Err(ApiError::new(
@@ -259,48 +313,6 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Page {
 }
 
 #[derive(Deserialize)]
-struct SearchQ {
-    #[serde(default)]
-    q: String,
-}
-
-async fn people(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<SearchQ>) -> Page {
-    let c = staff(&s, &headers, Scope::PeopleRead).await?;
-    let found = if q.q.trim().is_empty() {
-        Vec::new()
-    } else {
-        s.store.search_people(&q.q, None, 50).await?
-    };
-    render(
-        &s,
-        "people.html",
-        Some(&c),
-        context! { q => q.q, people => Value::from_serialize(&found) },
-    )
-}
-
-async fn person(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<PersonId>) -> Page {
-    let c = staff(&s, &headers, Scope::PeopleRead).await?;
-    let rec = s.store.get_person(id).await?;
-    let merges = s.store.merges_of(id).await?;
-    let history = s
-        .store
-        .audit_log(Some(("person", &id.to_string())), None, 100)
-        .await?;
-    render(
-        &s,
-        "person.html",
-        Some(&c),
-        context! {
-            person => Value::from_serialize(&rec),
-            merges => Value::from_serialize(&merges),
-            history => Value::from_serialize(&history),
-            can_write => c.has(Scope::PeopleWrite),
-        },
-    )
-}
-
-#[derive(Deserialize)]
 struct UndoForm {
     #[serde(default)]
     csrf: String,
@@ -319,76 +331,9 @@ async fn undo_merge(
     Ok(redirect(&format!("/people/{}", f.back)))
 }
 
-async fn lists(State(s): State<AppState>, headers: HeaderMap) -> Page {
-    let c = staff(&s, &headers, Scope::ListsRead).await?;
-    let lists = s.store.lists().await?;
-    render(
-        &s,
-        "lists.html",
-        Some(&c),
-        context! { lists => Value::from_serialize(&lists) },
-    )
-}
-
-async fn list(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<ListId>) -> Page {
-    let c = staff(&s, &headers, Scope::ListsRead).await?;
-    let l = s.store.list(id).await?;
-    let people = s.store.list_members(id, None, 100).await?;
-    let export = c
-        .has(Scope::Export)
-        .then(|| format!("/api/v1/lists/{id}/export.csv"));
-    render(
-        &s,
-        "members.html",
-        Some(&c),
-        context! { title => l.name, count => l.members, export, people => Value::from_serialize(&people) },
-    )
-}
-
-async fn segments(State(s): State<AppState>, headers: HeaderMap) -> Page {
-    let c = staff(&s, &headers, Scope::ListsRead).await?;
-    let mut rows = Vec::new();
-    for seg in s.store.segments().await? {
-        let count = s.store.count_matching(&seg.filter).await?;
-        rows.push(serde_json::json!({"id": seg.id, "name": seg.name, "count": count}));
-    }
-    render(
-        &s,
-        "segments.html",
-        Some(&c),
-        context! { segments => Value::from_serialize(&rows) },
-    )
-}
-
-async fn segment(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<SegmentId>) -> Page {
-    let c = staff(&s, &headers, Scope::ListsRead).await?;
-    let seg = s.store.segment(id).await?;
-    let count = s.store.count_matching(&seg.filter).await?;
-    let people = s.store.page_matching(&seg.filter, None, 100).await?;
-    let export = c
-        .has(Scope::Export)
-        .then(|| format!("/api/v1/segments/{id}/export.csv"));
-    render(
-        &s,
-        "members.html",
-        Some(&c),
-        context! { title => seg.name, count, export, filter => Value::from_serialize(&seg.filter), people => Value::from_serialize(&people) },
-    )
-}
-
 async fn imports(State(s): State<AppState>, headers: HeaderMap) -> Page {
     let c = staff(&s, &headers, Scope::ImportsWrite).await?;
-    imports_page(&s, &c, None).await
-}
-
-async fn imports_page(s: &AppState, c: &Caller, error: Option<String>) -> Page {
-    let runs = s.store.import_runs(50).await?;
-    render(
-        s,
-        "imports.html",
-        Some(c),
-        context! { imports => Value::from_serialize(&runs), error, upload_dir => s.config.upload_dir.display().to_string() },
-    )
+    imports::imports_page(&s, &c, None, StatusCode::OK).await
 }
 
 #[derive(Deserialize)]
@@ -413,11 +358,9 @@ async fn start_import(
         mapping: f.mapping,
     };
     match crate::imports::start(&s, &c, &b).await {
-        Ok(_) => Ok(redirect("/imports")),
+        Ok(id) => Ok(redirect(&format!("/imports/{id}"))),
         Err(e) if e.status.is_client_error() => {
-            let mut r = imports_page(&s, &c, Some(e.message)).await?;
-            *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-            Ok(r)
+            imports::imports_page(&s, &c, Some(e.message), StatusCode::UNPROCESSABLE_ENTITY).await
         }
         Err(e) => Err(e.into()),
     }

@@ -7,6 +7,7 @@ mod helpers;
 mod auth;
 mod browser;
 mod console;
+mod console_forms;
 mod errors;
 mod imports;
 mod inbound;
