@@ -12,6 +12,9 @@
 //! - Logs carry method, matched route, status and latency: never query strings or
 //!   bodies, which may hold personal data.
 
+// The OpenAPI schemas are one large `json!` literal.
+#![recursion_limit = "512"]
+
 pub mod audit;
 pub mod auth;
 pub mod console;

@@ -12,6 +12,7 @@ mod errors;
 mod imports;
 mod inbound;
 mod lists;
+mod openapi;
 mod ops;
 mod people;
 mod segments;
