@@ -1,7 +1,7 @@
 use crate::helpers::{assert_error, split, TestApp};
 use narwhal_store::Backend;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 crate::api_tests!(
     json_body_errors,
@@ -116,4 +116,60 @@ async fn request_ids_are_echoed(app: TestApp) {
     assert!(generated.len() >= 16);
     let r = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_ne!(r.headers()["x-request-id"].to_str().unwrap(), generated);
+}
+
+/// A request that cannot finish within `request_timeout` gets 503 `timeout` promptly,
+/// and what it was doing is not committed. Here another connection holds SQLite's write
+/// lock, so creating a list waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_requests_time_out_with_503() {
+    use sqlx::{Connection, Executor};
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.request_timeout = std::time::Duration::from_millis(300)
+    })
+    .await
+    .unwrap();
+    let db = app.sqlite_dir().unwrap().join("narwhal.db");
+    let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    holder.execute("BEGIN IMMEDIATE").await.unwrap();
+
+    let started = std::time::Instant::now();
+    let (s, v) = app
+        .send_json(Method::POST, "/api/v1/lists", json!({"name": "Blocked"}))
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_error(&v, "timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    // Reads do not wait for the writer.
+    let (s, _) = split(app.req(Method::GET, "/api/v1/lists").send().await.unwrap()).await;
+    assert_eq!(s, 200);
+
+    holder.execute("ROLLBACK").await.unwrap();
+    drop(holder);
+    let mut created = (0, Value::Null);
+    // The abandoned statement may still hold the write connection for a moment.
+    for _ in 0..50 {
+        created = app
+            .send_json(Method::POST, "/api/v1/lists", json!({"name": "After"}))
+            .await;
+        if created.0 == 201 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(created.0, 201, "{}", created.1);
+    let names: Vec<Value> = app.get_json("/api/v1/lists").await["lists"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec![json!("After")],
+        "the timed-out write was not committed"
+    );
+    app.stop().await;
 }

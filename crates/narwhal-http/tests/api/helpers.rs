@@ -73,6 +73,11 @@ impl TestApp {
         })
     }
 
+    /// The SQLite data directory (`narwhal.db` inside); `None` on PostgreSQL.
+    pub fn sqlite_dir(&self) -> Option<&std::path::Path> {
+        self._db.dir.as_ref().map(|d| d.path())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
