@@ -7,13 +7,19 @@ use serde::Deserialize;
 use serde_json::json;
 
 #[derive(Deserialize)]
+/// The query of `GET /api/v1/audit`.
 pub struct AuditQuery {
+    /// With `id`: only entries about this kind of entity (`person`, `list`, ...).
     pub entity: Option<String>,
+    /// With `entity`: only entries about this one.
     pub id: Option<String>,
+    /// Keyset cursor: entries older than this entry id (`next_before` of the last page).
     pub before: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
     pub limit: Option<i64>,
 }
 
+/// `GET /api/v1/audit`: The audit log, newest first (entity, id, before, limit).
 pub async fn index(
     State(s): State<AppState>,
     Query(q): Query<AuditQuery>,

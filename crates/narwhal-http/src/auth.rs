@@ -28,12 +28,14 @@ pub const SESSION_TTL_MS: i64 = 12 * 60 * 60 * 1000;
 pub struct Caller {
     /// `user:NAME` or `token:NAME`, written to the audit log.
     pub actor: String,
+    /// What the caller may do.
     pub scopes: Vec<Scope>,
     /// The session id (plaintext) when the caller came by cookie; the CSRF key.
     pub session: Option<String>,
 }
 
 impl Caller {
+    /// True when the caller holds `scope`.
     pub fn has(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
     }
@@ -67,6 +69,7 @@ pub fn new_token() -> (String, String) {
     (plain, hash)
 }
 
+/// SHA-256 of a string, lower-case hex: how tokens and session ids are stored.
 pub fn sha256_hex(s: &str) -> String {
     hex(&Sha256::digest(s.as_bytes()))
 }
@@ -190,6 +193,7 @@ pub async fn start_session(
     session_cookie(&sid, SESSION_TTL_MS / 1000, state.config.cookie_secure)
 }
 
+/// A `Set-Cookie` value for the session cookie (empty value and age 0 clears it).
 pub fn session_cookie(value: &str, max_age_s: i64, secure: bool) -> ApiResult<HeaderValue> {
     let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
@@ -208,6 +212,7 @@ pub async fn end_session(state: &AppState, headers: &HeaderMap) -> ApiResult<Hea
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The body of `POST /api/v1/sessions`.
 pub struct LoginBody {
     username: String,
     password: String,

@@ -30,7 +30,9 @@ use serde::de::DeserializeOwned;
 /// An error on its way to the caller.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// The stable machine code (see the table above).
     pub code: &'static str,
     /// Safe to show: never contains field values, SQL or secrets.
     pub message: String,
@@ -39,11 +41,14 @@ pub struct ApiError {
 /// What the middleware needs to render an error body; attached to the response.
 #[derive(Debug, Clone)]
 pub struct ErrorInfo {
+    /// The stable machine code.
     pub code: &'static str,
+    /// The safe message.
     pub message: String,
 }
 
 impl ApiError {
+    /// An error with any status and code.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -51,6 +56,7 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// 404 `not_found`: "WHAT not found".
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -58,12 +64,15 @@ impl ApiError {
             format!("{what} not found"),
         )
     }
+    /// 422 `invalid`: the request makes no sense against the data.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
     }
+    /// 400 with the given code.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
+    /// 401 `unauthenticated`.
     pub fn unauthenticated() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -71,6 +80,7 @@ impl ApiError {
             "credentials are missing or not valid",
         )
     }
+    /// 403 `forbidden`, naming the scope that is missing.
     pub fn forbidden(scope: &str) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
@@ -78,6 +88,7 @@ impl ApiError {
             format!("this needs the scope {scope}"),
         )
     }
+    /// 503 `unavailable`: the database cannot be reached; worth retrying.
     pub fn unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -85,6 +96,7 @@ impl ApiError {
             "the database is unavailable; retry later",
         )
     }
+    /// 500 `internal`: our fault; the details are logged, not shown.
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -241,6 +253,7 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
     }
 }
 
+/// What handlers return.
 pub type ApiResult<T> = Result<T, ApiError>;
 
 /// `Path<T>` whose rejections are [`ApiError`]s.

@@ -19,6 +19,7 @@ use serde_json::json;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The body of `POST /api/v1/imports`.
 pub struct NewImport {
     /// The source's name, recorded as provenance.
     pub source: String,
@@ -77,6 +78,7 @@ pub async fn start(s: &AppState, caller: &Caller, b: &NewImport) -> ApiResult<Im
     )
 }
 
+/// `POST /api/v1/imports`: Start an import of a file under the upload directory.
 pub async fn create(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -91,10 +93,12 @@ pub async fn create(
         .into_response())
 }
 
+/// `GET /api/v1/imports`: Recent imports.
 pub async fn index(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     Ok(Json(json!({"imports": s.store.import_runs(50).await?})))
 }
 
+/// `GET /api/v1/imports/{id}`: An import's progress.
 pub async fn show(
     State(s): State<AppState>,
     Path(id): Path<ImportId>,

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// The header that makes a retried push safe.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 fn valid_source(s: &str) -> bool {
@@ -17,6 +18,7 @@ fn valid_source(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// `POST /api/v1/inbound/{source}`: Receive a record from another system (Idempotency-Key required).
 pub async fn receive(
     State(s): State<AppState>,
     Path(source): Path<String>,

@@ -1,19 +1,49 @@
 //! Narwhal's HTTP edge: the JSON API under `/api/v1`, its errors, auth, OpenAPI
-//! document, metrics and health checks, and the server-rendered staff console.
+//! document, metrics and health checks, uploads, and the server-rendered staff console.
 //!
-//! Only this crate knows status codes and axum. Every API route is declared once, as
-//! data, in [`routes::ROUTES`]; the router and the OpenAPI document are both built
-//! from that table, so they cannot drift.
+//! Only this crate knows status codes and axum.
 //!
-//! Invariants:
+//! # The route table
+//!
+//! Every API route is declared once, as data, in [`routes::ROUTES`]: method, path,
+//! scope, success status, summary, request body ([`routes::Body`]: none, JSON naming
+//! its schema, or raw bytes), the schema of its success body, and the handler. The
+//! axum router ([`router`]) and the OpenAPI 3.1 document ([`routes::openapi`], served
+//! at `/api/openapi.json`) are both built from that table, and the JSON Schemas of the
+//! bodies ([`routes::schemas`]) sit beside it. Tests hold them together: every route is
+//! routed and documented, every named schema exists, the documented request
+//! properties are exactly what the Rust types accept, and live responses carry exactly
+//! the documented properties. Adding a route is one line in the table.
+//!
+//! # The error policy
+//!
+//! Every API failure leaves as `{"error":{"code","message","request_id"}}` with a
+//! stable machine `code` (the full table is in [`error`]). Caller's faults are 4xx:
+//! `invalid_field`, `malformed_json`, `invalid`, `not_found`, `conflict`,
+//! `unauthenticated`, `forbidden`, `body_too_large`, `invalid_name`, ... Ours are 5xx:
+//! `unavailable` (the database, worth retrying), `timeout` (over `request_timeout`),
+//! `internal`. Messages are safe to show: never field values, SQL or secrets. Handlers
+//! return [`error::ApiError`]; the request middleware ([`requests::track`]) writes the
+//! body with the request id and logs 5xx once, with the matched route and never the
+//! query string or body. The console shows the same errors as small HTML pages, and a
+//! caller's mistake in a form comes back in the form, inline.
+//!
+//! # Invariants
+//!
 //! - Every `/api/v1` route names the scope it needs; without credentials it is 401,
 //!   without the scope 403. Public routes are marked so in the table.
-//! - Errors leave as one JSON shape with a request id; 5xx are logged once, here.
+//! - Console forms that change state carry the session's CSRF token and refuse a
+//!   cross-site `Origin`.
+//! - Uploads never overwrite and never leave a partial file: they are written to a
+//!   temporary file, synced, and linked to their name only when complete.
+//! - Imports read only files under the upload directory; a rejects download serves
+//!   only the path recorded on the import row.
 //! - Logs carry method, matched route, status and latency: never query strings or
 //!   bodies, which may hold personal data.
 
 // The OpenAPI schemas are one large `json!` literal.
 #![recursion_limit = "512"]
+#![warn(missing_docs)]
 
 pub mod audit;
 pub mod auth;
@@ -75,16 +105,20 @@ impl Default for HttpConfig {
 /// Everything a handler needs. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
+    /// Storage: the only way to the database.
     pub store: narwhal_store::Store,
     /// The people service: identity resolution, edits, merges.
     pub hub: narwhal_people::Hub,
+    /// The edge's settings.
     pub config: Arc<HttpConfig>,
+    /// Request counts and durations for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
     /// The console's templates, parsed once.
     pub templates: Arc<minijinja::Environment<'static>>,
 }
 
 impl AppState {
+    /// State over `store` with a hub, fresh metrics and the parsed console templates.
     pub fn new(store: narwhal_store::Store, config: HttpConfig) -> Self {
         Self {
             hub: narwhal_people::Hub::new(store.clone()),

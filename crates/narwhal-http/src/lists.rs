@@ -13,18 +13,23 @@ use narwhal_store::Store;
 use serde::Deserialize;
 use serde_json::json;
 
+/// `GET /api/v1/lists`: All lists.
 pub async fn index(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     Ok(Json(json!({"lists": s.store.lists().await?})))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The body of `POST /api/v1/lists`.
 pub struct NewList {
+    /// 1 to 200 characters, unique.
     pub name: String,
     #[serde(default)]
+    /// Free text.
     pub description: String,
 }
 
+/// `POST /api/v1/lists`: Create a list.
 pub async fn create(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -41,6 +46,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(json!({"id": id}))).into_response())
 }
 
+/// `GET /api/v1/lists/{id}`: One list.
 pub async fn show(
     State(s): State<AppState>,
     Path(id): Path<ListId>,
@@ -49,11 +55,15 @@ pub async fn show(
 }
 
 #[derive(Deserialize)]
+/// Keyset paging of people: `after` a person id, `limit` rows.
 pub struct PageQuery {
+    /// The `next_after` of the previous page.
     pub after: Option<PersonId>,
+    /// Page size, 1 to 1000 (default 50).
     pub limit: Option<i64>,
 }
 
+/// `GET /api/v1/lists/{id}/members`: A page of a list's members (after, limit).
 pub async fn members(
     State(s): State<AppState>,
     Path(id): Path<ListId>,
@@ -73,7 +83,9 @@ pub async fn members(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The body of adding or removing list members.
 pub struct Members {
+    /// Person ids, at most 10 000 per call.
     pub people: Vec<PersonId>,
 }
 
@@ -88,6 +100,7 @@ fn check(m: &Members) -> ApiResult<()> {
     Ok(())
 }
 
+/// `POST /api/v1/lists/{id}/members`: Add people to a list.
 pub async fn add(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -99,6 +112,7 @@ pub async fn add(
     Ok(Json(json!({"added": n})))
 }
 
+/// `DELETE /api/v1/lists/{id}/members`: Remove people from a list.
 pub async fn remove(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -113,6 +127,7 @@ pub async fn remove(
     Ok(Json(json!({"removed": n})))
 }
 
+/// `GET /api/v1/lists/{id}/export.csv`: A list's members as CSV.
 pub async fn export(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -147,6 +162,7 @@ pub async fn export_audit(store: &Store, caller: &Caller, entity: &str, id: i64)
     Ok(())
 }
 
+/// The header line of every people CSV export.
 pub const CSV_HEADER: &str = "id,voter_id,first_name,last_name,email,phone,city,state,zip,county,precinct,email_consent,sms_consent\n";
 
 fn field(out: &mut String, v: &str) {

@@ -31,6 +31,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts one answered request and its duration.
     pub fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let Ok(mut m) = self.inner.lock() else {
             return;

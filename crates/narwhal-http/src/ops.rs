@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+/// `/healthz`, `/readyz`, `/metrics` and `/api/openapi.json` (public).
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))

@@ -15,6 +15,7 @@ use serde_json::json;
 /// Page size when the caller does not say.
 pub const DEFAULT_LIMIT: i64 = 50;
 
+/// `POST /api/v1/people`: Create or update a person from a draft (identity-resolved; 200 when updated).
 pub async fn upsert(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -37,13 +38,18 @@ pub async fn upsert(
 }
 
 #[derive(Deserialize)]
+/// The query of `GET /api/v1/people`.
 pub struct SearchQuery {
     #[serde(default)]
+    /// Email, phone, voter id or the start of a name.
     pub q: String,
+    /// The `next_after` of the previous page.
     pub after: Option<PersonId>,
+    /// Page size, 1 to 500 (default 50).
     pub limit: Option<i64>,
 }
 
+/// `GET /api/v1/people`: Search people by email, phone, voter id or name (q, after, limit).
 pub async fn search(
     State(s): State<AppState>,
     Query(q): Query<SearchQuery>,
@@ -56,6 +62,7 @@ pub async fn search(
     Ok(Json(json!({"people": people, "next_after": next})))
 }
 
+/// `GET /api/v1/people/{id}`: A person with merges and history.
 pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<PersonId>,
@@ -71,6 +78,7 @@ pub async fn get(
     ))
 }
 
+/// `PATCH /api/v1/people/{id}`: Edit a person.
 pub async fn edit(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -83,12 +91,16 @@ pub async fn edit(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The body of `POST /api/v1/people/{id}/merge`.
 pub struct MergeBody {
+    /// The person merged into the one in the path (who survives).
     pub other: PersonId,
     #[serde(default)]
+    /// Why, for the audit log and the merge record.
     pub reason: String,
 }
 
+/// `POST /api/v1/people/{id}/merge`: Merge another person into this one.
 pub async fn merge(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -106,6 +118,7 @@ pub async fn merge(
         .into_response())
 }
 
+/// `POST /api/v1/merges/{id}/undo`: Undo a merge.
 pub async fn undo_merge(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,

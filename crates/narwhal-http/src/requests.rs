@@ -10,6 +10,7 @@ use rand::RngCore;
 use std::time::Instant;
 use tracing::Instrument;
 
+/// The header carrying the request id, in and out.
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// The request's id, in request extensions.
@@ -30,6 +31,7 @@ fn request_id(req: &Request) -> String {
         })
 }
 
+/// Middleware around every request: request id, span, timeout (`request_timeout`, or `upload_timeout` on [`crate::uploads::LONG_ROUTES`]), JSON error bodies, metrics and one log line.
 pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(&req);

@@ -1,5 +1,6 @@
 //! Every API route, declared once as data. The router and the OpenAPI document are
-//! both built from [`ROUTES`].
+//! both built from [`ROUTES`]; the JSON Schemas of the bodies it names are in
+//! [`schemas`], beside it.
 
 use crate::auth::{self, require};
 use crate::{audit, imports, inbound, lists, people, segments, uploads, AppState};

@@ -23,17 +23,22 @@ fn parse_filter(v: &serde_json::Value) -> ApiResult<SegmentFilter> {
     })
 }
 
+/// `GET /api/v1/segments`: All segments.
 pub async fn index(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     Ok(Json(json!({"segments": s.store.segments().await?})))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The body of `POST /api/v1/segments`.
 pub struct NewSegment {
+    /// 1 to 200 characters.
     pub name: String,
+    /// A filter in the segment language (`SegmentFilter`).
     pub filter: serde_json::Value,
 }
 
+/// `POST /api/v1/segments`: Save a segment.
 pub async fn create(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -70,10 +75,13 @@ pub(crate) async fn audit(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+/// A body holding just a filter (preview, update).
 pub struct FilterBody {
+    /// A filter in the segment language (`SegmentFilter`).
     pub filter: serde_json::Value,
 }
 
+/// `POST /api/v1/segments/preview`: Count the people a filter matches.
 pub async fn preview(
     State(s): State<AppState>,
     Json(b): Json<FilterBody>,
@@ -82,6 +90,7 @@ pub async fn preview(
     Ok(Json(json!({"count": s.store.count_matching(&f).await?})))
 }
 
+/// `GET /api/v1/segments/{id}`: One segment.
 pub async fn show(
     State(s): State<AppState>,
     Path(id): Path<SegmentId>,
@@ -89,6 +98,7 @@ pub async fn show(
     Ok(Json(s.store.segment(id).await?))
 }
 
+/// `PUT /api/v1/segments/{id}`: Change a segment's filter.
 pub async fn update(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -101,6 +111,7 @@ pub async fn update(
     Ok(Json(s.store.segment(id).await?))
 }
 
+/// `DELETE /api/v1/segments/{id}`: Delete a segment.
 pub async fn delete(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -111,6 +122,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /api/v1/segments/{id}/count`: How many people a segment matches now.
 pub async fn count(
     State(s): State<AppState>,
     Path(id): Path<SegmentId>,
@@ -121,6 +133,7 @@ pub async fn count(
     ))
 }
 
+/// `GET /api/v1/segments/{id}/people`: A page of a segment's people (after, limit).
 pub async fn people(
     State(s): State<AppState>,
     Path(id): Path<SegmentId>,
@@ -138,6 +151,7 @@ pub async fn people(
     Ok(Json(json!({"people": people, "next_after": next})))
 }
 
+/// `GET /api/v1/segments/{id}/export.csv`: A segment's people as CSV, streamed.
 pub async fn export(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -97,6 +97,7 @@ fn format_ms(ms: i64) -> String {
     }
 }
 
+/// The console's routes: pages, forms and the stylesheet.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/static/console.css", get(css))
@@ -128,7 +129,9 @@ pub fn router() -> Router<AppState> {
 
 /// A console failure, shown as a small HTML page.
 pub enum Fail {
+    /// Not logged in: redirect to the login page.
     Login,
+    /// Anything else: an HTML page with the status and the error's safe message.
     Api(ApiError),
 }
 
