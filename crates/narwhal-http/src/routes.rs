@@ -272,7 +272,7 @@ pub fn schemas() -> Value {
                 "addr_key": {"type": ["string", "null"], "description": "normalized address used for matching"},
                 "email_consent": schema_ref("ConsentState"), "sms_consent": schema_ref("ConsentState"),
                 "custom": {"type": "object", "additionalProperties": {"type": "string"}},
-                "provenance": {"type": "object", "description": "field name -> where its value came from",
+                "provenance": {"type": "object", "description": "field name -> where its value came from; the key \"*\" covers every field the person was created with",
                     "additionalProperties": {"type": "object", "properties": {"source": {"type": "string"}, "at": timestamp}}},
                 "row_hash": {"type": "integer", "description": "fingerprint of the last source record folded in"},
                 "emails": {"type": "array", "items": {"type": "string"}},

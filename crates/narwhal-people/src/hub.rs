@@ -313,7 +313,17 @@ impl Hub {
                         ));
                     }
                     insert_of.push(i);
-                    cs.inserts.push(new_person(d, source, now));
+                    // Keys that another person holds (one with a different voter id) stay theirs.
+                    if d.emails.iter().any(|e| km.email.contains_key(e.as_str()))
+                        || d.phones.iter().any(|p| km.phone.contains_key(p.as_str()))
+                    {
+                        let mut d = d.clone();
+                        d.emails.retain(|e| !km.email.contains_key(e.as_str()));
+                        d.phones.retain(|p| !km.phone.contains_key(p.as_str()));
+                        cs.inserts.push(new_person(&d, source, now));
+                    } else {
+                        cs.inserts.push(new_person(d, source, now));
+                    }
                 }
                 Some((id, _)) => match loaded.get(id) {
                     None => {

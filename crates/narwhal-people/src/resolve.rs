@@ -35,14 +35,10 @@ pub fn new_person(d: &PersonDraft, source: &str, at: i64) -> NewPerson {
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), Value::String(v.clone())))
         .collect();
-    let s = stamp(source, at);
+    // One stamp for everything this source said at creation; fields changed later
+    // get stamps of their own (see `apply`). `provenance_of` reads either.
     let mut prov = Map::new();
-    for f in present_fields(&row) {
-        prov.insert(f.to_string(), s.clone());
-    }
-    for k in d.custom.keys() {
-        prov.insert(format!("custom.{}", k.as_str()), s.clone());
-    }
+    prov.insert(ALL_FIELDS.to_string(), stamp(source, at));
     row.provenance = prov;
     NewPerson {
         row,
@@ -63,34 +59,14 @@ fn set_address(row: &mut PersonRow, a: &narwhal_domain::PostalAddress) {
     row.addr_key = a.match_key();
 }
 
-fn present_fields(row: &PersonRow) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    let pairs: [(&'static str, bool); 15] = [
-        ("voter_id", row.voter_id.is_some()),
-        ("first_name", row.first_name.is_some()),
-        ("middle_name", row.middle_name.is_some()),
-        ("last_name", row.last_name.is_some()),
-        ("suffix", row.suffix.is_some()),
-        ("email", row.email.is_some()),
-        ("phone", row.phone.is_some()),
-        (
-            "address",
-            row.addr_line1.is_some() || row.zip.is_some() || row.city.is_some(),
-        ),
-        ("state", row.state.is_some()),
-        ("county", row.county.is_some()),
-        ("precinct", row.precinct.is_some()),
-        ("email_consent", row.email_consent != "unknown"),
-        ("sms_consent", row.sms_consent != "unknown"),
-        ("city", false),
-        ("zip", false),
-    ];
-    for (name, present) in pairs {
-        if present {
-            v.push(name);
-        }
-    }
-    v
+/// The provenance key that stands for every field a person was created with.
+pub const ALL_FIELDS: &str = "*";
+
+/// Which source last set `field` (`"first_name"`, `"custom.party"`, ...) and when.
+pub fn provenance_of<'a>(row: &'a PersonRow, field: &str) -> Option<&'a Value> {
+    row.provenance
+        .get(field)
+        .or_else(|| row.provenance.get(ALL_FIELDS))
 }
 
 /// What a draft changes on an existing person.
@@ -315,15 +291,22 @@ mod tests {
     fn provenance_records_source_per_field() {
         let np = new_person(&draft(), "ohio-file", 42);
         assert_eq!(
-            np.row.provenance["voter_id"],
-            json!({"source":"ohio-file","at":42})
+            provenance_of(&np.row, "voter_id"),
+            Some(&json!({"source":"ohio-file","at":42}))
         );
-        assert!(!np.row.provenance.contains_key("first_name"));
+        assert_eq!(
+            np.row.provenance.len(),
+            1,
+            "one stamp for the whole record at creation"
+        );
         let mut d = draft();
         d.name.first_name = Some("Ada".into());
         let a = apply(&record(np), &d, "crm", 50, false);
         assert_eq!(a.changed, vec!["first_name"]);
         assert_eq!(a.row.provenance["first_name"]["source"], "crm");
-        assert_eq!(a.row.provenance["voter_id"]["source"], "ohio-file");
+        assert_eq!(
+            provenance_of(&a.row, "voter_id").unwrap()["source"],
+            "ohio-file"
+        );
     }
 }

@@ -186,7 +186,10 @@ async fn sources_resolve_to_one_person_with_provenance(db: TestDb) {
     let p = db.store.get_person(a.id).await.unwrap();
     assert_eq!(p.phones, vec!["+16145550101"]);
     assert_eq!(p.row.first_name.as_deref(), Some("Ada"));
-    assert_eq!(p.row.provenance["voter_id"]["source"], "voter-file");
+    assert_eq!(
+        narwhal_people::resolve::provenance_of(&p.row, "voter_id").unwrap()["source"],
+        "voter-file"
+    );
     assert_eq!(p.row.provenance["first_name"]["source"], "signup-form");
     assert_eq!(db.store.count_people().await.unwrap(), 1);
     // Different voter ids are never merged, even when they share a phone.

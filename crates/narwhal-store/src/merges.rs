@@ -77,8 +77,8 @@ pub fn merged_row(survivor: &PersonRow, other: &PersonRow) -> PersonRow {
 
 macro_rules! write_row {
     ($conn:expr, $id:expr, $r:expr, $now:expr, $insert:expr, $version:expr, $created:expr) => {{
-        let custom = serde_json::Value::Object($r.custom.clone()).to_string();
-        let prov = serde_json::Value::Object($r.provenance.clone()).to_string();
+        let custom = crate::people::json_text(&$r.custom);
+        let prov = crate::people::json_text(&$r.provenance);
         let sql = if $insert {
             format!("INSERT INTO people (id, {}, version, created_at, updated_at) VALUES ($1, {}, $23, $24, $25)", crate::people::ROW_COLS,
                 (2..=22).map(|i| format!("${i}")).collect::<Vec<_>>().join(", "))

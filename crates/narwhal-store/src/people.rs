@@ -231,11 +231,17 @@ macro_rules! summary_from {
     }};
 }
 
-fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// `n` bind markers for statements made only of positional values. SQLite gets
+/// anonymous `?` markers: sqlx binds by asking SQLite each marker's name, which walks
+/// a list of the named ones, so thousands of `$N` markers cost quadratic time.
+fn placeholders(backend: Backend, start: usize, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => vec!["?"; n].join(", "),
+        Backend::Postgres => (start..start + n)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 /// Escapes one value for PostgreSQL's COPY text format.
@@ -265,9 +271,10 @@ impl Store {
         phones: &[String],
     ) -> Result<KeyMatches> {
         let mut m = KeyMatches::default();
+        let backend = self.backend();
         on_read!(self, p => {
             for chunk in voter_ids.chunks(KEY_CHUNK) {
-                let sql = format!("SELECT voter_id, id, row_hash FROM people WHERE voter_id IN ({})", placeholders(1, chunk.len()));
+                let sql = format!("SELECT voter_id, id, row_hash FROM people WHERE voter_id IN ({})", placeholders(backend, 1, chunk.len()));
                 let mut q = sqlx::query(&sql);
                 for v in chunk { q = q.bind(v); }
                 for r in q.fetch_all(p).await? {
@@ -275,7 +282,7 @@ impl Store {
                 }
             }
             for chunk in emails.chunks(KEY_CHUNK) {
-                let sql = format!("SELECT e.email AS k, p.id, p.row_hash FROM person_emails e JOIN people p ON p.id = e.person_id WHERE e.email IN ({})", placeholders(1, chunk.len()));
+                let sql = format!("SELECT e.email AS k, p.id, p.row_hash FROM person_emails e JOIN people p ON p.id = e.person_id WHERE e.email IN ({})", placeholders(backend, 1, chunk.len()));
                 let mut q = sqlx::query(&sql);
                 for v in chunk { q = q.bind(v); }
                 for r in q.fetch_all(p).await? {
@@ -283,7 +290,7 @@ impl Store {
                 }
             }
             for chunk in phones.chunks(KEY_CHUNK) {
-                let sql = format!("SELECT e.phone AS k, p.id, p.row_hash FROM person_phones e JOIN people p ON p.id = e.person_id WHERE e.phone IN ({})", placeholders(1, chunk.len()));
+                let sql = format!("SELECT e.phone AS k, p.id, p.row_hash FROM person_phones e JOIN people p ON p.id = e.person_id WHERE e.phone IN ({})", placeholders(backend, 1, chunk.len()));
                 let mut q = sqlx::query(&sql);
                 for v in chunk { q = q.bind(v); }
                 for r in q.fetch_all(p).await? {
@@ -298,9 +305,10 @@ impl Store {
     /// Loads full records for these ids (missing ids are skipped).
     pub async fn load_people(&self, ids: &[PersonId]) -> Result<Vec<PersonRecord>> {
         let mut out = Vec::with_capacity(ids.len());
+        let backend = self.backend();
         on_read!(self, p => {
             for chunk in ids.chunks(KEY_CHUNK) {
-                let ph = placeholders(1, chunk.len());
+                let ph = placeholders(backend, 1, chunk.len());
                 let sql = format!("SELECT id, {ROW_COLS}, version, created_at, updated_at FROM people WHERE id IN ({ph}) ORDER BY id");
                 let mut q = sqlx::query(&sql);
                 for id in chunk { q = q.bind(id.0); }
@@ -453,7 +461,7 @@ impl Store {
                     sets.join(", "), N_ROW_COLS + 1, N_ROW_COLS + 2, N_ROW_COLS + 3
                 );
                 let r = &u.row;
-                let q = bind_row!(sqlx::query(&sql), r, serde_json::Value::Object(r.custom.clone()).to_string(), serde_json::Value::Object(r.provenance.clone()).to_string());
+                let q = bind_row!(sqlx::query(&sql), r, json_text(&r.custom), json_text(&r.provenance));
                 let res = q.bind(now).bind(u.id.0).bind(u.expected_version).execute(&mut *tx).await
                     .map_err(|e| StoreError::from_unique(e, "a person with that voter id"))?;
                 if res.rows_affected() != 1 {
@@ -491,7 +499,7 @@ impl Store {
                 ("person_phones", "phone", &phones, false),
             ] {
                 for chunk in pairs.chunks(INSERT_CHUNK * 4) {
-                    let values: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(1 + i * 4, 4))).collect();
+                    let values: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(backend, 1 + i * 4, 4))).collect();
                     let sql = format!("INSERT INTO {table} (person_id, {col}, source_id, created_at) VALUES {} ON CONFLICT ({col}) DO NOTHING", values.join(", "));
                     let mut q = sqlx::query(&sql);
                     for (pid, v) in chunk {
@@ -504,7 +512,7 @@ impl Store {
                 }
             }
             for chunk in ptags.chunks(INSERT_CHUNK * 8) {
-                let values: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(1 + i * 2, 2))).collect();
+                let values: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(backend, 1 + i * 2, 2))).collect();
                 let sql = format!("INSERT INTO person_tags (person_id, tag_id) VALUES {} ON CONFLICT DO NOTHING", values.join(", "));
                 let mut q = sqlx::query(&sql);
                 for (pid, tid) in chunk {
@@ -537,7 +545,7 @@ impl BulkInsert for sqlx::Transaction<'_, sqlx::Sqlite> {
         for (ci, chunk) in inserts.chunks(INSERT_CHUNK).enumerate() {
             let per = N_ROW_COLS + 4;
             let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(1 + i * per, per)))
+                .map(|i| format!("({})", placeholders(Backend::Sqlite, 1 + i * per, per)))
                 .collect();
             let sql = format!(
                 "INSERT INTO people (id, {ROW_COLS}, version, created_at, updated_at) VALUES {}",
@@ -547,12 +555,7 @@ impl BulkInsert for sqlx::Transaction<'_, sqlx::Sqlite> {
             for (i, np) in chunk.iter().enumerate() {
                 let r = &np.row;
                 q = q.bind(ids[ci * INSERT_CHUNK + i]);
-                q = bind_row!(
-                    q,
-                    r,
-                    serde_json::Value::Object(r.custom.clone()).to_string(),
-                    serde_json::Value::Object(r.provenance.clone()).to_string()
-                );
+                q = bind_row!(q, r, json_text(&r.custom), json_text(&r.provenance));
                 q = q.bind(1i64).bind(now).bind(now);
             }
             q.execute(&mut **self)
@@ -581,8 +584,8 @@ async fn copy_people(
     let mut buf = String::with_capacity(inserts.len() * 400);
     for (np, id) in inserts.iter().zip(ids) {
         let r = &np.row;
-        let custom = serde_json::Value::Object(r.custom.clone()).to_string();
-        let prov = serde_json::Value::Object(r.provenance.clone()).to_string();
+        let custom = json_text(&r.custom);
+        let prov = json_text(&r.provenance);
         let hash = r.row_hash.to_string();
         let id_s = id.to_string();
         let now_s = now.to_string();
@@ -630,4 +633,9 @@ async fn copy_people(
         .await
         .map_err(|e| StoreError::from_unique(e, "a person with that voter id"))?;
     Ok(())
+}
+
+/// A JSON object as stored text (serialized in place, without cloning it into a `Value`).
+pub(crate) fn json_text(m: &serde_json::Map<String, serde_json::Value>) -> String {
+    serde_json::to_string(m).unwrap_or_else(|_| "{}".to_string())
 }
