@@ -179,8 +179,10 @@ impl PersonDraft {
     /// A stable 64-bit fingerprint of the draft (FNV-1a over its canonical JSON), used
     /// to see that a re-imported row says nothing new.
     pub fn fingerprint(&self) -> i64 {
-        let bytes = serde_json::to_vec(self).unwrap_or_default();
-        fnv1a(&bytes) as i64
+        // Hash the JSON as it is written, without building it in memory.
+        let mut h = FnvWriter(FNV_OFFSET);
+        let _ = serde_json::to_writer(&mut h, self);
+        h.0 as i64
     }
 
     /// Folds `later` into `self`: later non-empty values win, lists are unioned.
@@ -218,14 +220,32 @@ fn dedup_keep_order<T: PartialEq + Clone>(v: &mut Vec<T>) {
     *v = out;
 }
 
-/// FNV-1a, 64-bit: stable across runs, platforms and versions (unlike `DefaultHasher`).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a_from(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+/// FNV-1a, 64-bit: stable across runs, platforms and versions (unlike `DefaultHasher`).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv1a_from(FNV_OFFSET, bytes)
+}
+
+/// An `io::Write` that folds everything written into an FNV-1a hash.
+struct FnvWriter(u64);
+
+impl std::io::Write for FnvWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = fnv1a_from(self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +269,11 @@ mod tests {
         };
         let mut b = a.clone();
         assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(
+            a.fingerprint(),
+            fnv1a(&serde_json::to_vec(&a).unwrap()) as i64,
+            "the hash of the canonical JSON"
+        );
         b.tags.push(Tag::parse("x").unwrap());
         assert_ne!(a.fingerprint(), b.fingerprint());
     }

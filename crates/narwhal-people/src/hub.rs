@@ -277,7 +277,12 @@ impl Hub {
         }
 
         // Load the people whose stored fingerprint differs from the record's.
-        let fps: Vec<i64> = folded.iter().map(|d| d.fingerprint()).collect();
+        // Fingerprints only for records that matched someone (new people get theirs in `new_person`).
+        let fps: Vec<i64> = folded
+            .iter()
+            .zip(&matches)
+            .map(|(d, m)| if m.is_empty() { 0 } else { d.fingerprint() })
+            .collect();
         let need: Vec<PersonId> = (0..folded.len())
             .filter_map(|i| {
                 matches[i]

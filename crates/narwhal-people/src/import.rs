@@ -386,7 +386,11 @@ pub async fn run(
         ..Default::default()
     };
     let source = mapping.source.name.clone();
-    let mut result = Ok(());
+    let mut result: Result<(), ImportError> = Ok(());
+    // Two batches in flight: while one is being written, the next is resolved, so the
+    // database and this process work at the same time. Batches that race for the same
+    // key are caught by the store (a unique key or version conflict) and resolved again.
+    let mut inflight: tokio::task::JoinSet<BatchDone> = tokio::task::JoinSet::new();
     while let Some(msg) = rx.recv().await {
         let chunk = match msg {
             Ok(c) => c,
@@ -395,8 +399,6 @@ pub async fn run(
                 break;
             }
         };
-        counts.rows_read += chunk.rows;
-        counts.bytes_read = chunk.bytes.max(counts.bytes_read);
         for r in &chunk.rejects {
             counts.rejected += 1;
             let _ = rejects.write_record([
@@ -405,19 +407,36 @@ pub async fn run(
                 r.raw.as_str(),
             ]);
         }
-        if !chunk.drafts.is_empty() {
-            match hub.upsert_batch(chunk.drafts, &source, actor, false).await {
-                Ok((_, t)) => {
-                    counts.inserted += t.inserted;
-                    counts.updated += t.updated;
-                    counts.unchanged += t.unchanged;
-                    counts.merged += t.merged;
-                }
-                Err(e) => {
-                    result = Err(e.into());
+        if inflight.len() >= 2 {
+            if let Some(done) = inflight.join_next().await {
+                if let Err(e) = settle(&mut counts, done) {
+                    result = Err(e);
                     break;
                 }
+                on_progress(&counts);
             }
+        }
+        let (hub, source, actor) = (hub.clone(), source.clone(), actor.to_string());
+        let (rows, bytes, drafts) = (chunk.rows, chunk.bytes, chunk.drafts);
+        inflight.spawn(async move {
+            let totals = if drafts.is_empty() {
+                Ok(Default::default())
+            } else {
+                hub.upsert_batch(drafts, &source, &actor, false)
+                    .await
+                    .map(|(_, t)| t)
+            };
+            BatchDone {
+                totals,
+                rows,
+                bytes,
+            }
+        });
+    }
+    while let Some(done) = inflight.join_next().await {
+        let r = settle(&mut counts, done);
+        if result.is_ok() {
+            result = r;
         }
         on_progress(&counts);
     }
@@ -425,6 +444,31 @@ pub async fn run(
     let _ = parser.join();
     let _ = rejects.flush();
     result.map(|()| counts)
+}
+
+/// What one batch task reports back.
+struct BatchDone {
+    totals: Result<crate::hub::BatchTotals, PeopleError>,
+    rows: i64,
+    bytes: i64,
+}
+
+/// Adds a finished batch to the counts.
+fn settle(
+    counts: &mut ImportCounts,
+    done: Result<BatchDone, tokio::task::JoinError>,
+) -> Result<(), ImportError> {
+    let done = done.map_err(|e| {
+        ImportError::People(PeopleError::Invalid(format!("an import batch failed: {e}")))
+    })?;
+    let t = done.totals?;
+    counts.inserted += t.inserted;
+    counts.updated += t.updated;
+    counts.unchanged += t.unchanged;
+    counts.merged += t.merged;
+    counts.rows_read += done.rows;
+    counts.bytes_read = done.bytes.max(counts.bytes_read);
+    Ok(())
 }
 
 /// Validates a mapping and a file, then records the import and queues the job that

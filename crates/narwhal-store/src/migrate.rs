@@ -4,12 +4,20 @@ use crate::error::Result;
 use crate::{now_ms, Backend, Store};
 
 /// (version, name, SQLite SQL, PostgreSQL SQL). Append only; never edit a shipped one.
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "people",
-    include_str!("../migrations/sqlite/0001_people.sql"),
-    include_str!("../migrations/postgres/0001_people.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "people",
+        include_str!("../migrations/sqlite/0001_people.sql"),
+        include_str!("../migrations/postgres/0001_people.sql"),
+    ),
+    (
+        2,
+        "fewer_people_indexes",
+        include_str!("../migrations/sqlite/0002_fewer_people_indexes.sql"),
+        include_str!("../migrations/postgres/0002_fewer_people_indexes.sql"),
+    ),
+];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {
     let backend = store.backend();
