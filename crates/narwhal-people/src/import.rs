@@ -442,6 +442,11 @@ pub async fn run(
     }
     drop(rx);
     let _ = parser.join();
+    if result.is_ok() && counts.inserted + counts.updated + counts.merged >= 10_000 {
+        if let Err(e) = hub.store.after_bulk_load().await {
+            tracing::warn!(error = %e, "refreshing statistics after the import failed");
+        }
+    }
     let _ = rejects.flush();
     result.map(|()| counts)
 }

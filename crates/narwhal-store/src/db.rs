@@ -209,6 +209,22 @@ impl Store {
         crate::migrate::run(self).await
     }
 
+    /// Refreshes the planner's statistics (and on PostgreSQL the visibility map, so
+    /// counts can use index-only scans) after a bulk load changed many rows.
+    pub async fn after_bulk_load(&self) -> Result<()> {
+        match &self.pools {
+            Pools::Sqlite { write, .. } => {
+                sqlx::query("PRAGMA optimize").execute(write).await?;
+            }
+            Pools::Postgres(p) => {
+                sqlx::raw_sql("VACUUM (ANALYZE) people, person_emails, person_phones, person_tags")
+                    .execute(p)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// A round trip to the database, for `/readyz`.
     pub async fn ping(&self) -> Result<()> {
         on_read!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|r| r.rows_affected()))?;

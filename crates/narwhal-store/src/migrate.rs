@@ -17,6 +17,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0002_fewer_people_indexes.sql"),
         include_str!("../migrations/postgres/0002_fewer_people_indexes.sql"),
     ),
+    (
+        3,
+        "county_index",
+        include_str!("../migrations/sqlite/0003_county_index.sql"),
+        include_str!("../migrations/postgres/0003_county_index.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {
