@@ -10,13 +10,16 @@ use narwhal_store::Store;
 use std::time::Duration;
 
 pub const KINDS: &[&str] = &["import.people", "inbound.person"];
-const LEASE_MS: i64 = 60_000;
+/// How long a claimed job stays ours without a heartbeat: after this, another node
+/// takes it over. Progress renews it several times a second.
+pub const DEFAULT_LEASE_MS: i64 = 60_000;
 
 /// Runs until `shutdown` turns true. A job in progress at shutdown is left with its
 /// lease, which expires so that another node (or this one, restarted) resumes it.
 pub fn spawn(
     store: Store,
     node_id: String,
+    lease_ms: i64,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -25,10 +28,10 @@ pub fn spawn(
             if *shutdown.borrow() {
                 break;
             }
-            match store.claim_job(KINDS, &node_id, LEASE_MS).await {
+            match store.claim_job(KINDS, &node_id, lease_ms).await {
                 Ok(Some(job)) => {
                     let id = job.id;
-                    let outcome = run_job(&hub, &job, &node_id).await;
+                    let outcome = run_job(&hub, &job, &node_id, lease_ms).await;
                     let r = match outcome {
                         Ok(result) => store.complete_job(id, &node_id, &result).await.map(|_| ()),
                         Err((msg, permanent)) => {
@@ -60,13 +63,14 @@ pub async fn run_job(
     hub: &Hub,
     job: &Job,
     node_id: &str,
+    lease_ms: i64,
 ) -> Result<serde_json::Value, (String, bool)> {
     match job.kind.as_str() {
         "import.people" => {
             let id = job.payload["import_id"]
                 .as_i64()
                 .ok_or(("payload lacks import_id".to_string(), true))?;
-            run_import_job(hub, ImportId(id), job, node_id).await
+            run_import_job(hub, ImportId(id), job, node_id, lease_ms).await
         }
         "inbound.person" => {
             let id = job.payload["inbound_id"]
@@ -83,6 +87,7 @@ async fn run_import_job(
     id: ImportId,
     job: &Job,
     node_id: &str,
+    lease_ms: i64,
 ) -> Result<serde_json::Value, (String, bool)> {
     let store = &hub.store;
     let run = store
@@ -110,7 +115,7 @@ async fn run_import_job(
                     .update_import(id, "running", &c, Some(&rj), None)
                     .await;
                 let _ = store
-                    .heartbeat_job(job_id, &node, LEASE_MS, c.bytes_read, c.bytes_total)
+                    .heartbeat_job(job_id, &node, lease_ms, c.bytes_read, c.bytes_total)
                     .await;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

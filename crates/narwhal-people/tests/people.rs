@@ -247,7 +247,7 @@ async fn queued_import_job_runs_on_the_worker(db: TestDb) {
         .await
         .unwrap()
         .unwrap();
-    narwhal_people::worker::run_job(&hub, &job, "node-1")
+    narwhal_people::worker::run_job(&hub, &job, "node-1", 60_000)
         .await
         .unwrap();
     let run = db.store.import_run(id).await.unwrap();

@@ -12,6 +12,10 @@ pub struct ServeArgs {
     /// A name for this node in job leases (default: host-pid).
     #[arg(long, env = "NARWHAL_NODE_ID")]
     pub node_id: Option<String>,
+    /// Seconds a claimed background job stays this node's without a heartbeat; after
+    /// that, another node takes it over (a crashed node's work is not lost).
+    #[arg(long, env = "NARWHAL_JOB_LEASE_SECS", default_value_t = 60)]
+    pub job_lease_secs: u32,
     /// Mark the session cookie Secure (set when served over HTTPS).
     #[arg(long, env = "NARWHAL_COOKIE_SECURE")]
     pub cookie_secure: bool,
@@ -50,7 +54,12 @@ pub async fn serve_store(
         ..HttpConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let worker = narwhal_people::worker::spawn(store.clone(), node_id.clone(), stop_rx);
+    let worker = narwhal_people::worker::spawn(
+        store.clone(),
+        node_id.clone(),
+        i64::from(args.job_lease_secs.max(1)) * 1000,
+        stop_rx,
+    );
     println!(
         "Narwhal is serving on http://{addr} (node {node_id}, {})",
         settings.database.redacted()
