@@ -18,7 +18,7 @@ pub async fn run_queued_job(app: &TestApp) {
         .unwrap()
         .expect("a queued job");
     let hub = narwhal_people::Hub::new(app.store.clone());
-    let result = narwhal_people::worker::run_job(&hub, &job, "test-node").await;
+    let result = narwhal_people::worker::run_job(&hub, &job, "test-node", 60_000).await;
     assert!(result.is_ok(), "{result:?}");
 }
 
