@@ -19,12 +19,17 @@ pub struct BenchArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
     /// Import a generated 70-column voter file; compare with a raw bulk insert of the same rows.
+    ///
+    /// The PostgreSQL run uses --database when it is a postgres:// URL, else
+    /// postgres://postgres@127.0.0.1:5432/test, inside a schema of its own that is
+    /// dropped afterwards. Progress goes to stderr; stdout has one JSON line per backend.
     Import {
         #[command(flatten)]
         common: BenchArgs,
         /// Rows in the generated file.
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
+        /// The generator's seed (the same seed gives the same file).
         #[arg(long, default_value_t = 2012)]
         seed: u64,
     },
