@@ -1,0 +1,22 @@
+//! Narwhal's mail providers: the layer that hands rendered messages to an outside
+//! service and says, as data, what happened to each one.
+//!
+//! - [`throttle`]: account limits parsed from strings like `"14/s,daily=50000"`, and a
+//!   pure token bucket plus rolling 24-hour window driven by an explicit clock.
+//! - [`provider`]: the [`provider::Provider`] trait, per-message [`provider::SendOutcome`]s
+//!   and the decision table that turns an outcome into retry / wait / fail over / give up / park.
+//! - [`sigv4`]: AWS Signature Version 4, checked against the published test suite.
+//! - [`secret`]: a wrapper whose `Debug` never prints the secret.
+//!
+//! Nothing here knows about blasts, ledgers or the database: a provider is handed a batch
+//! and answers one outcome per message, in order. Deciding what to do next is the
+//! scheduler's job, helped by [`provider::decide`].
+
+pub mod provider;
+pub mod secret;
+pub mod sigv4;
+pub mod throttle;
+
+pub use provider::{Decision, OutgoingMessage, Provider, SendOutcome};
+pub use secret::Secret;
+pub use throttle::{Throttle, ThrottleSpec, UnixMillis};
