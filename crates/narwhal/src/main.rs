@@ -66,10 +66,10 @@ fn main() -> std::process::ExitCode {
             Command::Serve(a) => serve::run(&settings, a).await,
             Command::Demo(a) => demo::run(&settings, a).await,
             Command::Migrate => {
-                let store = config::open_store(&settings).await?;
+                let store = narwhal_store::Store::open(&settings.database).await?;
+                let n = store.migrate().await?;
                 println!(
-                    "applied {} migration(s) to {}",
-                    store.migrate().await?,
+                    "applied {n} migration(s) to {}",
                     settings.database.redacted()
                 );
                 Ok(())
