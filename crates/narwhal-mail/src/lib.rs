@@ -5,6 +5,7 @@
 //!   pure token bucket plus rolling 24-hour window driven by an explicit clock.
 //! - [`provider`]: the [`provider::Provider`] trait, per-message [`provider::SendOutcome`]s
 //!   and the decision table that turns an outcome into retry / wait / fail over / give up / park.
+//! - [`ses`]: an Amazon SES v2 HTTP client speaking the real wire format.
 //! - [`sigv4`]: AWS Signature Version 4, checked against the published test suite.
 //! - [`secret`]: a wrapper whose `Debug` never prints the secret.
 //!
@@ -14,6 +15,7 @@
 
 pub mod provider;
 pub mod secret;
+pub mod ses;
 pub mod sigv4;
 pub mod throttle;
 
