@@ -13,7 +13,7 @@ use crate::mapping::{Encoding, Mapping, MappingError};
 use crate::PeopleError;
 use narwhal_domain::ImportId;
 use narwhal_domain::{
-    ConsentState, CustomFieldKey, Email, PersonDraft, PhoneE164, PostalAddress, Tag, VoterId,
+    ConsentState, CustomFieldKey, Email, PersonDraft, PhoneE164, PostalAddress, VoterId,
 };
 use narwhal_store::imports::ImportCounts;
 use narwhal_store::Store;
@@ -77,7 +77,7 @@ struct Chunk {
 struct Plan {
     fields: HashMap<String, usize>,
     custom: Vec<(CustomFieldKey, usize)>,
-    tag_cols: Vec<(usize, String)>,
+    tag_cols: Vec<(usize, crate::mapping::TagColumn)>,
     width: usize,
 }
 
@@ -115,7 +115,7 @@ fn plan(header: &[String], m: &Mapping, path: &str) -> Result<Plan, ImportError>
             .tags
             .from_column
             .iter()
-            .map(|t| (pos[t.column.trim()], t.prefix.clone()))
+            .map(|t| (pos[t.column.trim()], t.clone()))
             .collect(),
         width: header.len(),
     })
@@ -224,13 +224,12 @@ fn row_to_draft(
         }
     }
     d.tags.extend(m.tags.always.iter().cloned());
-    for (i, prefix) in &p.tag_cols {
-        let v = cell(*i)?;
-        if !v.is_empty() {
-            d.tags.push(
-                Tag::parse(&format!("{prefix}{v}"))
-                    .map_err(|e| format!("column {}: {e}", header[*i]))?,
-            );
+    for (i, tc) in &p.tag_cols {
+        if let Some(t) = tc
+            .tag_for(&cell(*i)?)
+            .map_err(|e| format!("column {}: {e}", header[*i]))?
+        {
+            d.tags.push(t);
         }
     }
     if !d.has_strong_key() {

@@ -19,6 +19,9 @@
 //! [[tags.from_column]]           # a tag "prefix + value" when the cell is not empty
 //! column = "GENERAL-11/06/2012"
 //! prefix = "voted:2012g:"
+//! [[tags.from_column]]           # or a fixed tag when the cell says yes
+//! column = "IS_DONOR"
+//! tag = "donor"
 //!
 //! [defaults]                     # used when a row's cell is empty
 //! state = "OH"
@@ -98,8 +101,32 @@ pub struct TagSpec {
 #[serde(deny_unknown_fields)]
 pub struct TagColumn {
     pub column: String,
+    /// The tag is `prefix + cell` (e.g. `voted:2012g:` + `D`).
     #[serde(default)]
     pub prefix: String,
+    /// Or: this fixed tag when the cell says yes (anything but empty, 0, n, no, false).
+    #[serde(default)]
+    pub tag: Option<Tag>,
+}
+
+impl TagColumn {
+    /// The tag a cell gives, if any (`Err` when `prefix + cell` is not a valid tag).
+    pub fn tag_for(&self, cell: &str) -> Result<Option<Tag>, narwhal_domain::ParseError> {
+        let cell = cell.trim();
+        if cell.is_empty() {
+            return Ok(None);
+        }
+        match &self.tag {
+            Some(t) => {
+                let no = matches!(
+                    cell.to_ascii_lowercase().as_str(),
+                    "0" | "n" | "no" | "false" | "f"
+                );
+                Ok((!no).then(|| t.clone()))
+            }
+            None => Tag::parse(&format!("{}{cell}", self.prefix)).map(Some),
+        }
+    }
 }
 
 /// A mapping file that cannot be used: names the line and column when TOML says so.
@@ -203,6 +230,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.0.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn tag_columns() {
+        let fixed = TagColumn {
+            column: "X".into(),
+            prefix: String::new(),
+            tag: Some(Tag::parse("donor").unwrap()),
+        };
+        assert_eq!(fixed.tag_for("yes").unwrap().unwrap().as_str(), "donor");
+        assert_eq!(fixed.tag_for("No").unwrap(), None);
+        assert_eq!(fixed.tag_for(" ").unwrap(), None);
+        let pre = TagColumn {
+            column: "X".into(),
+            prefix: "voted:".into(),
+            tag: None,
+        };
+        assert_eq!(pre.tag_for("D").unwrap().unwrap().as_str(), "voted:d");
+        assert!(pre.tag_for("a;b").is_err());
     }
 
     #[test]

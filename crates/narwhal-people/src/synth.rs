@@ -260,11 +260,11 @@ always = ["voter-file"]
 
 [[tags.from_column]]
 column = "IS_DONOR"
-prefix = "donor"
+tag = "donor"
 
 [[tags.from_column]]
 column = "IS_VOLUNTEER"
-prefix = "volunteer"
+tag = "volunteer"
 
 [[tags.from_column]]
 column = "GENERAL-11/06/2012"

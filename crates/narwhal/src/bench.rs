@@ -103,7 +103,7 @@ async fn run_import(
     let c2 = import::run(&hub, file, mapping, &opts, "bench", &|_| {}).await?;
     let resecs = t.elapsed().as_secs_f64();
 
-    let filter = SegmentFilter::parse(&serde_json::json!({"all":[{"county":"FRANKLIN"},{"consent":{"channel":"email","state":"subscribed"}},{"not":{"tag":"donoryes"}}]}))
+    let filter = SegmentFilter::parse(&serde_json::json!({"all":[{"county":"FRANKLIN"},{"consent":{"channel":"email","state":"subscribed"}},{"not":{"tag":"donor"}}]}))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut best = f64::MAX;
     let mut count = 0;

@@ -82,8 +82,8 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
                 "Email subscribers",
                 json!({"consent":{"channel":"email","state":"subscribed"}}),
             ),
-            ("Donors", json!({"tag":"donoryes"})),
-            ("Volunteers", json!({"tag":"volunteeryes"})),
+            ("Donors", json!({"tag":"donor"})),
+            ("Volunteers", json!({"tag":"volunteer"})),
             (
                 "Franklin County GOTV",
                 json!({"all":[{"county":"FRANKLIN"},{"not":{"field":{"key":"party","op":"eq","value":"R"}}}]}),

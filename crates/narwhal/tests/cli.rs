@@ -23,7 +23,10 @@ fn demo_builds_a_campaign_and_import_reports_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (ok, out, _) = narwhal(d, &["migrate"]);
-    assert!(ok && out.starts_with("applied ") && !out.starts_with("applied 0 "), "{out}");
+    assert!(
+        ok && out.starts_with("applied ") && !out.starts_with("applied 0 "),
+        "{out}"
+    );
     let (ok, out, _) = narwhal(d, &["migrate"]);
     assert!(ok && out.contains("applied 0 migration(s)"), "{out}");
     let (ok, out, err) = narwhal(d, &["demo", "--people", "300", "--no-serve"]);
