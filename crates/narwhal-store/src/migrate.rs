@@ -23,6 +23,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0003_county_index.sql"),
         include_str!("../migrations/postgres/0003_county_index.sql"),
     ),
+    (
+        4,
+        "name_search",
+        include_str!("../migrations/sqlite/0004_name_search.sql"),
+        include_str!("../migrations/postgres/0004_name_search.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {

@@ -395,32 +395,44 @@ impl Store {
         let q = q.trim();
         let after = after.map(|a| a.0).unwrap_or(0);
         let limit = limit.clamp(1, 500);
+        // Name prefixes are index ranges [key, key + U+10FFFF): LIKE cannot use a
+        // binary index on SQLite, nor a plain one under a non-C collation on PostgreSQL.
+        let (sn, ln) = match self.backend() {
+            Backend::Sqlite => ("search_name", "lower(last_name)"),
+            Backend::Postgres => (
+                "(search_name COLLATE \"C\")",
+                "(lower(last_name) COLLATE \"C\")",
+            ),
+        };
+        let name_cond = format!(
+            "id IN (SELECT id FROM people WHERE {sn} >= $1 AND {sn} < $4 UNION SELECT id FROM people WHERE {ln} >= $1 AND {ln} < $4)"
+        );
         let (cond, arg): (&str, String) = if q.is_empty() {
-            ("1 = 1 AND $1 = $1", String::new())
+            ("1 = 1 AND $1 = $1 AND $4 = $4", String::new())
         } else if let Ok(e) = narwhal_domain::Email::parse(q) {
             (
-                "id IN (SELECT person_id FROM person_emails WHERE email = $1)",
+                "id IN (SELECT person_id FROM person_emails WHERE email = $1) AND $4 = $4",
                 e.as_str().to_string(),
             )
         } else if let Ok(ph) = narwhal_domain::PhoneE164::parse(q) {
             (
-                "id IN (SELECT person_id FROM person_phones WHERE phone = $1)",
+                "id IN (SELECT person_id FROM person_phones WHERE phone = $1) AND $4 = $4",
                 ph.as_str().to_string(),
             )
         } else if q.chars().any(|c| c.is_ascii_digit()) {
-            ("voter_id = $1", q.to_ascii_uppercase())
+            ("voter_id = $1 AND $4 = $4", q.to_ascii_uppercase())
         } else {
-            let key = narwhal_domain::text::collapse_whitespace(q).to_lowercase();
             (
-                "(search_name LIKE $1 || '%' OR lower(last_name) LIKE $1 || '%')",
-                key.replace(['%', '_'], ""),
+                name_cond.as_str(),
+                narwhal_domain::text::collapse_whitespace(q).to_lowercase(),
             )
         };
+        let upper = format!("{arg}\u{10FFFF}");
         let sql = format!(
             "SELECT {SUMMARY_COLS} FROM people WHERE {cond} AND id > $2 ORDER BY id LIMIT $3"
         );
         on_read!(self, p => {
-            let rows = sqlx::query(&sql).bind(arg).bind(after).bind(limit).fetch_all(p).await?;
+            let rows = sqlx::query(&sql).bind(arg).bind(after).bind(limit).bind(upper).fetch_all(p).await?;
             rows.iter().map(|r| Ok(summary_from!(r))).collect()
         })
     }

@@ -117,6 +117,13 @@ async fn run_import(
     let t = Instant::now();
     let all = store.count_matching(&everyone).await?;
     let all_ms = t.elapsed().as_secs_f64() * 1000.0;
+    // Name search: a common prefix (first page of many) and a rare one (few matches).
+    let t = Instant::now();
+    let common = store.search_people("smi", None, 50).await?.len();
+    let search_common_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    store.search_people("zzq", None, 50).await?;
+    let search_rare_ms = t.elapsed().as_secs_f64() * 1000.0;
     Ok(serde_json::json!({
         "bench": "import",
         "backend": b.as_str(),
@@ -133,6 +140,9 @@ async fn run_import(
         "segment_count": count,
         "count_all_ms": (all_ms * 10.0).round() / 10.0,
         "count_all": all,
+        "search_ms": (search_common_ms * 10.0).round() / 10.0,
+        "search_results": common,
+        "search_rare_ms": (search_rare_ms * 10.0).round() / 10.0,
     }))
 }
 
