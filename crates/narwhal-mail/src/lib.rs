@@ -8,16 +8,22 @@
 //! - [`ses`]: an Amazon SES v2 HTTP client speaking the real wire format.
 //! - [`sigv4`]: AWS Signature Version 4, checked against the published test suite.
 //! - [`secret`]: a wrapper whose `Debug` never prints the secret.
+//! - [`template`]: subject/text/HTML templates checked before any send, with the footer.
+//! - [`unsubscribe`]: signed per-recipient tokens and the RFC 8058 headers.
+//! - [`mime`]: the RFC 5322 message with quoted-printable parts.
 //!
 //! Nothing here knows about blasts, ledgers or the database: a provider is handed a batch
 //! and answers one outcome per message, in order. Deciding what to do next is the
 //! scheduler's job, helped by [`provider::decide`].
 
+pub mod mime;
 pub mod provider;
 pub mod secret;
 pub mod ses;
 pub mod sigv4;
+pub mod template;
 pub mod throttle;
+pub mod unsubscribe;
 
 pub use provider::{Decision, OutgoingMessage, Provider, SendOutcome};
 pub use secret::Secret;
