@@ -31,6 +31,7 @@ mod migrate;
 pub mod segments;
 #[allow(clippy::expect_used, clippy::panic)]
 pub mod test_support;
+pub mod turnout;
 
 pub use db::{Backend, DatabaseTarget, Store};
 pub use error::StoreError;

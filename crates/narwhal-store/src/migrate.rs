@@ -29,6 +29,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0004_name_search.sql"),
         include_str!("../migrations/postgres/0004_name_search.sql"),
     ),
+    (
+        6,
+        "turnout",
+        include_str!("../migrations/sqlite/0006_turnout.sql"),
+        include_str!("../migrations/postgres/0006_turnout.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {

@@ -1,0 +1,577 @@
+//! Election day storage: polling places and their precincts, the GOTV universe with
+//! voter codes, poll watchers, and turnout reports.
+//!
+//! Invariants:
+//! - A report is stored once per `report_id`, ever (`UNIQUE` + `ON CONFLICT DO
+//!   NOTHING`): a retried batch, a report sent on two channels under one id, or two
+//!   nodes receiving the same batch at once all leave one row.
+//! - A batch of reports is committed in one transaction before any outcome is
+//!   returned; an item that is rejected takes nothing else in the batch with it.
+//! - A voter has voted when at least one of their reports is not undone, so a voter
+//!   reported by two channels counts once, and undoing one of two reports keeps them
+//!   voted. An undo that arrives before its report leaves a tombstone (a row already
+//!   undone), so the late report is a duplicate and the result does not depend on
+//!   arrival order.
+
+use crate::error::{Result, StoreError};
+use crate::segments::compile;
+use crate::{now_ms, Backend, Store};
+use narwhal_domain::{PersonId, SegmentFilter, UserId};
+use serde::Serialize;
+use sqlx::Row;
+use std::collections::{HashMap, HashSet};
+
+/// Voter codes are `seq` scrambled by this bijection of `0..CODE_SPACE`: the
+/// multiplier is coprime with 10^7, so distinct seqs get distinct codes.
+pub const CODE_SPACE: i64 = 10_000_000;
+const CODE_MUL: i64 = 3_712_019;
+const CODE_ADD: i64 = 1_234_567;
+/// Rows per multi-row statement (7 values each, well under both backends' limits).
+const CHUNK: usize = 500;
+
+/// A polling place as imported, with the precincts that vote there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPollingPlace {
+    /// Short stable code, e.g. `FRA-12`.
+    pub code: String,
+    pub name: String,
+    pub address: String,
+    /// `(county, precinct)`, upper-cased as people's addresses store them.
+    pub precincts: Vec<(String, String)>,
+}
+
+/// A stored polling place with its counts.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PollingPlace {
+    pub code: String,
+    pub name: String,
+    pub address: String,
+    /// Precincts assigned to it.
+    pub precincts: i64,
+    /// People of the GOTV universe who vote here.
+    pub universe: i64,
+    /// Of those, how many have not been reported as voted.
+    pub remaining: i64,
+}
+
+/// What building the universe did.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct UniverseBuilt {
+    /// People added now (people already in it are kept with their codes).
+    pub added: u64,
+    /// People of the segment whose precinct has no polling place: not added.
+    pub unassigned: i64,
+}
+
+/// A poll watcher's stored row. `secret_hash` is never shown.
+#[derive(Debug, Clone)]
+pub struct Watcher {
+    pub id: i64,
+    pub user_id: UserId,
+    pub polling_place: String,
+    /// `pin` or `link`.
+    pub kind: String,
+    pub secret_hash: String,
+    pub issued_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+/// Who a report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The 7-digit voter code (without its check digit).
+    Code(i64),
+    Person(PersonId),
+}
+
+/// One report as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportIn {
+    pub report_id: String,
+    pub target: Target,
+    pub voted_at: i64,
+    /// Undo the report with this `report_id` instead of making it.
+    pub undo: bool,
+}
+
+/// Why one item of a batch was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rejection {
+    /// No one in the GOTV universe has this code or id.
+    UnknownVoter,
+    /// The voter votes at another polling place than the reporter's.
+    OtherPollingPlace,
+    /// This report id was already used for another voter.
+    ReportIdReused,
+}
+
+/// What happened to one item of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored now (a report, or an undo that took effect).
+    Accepted(PersonId),
+    /// Already stored before (a retry): nothing changed.
+    Duplicate(PersonId),
+    Rejected(Rejection),
+}
+
+/// Turnout of one precinct.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PrecinctTurnout {
+    pub county: String,
+    pub precinct: String,
+    pub polling_place: String,
+    pub universe: i64,
+    pub voted: i64,
+}
+
+/// A supporter still to turn out, as a watcher's or canvasser's list shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemainingVoter {
+    pub person_id: PersonId,
+    /// The 7-digit code without its check digit.
+    pub code: i64,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub addr_line1: Option<String>,
+    pub precinct: String,
+}
+
+/// `?, ?, ?` on SQLite (see `people::placeholders`), `$s, $s+1, ...` on PostgreSQL.
+fn marks(backend: Backend, start: usize, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => vec!["?"; n].join(", "),
+        Backend::Postgres => (start..start + n)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// `(?, ?, ...), (...)`: `rows` tuples of `width` markers.
+fn tuples(backend: Backend, rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", marks(backend, r * width + 1, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The expression that counts a universe row `g` as voted.
+const VOTED: &str =
+    "EXISTS (SELECT 1 FROM turnout_reports r WHERE r.person_id = g.person_id AND r.undone_at IS NULL)";
+
+impl Store {
+    /// Creates or updates polling places and assigns their precincts (a precinct
+    /// named again moves to its new place), all in one transaction.
+    pub async fn upsert_polling_places(&self, places: &[NewPollingPlace]) -> Result<()> {
+        let now = now_ms();
+        on_write!(self, p => {
+            let mut tx = p.begin().await?;
+            for pl in places {
+                sqlx::query("INSERT INTO polling_places (code, name, address, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (code) DO UPDATE SET name = excluded.name, address = excluded.address, updated_at = excluded.updated_at")
+                    .bind(&pl.code).bind(&pl.name).bind(&pl.address).bind(now)
+                    .execute(&mut *tx).await?;
+                for (county, precinct) in &pl.precincts {
+                    sqlx::query("INSERT INTO polling_place_precincts (county, precinct, polling_place) VALUES ($1, $2, $3) ON CONFLICT (county, precinct) DO UPDATE SET polling_place = excluded.polling_place")
+                        .bind(county).bind(precinct).bind(&pl.code)
+                        .execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Every polling place with its counts, by code.
+    pub async fn polling_places(&self) -> Result<Vec<PollingPlace>> {
+        self.places_where("1 = 1 AND $1 = $1", "").await
+    }
+
+    /// One polling place with its counts.
+    pub async fn polling_place(&self, code: &str) -> Result<PollingPlace> {
+        self.places_where("pl.code = $1", code)
+            .await?
+            .pop()
+            .ok_or(StoreError::NotFound("polling place"))
+    }
+
+    async fn places_where(&self, cond: &str, arg: &str) -> Result<Vec<PollingPlace>> {
+        let sql = format!(
+            "SELECT pl.code, pl.name, pl.address,
+                (SELECT COUNT(*) FROM polling_place_precincts x WHERE x.polling_place = pl.code) AS precincts,
+                (SELECT COUNT(*) FROM gotv_universe g WHERE g.polling_place = pl.code) AS universe,
+                (SELECT COUNT(*) FROM gotv_universe g WHERE g.polling_place = pl.code AND NOT {VOTED}) AS remaining
+             FROM polling_places pl WHERE {cond} ORDER BY pl.code"
+        );
+        on_read!(self, p => {
+            let rows = sqlx::query(&sql).bind(arg).fetch_all(p).await?;
+            rows.iter().map(|r| Ok(PollingPlace {
+                code: r.try_get("code")?,
+                name: r.try_get("name")?,
+                address: r.try_get("address")?,
+                precincts: r.try_get("precincts")?,
+                universe: r.try_get("universe")?,
+                remaining: r.try_get("remaining")?,
+            })).collect()
+        })
+    }
+
+    /// Adds the people matching `filter` to the GOTV universe in one `INSERT ...
+    /// SELECT`, each at their precinct's polling place with a new voter code. People
+    /// already in the universe keep their place and code; people whose precinct has
+    /// no polling place are counted, not added. County and precinct are matched
+    /// case-blind (the API stores them as sent; the importer upper-cases them).
+    pub async fn build_universe(&self, filter: &SegmentFilter) -> Result<UniverseBuilt> {
+        let c = compile(filter, self.backend());
+        let n = c.args.len();
+        let insert = format!(
+            "INSERT INTO gotv_universe (person_id, seq, code, polling_place, county, precinct, added_at)
+             SELECT x.id, x.seq, (x.seq * {CODE_MUL} + {CODE_ADD}) % {CODE_SPACE}, x.polling_place, x.county, x.precinct, ${now}
+             FROM (
+                SELECT m.id, pp.polling_place, pp.county, pp.precinct,
+                       (SELECT COALESCE(MAX(seq), 0) FROM gotv_universe) + ROW_NUMBER() OVER (ORDER BY m.id) AS seq
+                FROM (SELECT id, county, precinct FROM people WHERE {cond}) m
+                JOIN polling_place_precincts pp ON pp.county = UPPER(TRIM(m.county)) AND pp.precinct = UPPER(TRIM(m.precinct))
+                WHERE NOT EXISTS (SELECT 1 FROM gotv_universe g WHERE g.person_id = m.id)
+             ) x",
+            now = n + 1,
+            cond = c.sql,
+        );
+        let unassigned = format!(
+            "SELECT COUNT(*) FROM people WHERE {} AND NOT EXISTS (SELECT 1 FROM polling_place_precincts pp WHERE pp.county = UPPER(TRIM(people.county)) AND pp.precinct = UPPER(TRIM(people.precinct)))",
+            c.sql
+        );
+        let now = now_ms();
+        let added = on_write!(self, p => {
+            let mut tx = p.begin().await?;
+            let mut q = sqlx::query(&insert);
+            for a in &c.args { q = q.bind(a); }
+            let added = q.bind(now).execute(&mut *tx).await
+                .map_err(|e| StoreError::from_unique(e, "a voter code (the universe is full)"))?
+                .rows_affected();
+            let max: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM gotv_universe").fetch_one(&mut *tx).await?;
+            if max.unwrap_or(0) > CODE_SPACE {
+                return Err(StoreError::Invalid(format!("the GOTV universe holds at most {CODE_SPACE} people")));
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(added)
+        })?;
+        let unassigned = on_read!(self, p => {
+            let mut q = sqlx::query_scalar::<_, i64>(&unassigned);
+            for a in &c.args { q = q.bind(a); }
+            q.fetch_one(p).await
+        })?;
+        Ok(UniverseBuilt { added, unassigned })
+    }
+
+    /// How many people the GOTV universe holds.
+    pub async fn universe_size(&self) -> Result<i64> {
+        Ok(
+            on_read!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM gotv_universe").fetch_one(p).await)?,
+        )
+    }
+
+    /// Ties a (volunteer) user to a polling place with a PIN hash or link-token hash.
+    /// A user watches one place; issuing again replaces the place and the secret.
+    pub async fn upsert_watcher(
+        &self,
+        user: UserId,
+        polling_place: &str,
+        kind: &str,
+        secret_hash: &str,
+        expires_at: Option<i64>,
+    ) -> Result<i64> {
+        let now = now_ms();
+        on_write!(self, p => {
+            let mut tx = p.begin().await?;
+            let place: Option<String> = sqlx::query_scalar("SELECT code FROM polling_places WHERE code = $1").bind(polling_place).fetch_optional(&mut *tx).await?;
+            if place.is_none() {
+                return Err(StoreError::NotFound("polling place"));
+            }
+            let id: i64 = sqlx::query_scalar("INSERT INTO watchers (user_id, polling_place, kind, secret_hash, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)
+                ON CONFLICT (user_id) DO UPDATE SET polling_place = excluded.polling_place, kind = excluded.kind, secret_hash = excluded.secret_hash, issued_at = excluded.issued_at, expires_at = excluded.expires_at RETURNING id")
+                .bind(user.0).bind(polling_place).bind(kind).bind(secret_hash).bind(now).bind(expires_at)
+                .fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(id)
+        })
+    }
+
+    /// The watcher row of a user, if they are a watcher.
+    pub async fn watcher_by_user(&self, user: UserId) -> Result<Option<Watcher>> {
+        self.watcher_where("CAST(user_id AS TEXT) = $1", user.0.to_string())
+            .await
+    }
+
+    /// The watcher whose login-link token hashes to this.
+    pub async fn watcher_by_secret(&self, secret_hash: &str) -> Result<Option<Watcher>> {
+        self.watcher_where(
+            "secret_hash = $1 AND kind = 'link'",
+            secret_hash.to_string(),
+        )
+        .await
+    }
+
+    async fn watcher_where(&self, cond: &str, arg: String) -> Result<Option<Watcher>> {
+        let sql = format!("SELECT id, user_id, polling_place, kind, secret_hash, issued_at, expires_at FROM watchers WHERE {cond}");
+        on_read!(self, p => {
+            let Some(r) = sqlx::query(&sql).bind(arg).fetch_optional(p).await? else { return Ok(None) };
+            Ok(Some(Watcher {
+                id: r.try_get("id")?,
+                user_id: UserId(r.try_get("user_id")?),
+                polling_place: r.try_get("polling_place")?,
+                kind: r.try_get("kind")?,
+                secret_hash: r.try_get("secret_hash")?,
+                issued_at: r.try_get("issued_at")?,
+                expires_at: r.try_get("expires_at")?,
+            }))
+        })
+    }
+
+    /// Stores a batch of reports in one transaction and says what happened to each
+    /// item, in order. `place`, when given, is the only polling place whose voters
+    /// may be reported (a watcher's); other items are rejected one by one.
+    pub async fn ingest_reports(
+        &self,
+        place: Option<&str>,
+        watcher_id: Option<i64>,
+        channel: &str,
+        items: &[ReportIn],
+    ) -> Result<Vec<Outcome>> {
+        let backend = self.backend();
+        let now = now_ms();
+        let mut out: Vec<Option<Outcome>> = vec![None; items.len()];
+        on_write!(self, p => {
+            let mut tx = p.begin().await?;
+            // 1. Who each item is about, and where they vote.
+            let mut codes: Vec<i64> = items.iter().filter_map(|i| match i.target { Target::Code(c) => Some(c), _ => None }).collect();
+            let mut ids: Vec<i64> = items.iter().filter_map(|i| match i.target { Target::Person(p) => Some(p.0), _ => None }).collect();
+            codes.sort_unstable();
+            codes.dedup();
+            ids.sort_unstable();
+            ids.dedup();
+            let mut found: HashMap<Target, (PersonId, String)> = HashMap::new();
+            for (col, keys) in [("code", &codes), ("person_id", &ids)] {
+                for chunk in keys.chunks(CHUNK) {
+                    let sql = format!("SELECT person_id, code, polling_place FROM gotv_universe WHERE {col} IN ({})", marks(backend, 1, chunk.len()));
+                    let mut q = sqlx::query(&sql);
+                    for k in chunk { q = q.bind(k); }
+                    for r in q.fetch_all(&mut *tx).await? {
+                        let pid = PersonId(r.try_get("person_id")?);
+                        let code: i64 = r.try_get("code")?;
+                        let pl: String = r.try_get("polling_place")?;
+                        found.insert(Target::Code(code), (pid, pl.clone()));
+                        found.insert(Target::Person(pid), (pid, pl));
+                    }
+                }
+            }
+            // 2. Reject what cannot be taken; keep the first of repeated items.
+            let mut marks_todo: Vec<(usize, PersonId, String)> = Vec::new();
+            let mut undos_todo: Vec<(usize, PersonId, String)> = Vec::new();
+            let mut seen: HashSet<(&str, bool)> = HashSet::new();
+            for (i, item) in items.iter().enumerate() {
+                let Some((pid, pl)) = found.get(&item.target) else {
+                    out[i] = Some(Outcome::Rejected(Rejection::UnknownVoter));
+                    continue;
+                };
+                if place.is_some_and(|w| w != pl) {
+                    out[i] = Some(Outcome::Rejected(Rejection::OtherPollingPlace));
+                    continue;
+                }
+                if !seen.insert((item.report_id.as_str(), item.undo)) {
+                    // A repeat within the batch: resolved from its first, below.
+                    continue;
+                }
+                if item.undo {
+                    undos_todo.push((i, *pid, pl.clone()));
+                } else {
+                    marks_todo.push((i, *pid, pl.clone()));
+                }
+            }
+            // 3. Reports: one multi-row insert per chunk; what comes back is new.
+            for chunk in marks_todo.chunks(CHUNK) {
+                let sql = format!(
+                    "INSERT INTO turnout_reports (report_id, person_id, polling_place, watcher_id, channel, voted_at, received_at) VALUES {} ON CONFLICT (report_id) DO NOTHING RETURNING report_id",
+                    tuples(backend, chunk.len(), 7)
+                );
+                let mut q = sqlx::query_scalar::<_, String>(&sql);
+                for (i, pid, pl) in chunk {
+                    q = q.bind(&items[*i].report_id).bind(pid.0).bind(pl).bind(watcher_id).bind(channel).bind(items[*i].voted_at).bind(now);
+                }
+                let inserted: HashSet<String> = q.fetch_all(&mut *tx).await?.into_iter().collect();
+                let mut existing = Vec::new();
+                for (i, pid, _) in chunk {
+                    if inserted.contains(&items[*i].report_id) {
+                        out[*i] = Some(Outcome::Accepted(*pid));
+                    } else {
+                        existing.push((*i, *pid));
+                    }
+                }
+                // Already there: a retry, unless the id was used for someone else.
+                for part in existing.chunks(CHUNK) {
+                    let sql = format!("SELECT report_id, person_id FROM turnout_reports WHERE report_id IN ({})", marks(backend, 1, part.len()));
+                    let mut q = sqlx::query(&sql);
+                    for (i, _) in part { q = q.bind(&items[*i].report_id); }
+                    let mut owner: HashMap<String, i64> = HashMap::new();
+                    for r in q.fetch_all(&mut *tx).await? {
+                        owner.insert(r.try_get("report_id")?, r.try_get("person_id")?);
+                    }
+                    for (i, pid) in part {
+                        out[*i] = Some(match owner.get(&items[*i].report_id) {
+                            Some(o) if *o != pid.0 => Outcome::Rejected(Rejection::ReportIdReused),
+                            _ => Outcome::Duplicate(*pid),
+                        });
+                    }
+                }
+            }
+            // 4. Undos, after the reports of the same batch.
+            for (i, pid, pl) in &undos_todo {
+                let rid = &items[*i].report_id;
+                let n = sqlx::query("UPDATE turnout_reports SET undone_at = $1 WHERE report_id = $2 AND person_id = $3 AND undone_at IS NULL")
+                    .bind(now).bind(rid).bind(pid.0).execute(&mut *tx).await?.rows_affected();
+                if n == 1 {
+                    out[*i] = Some(Outcome::Accepted(*pid));
+                    continue;
+                }
+                // Not there yet: a tombstone, so the report arriving later stays undone.
+                let n = sqlx::query("INSERT INTO turnout_reports (report_id, person_id, polling_place, watcher_id, channel, voted_at, received_at, undone_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (report_id) DO NOTHING")
+                    .bind(rid).bind(pid.0).bind(pl).bind(watcher_id).bind(channel).bind(items[*i].voted_at).bind(now)
+                    .execute(&mut *tx).await?.rows_affected();
+                if n == 1 {
+                    out[*i] = Some(Outcome::Accepted(*pid));
+                    continue;
+                }
+                let o: Option<i64> = sqlx::query_scalar("SELECT person_id FROM turnout_reports WHERE report_id = $1").bind(rid).fetch_optional(&mut *tx).await?;
+                out[*i] = Some(match o {
+                    Some(o) if o != pid.0 => Outcome::Rejected(Rejection::ReportIdReused),
+                    _ => Outcome::Duplicate(*pid),
+                });
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        })?;
+        // Repeats within the batch are duplicates of their first (or share its rejection).
+        let mut first: HashMap<(&str, bool), Outcome> = HashMap::new();
+        let mut result = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let key = (item.report_id.as_str(), item.undo);
+            let o = match out[i] {
+                Some(o) => {
+                    first.entry(key).or_insert(o);
+                    o
+                }
+                None => match first.get(&key) {
+                    Some(Outcome::Accepted(p)) | Some(Outcome::Duplicate(p)) => {
+                        Outcome::Duplicate(*p)
+                    }
+                    Some(r) => *r,
+                    None => {
+                        return Err(StoreError::Corrupt(
+                            "a batch item was left unresolved".into(),
+                        ))
+                    }
+                },
+            };
+            result.push(o);
+        }
+        Ok(result)
+    }
+
+    /// Turnout of every precinct with a GOTV universe: supporters and how many voted.
+    pub async fn turnout_by_precinct(&self) -> Result<Vec<PrecinctTurnout>> {
+        let sql = format!(
+            "SELECT g.county, g.precinct, g.polling_place, COUNT(*) AS universe,
+                    SUM(CASE WHEN {VOTED} THEN 1 ELSE 0 END) AS voted
+             FROM gotv_universe g GROUP BY g.county, g.precinct, g.polling_place
+             ORDER BY g.county, g.precinct"
+        );
+        on_read!(self, p => {
+            let rows = sqlx::query(&sql).fetch_all(p).await?;
+            rows.iter().map(|r| Ok(PrecinctTurnout {
+                county: r.try_get("county")?,
+                precinct: r.try_get("precinct")?,
+                polling_place: r.try_get("polling_place")?,
+                universe: r.try_get("universe")?,
+                voted: r.try_get::<Option<i64>, _>("voted")?.unwrap_or(0),
+            })).collect()
+        })
+    }
+
+    /// A page of a polling place's supporters not yet reported as voted (the
+    /// flushing list), by ascending person id after `after`.
+    pub async fn remaining_voters(
+        &self,
+        polling_place: &str,
+        after: Option<PersonId>,
+        limit: i64,
+    ) -> Result<Vec<RemainingVoter>> {
+        let sql = format!(
+            "SELECT g.person_id, g.code, g.precinct, p.first_name, p.last_name, p.addr_line1
+             FROM gotv_universe g JOIN people p ON p.id = g.person_id
+             WHERE g.polling_place = $1 AND g.person_id > $2 AND NOT {VOTED}
+             ORDER BY g.person_id LIMIT $3"
+        );
+        on_read!(self, p => {
+            let rows = sqlx::query(&sql).bind(polling_place).bind(after.map(|a| a.0).unwrap_or(0)).bind(limit.clamp(1, 10_000)).fetch_all(p).await?;
+            rows.iter().map(|r| Ok(RemainingVoter {
+                person_id: PersonId(r.try_get("person_id")?),
+                code: r.try_get("code")?,
+                first_name: r.try_get("first_name")?,
+                last_name: r.try_get("last_name")?,
+                addr_line1: r.try_get("addr_line1")?,
+                precinct: r.try_get("precinct")?,
+            })).collect()
+        })
+    }
+
+    /// The voter code of a person in the universe.
+    pub async fn voter_code(&self, person: PersonId) -> Result<Option<i64>> {
+        Ok(
+            on_read!(self, p => sqlx::query_scalar("SELECT code FROM gotv_universe WHERE person_id = $1").bind(person.0).fetch_optional(p).await)?,
+        )
+    }
+
+    /// How many distinct people have a report that is not undone.
+    pub async fn voted_count(&self) -> Result<i64> {
+        Ok(
+            on_read!(self, p => sqlx::query_scalar("SELECT COUNT(DISTINCT person_id) FROM turnout_reports WHERE undone_at IS NULL").fetch_one(p).await)?,
+        )
+    }
+
+    /// How many report rows exist (undone ones included): one per report id.
+    pub async fn report_rows(&self) -> Result<i64> {
+        Ok(
+            on_read!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM turnout_reports").fetch_one(p).await)?,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_a_bijection() {
+        // The multiplier is coprime with 10^7, so no two seqs share a code.
+        let mut seen = std::collections::HashSet::new();
+        for seq in 1..=200_000i64 {
+            assert!(seen.insert((seq * CODE_MUL + CODE_ADD) % CODE_SPACE));
+        }
+        assert_eq!(gcd(CODE_MUL, CODE_SPACE), 1);
+    }
+
+    fn gcd(a: i64, b: i64) -> i64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+
+    #[test]
+    fn markers() {
+        assert_eq!(tuples(Backend::Postgres, 2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(tuples(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
+    }
+}

@@ -1,0 +1,25 @@
+//! Election day ("Gordon"): polling places and the precincts they serve, the GOTV
+//! universe built from a segment, poll-watcher logins issued ahead, the idempotent
+//! ingest of turnout reports, and the flushing lists (supporters not yet voted).
+//!
+//! - [`code`]: pure values: voter codes with a check digit, report ids, channels.
+//! - [`places`]: the polling-place CSV, with errors naming file, line and reason.
+//! - [`service`]: [`Turnout`], the one service every channel (watcher app, staff bulk
+//!   entry, SMS) reports through.
+//!
+//! Invariants: a report is counted once per report id whatever the channel or the
+//! number of retries (the store's `UNIQUE` constraint decides, not memory); a batch is
+//! committed before its outcomes are returned; a watcher reports only for the voters
+//! of their own polling place, and an item for another place is rejected alone. PINs
+//! and login tokens are stored only as hashes and shown once; names, codes and PINs
+//! are never logged.
+
+pub mod code;
+pub mod places;
+pub mod service;
+
+pub use code::{Channel, ReportId, Secret, VoterCode};
+pub use service::{
+    BatchResult, IssuedLogin, ItemResult, ListedVoter, LoginFailure, LoginKind, Readiness,
+    ReportItem, Reporter, Turnout, TurnoutError, MAX_BATCH,
+};
