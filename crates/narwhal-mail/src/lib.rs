@@ -11,13 +11,17 @@
 //! - [`template`]: subject/text/HTML templates checked before any send, with the footer.
 //! - [`unsubscribe`]: signed per-recipient tokens and the RFC 8058 headers.
 //! - [`mime`]: the RFC 5322 message with quoted-printable parts.
+//! - [`scheduler`]: routes slices over accounts by weight and room, never over a limit.
+//! - [`blast`]: the `blast.send` worker: claim, render, send, record in the ledger.
 //!
 //! Nothing here knows about blasts, ledgers or the database: a provider is handed a batch
 //! and answers one outcome per message, in order. Deciding what to do next is the
 //! scheduler's job, helped by [`provider::decide`].
 
+pub mod blast;
 pub mod mime;
 pub mod provider;
+pub mod scheduler;
 pub mod secret;
 pub mod ses;
 pub mod sigv4;

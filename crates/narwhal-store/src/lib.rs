@@ -23,6 +23,7 @@ pub mod people;
 #[macro_use]
 pub mod jobs;
 pub mod bench;
+pub mod blasts;
 pub mod imports;
 pub mod inbound;
 pub mod lists;

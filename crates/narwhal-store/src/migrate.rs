@@ -30,6 +30,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/postgres/0004_name_search.sql"),
     ),
     (
+        5,
+        "blasts",
+        include_str!("../migrations/sqlite/0005_blasts.sql"),
+        include_str!("../migrations/postgres/0005_blasts.sql"),
+    ),
+    (
         6,
         "turnout",
         include_str!("../migrations/sqlite/0006_turnout.sql"),

@@ -1,0 +1,664 @@
+//! The blast worker: runs `blast.send` jobs.
+//!
+//! A job claims a slice of the blast's pending recipients (as many as the
+//! [`Scheduler`] grants one account right now), renders each message, hands the slice to
+//! that account's [`Provider::send_batch`], and records every outcome in the ledger in
+//! one transaction before anything counts as sent. Between slices it renews its job
+//! lease and re-reads the blast's state, so a pause or cancel stops it within one slice.
+//!
+//! Several jobs (on one node or many) may run the same blast: claims never overlap. A
+//! job whose node dies leaves its claimed slice leased; when the lease expires another
+//! job claims those recipients again and the ledger counts them as `reclaimed`, the
+//! bounded set that may have received a message twice.
+//!
+//! What happens to a message is decided by [`crate::provider::decide`]: throttled
+//! messages go back to pending with a later `not_before` (never failed), transient
+//! failures back off, message-level rejections fail with their reason, ambiguous answers
+//! are set aside and never resent, and an account refused by its provider is taken out
+//! of the rotation; when no account is left the blast pauses with the reason.
+//!
+//! Wiring into `narwhal serve`: build a [`BlastSender`] from the configured accounts and
+//! call [`spawn`] beside the people worker with the same shutdown receiver.
+
+use crate::provider::{decide, Content, Decision, MessageKey, RetryContext, SendOutcome};
+use crate::provider::{RejectScope, ThrottleReason};
+use crate::scheduler::{AccountSpec, BatchReport, Grant, Scheduler};
+use crate::throttle::{ThrottleSpec, UnixMillis};
+use crate::{OutgoingMessage, Provider};
+use narwhal_domain::Email;
+use narwhal_store::blasts::{
+    BlastContent, BlastId, BlastState, Claim, ClaimedRecipient, Outcome, BLAST_JOB_KIND,
+};
+use narwhal_store::jobs::Job;
+use narwhal_store::{now_ms, Store};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The job kinds this worker runs.
+pub const KINDS: &[&str] = &[BLAST_JOB_KIND];
+
+/// One configured sending account.
+#[derive(Clone)]
+pub struct Account {
+    /// The client.
+    pub provider: Arc<dyn Provider>,
+    /// Its share of traffic.
+    pub weight: u32,
+    /// Its limits (from config, or from what the provider reports).
+    pub spec: ThrottleSpec,
+}
+
+/// Timing knobs.
+#[derive(Clone, Debug)]
+pub struct SendConfig {
+    /// This node's name (job lease owner).
+    pub node_id: String,
+    /// How long a claimed job stays ours without a heartbeat.
+    pub job_lease_ms: i64,
+    /// How long a claimed slice of recipients stays ours: past it, another job takes
+    /// them over (and counts them as possible duplicates). Must exceed a provider
+    /// request's timeout.
+    pub slice_lease_ms: i64,
+    /// Transient failures on one account before failing over.
+    pub max_attempts: u32,
+}
+
+impl SendConfig {
+    /// Defaults: 60 s job lease, 60 s slice lease, 3 attempts.
+    pub fn new(node_id: impl Into<String>) -> Self {
+        Self {
+            node_id: node_id.into(),
+            job_lease_ms: 60_000,
+            slice_lease_ms: 60_000,
+            max_attempts: 3,
+        }
+    }
+}
+
+/// Everything a blast job needs: the store, the accounts and their shared scheduler.
+/// Cheap to clone; one per process, so that all jobs share the accounts' throttles.
+#[derive(Clone)]
+pub struct BlastSender {
+    store: Store,
+    accounts: Arc<Vec<Account>>,
+    scheduler: Arc<Mutex<Scheduler>>,
+    /// Ledger ids of the accounts, by index (filled on first use).
+    account_ids: Arc<tokio::sync::OnceCell<Vec<i32>>>,
+    config: SendConfig,
+}
+
+/// Why a job stopped with an error: (message, permanent).
+pub type JobError = (String, bool);
+
+impl BlastSender {
+    /// A sender over these accounts.
+    pub fn new(store: Store, accounts: Vec<Account>, config: SendConfig) -> Self {
+        let specs = accounts
+            .iter()
+            .map(|a| AccountSpec {
+                name: a.provider.name().to_string(),
+                weight: a.weight,
+                spec: a.spec,
+            })
+            .collect();
+        Self {
+            store,
+            scheduler: Arc::new(Mutex::new(Scheduler::new(specs, UnixMillis::now()))),
+            accounts: Arc::new(accounts),
+            account_ids: Arc::new(tokio::sync::OnceCell::new()),
+            config,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn sched(&self) -> std::sync::MutexGuard<'_, Scheduler> {
+        self.scheduler.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Estimated time to finish `pending` messages with the accounts' rates.
+    pub fn eta(&self, pending: u64) -> Option<Duration> {
+        self.sched().eta(pending, UnixMillis::now())
+    }
+
+    async fn ids(&self) -> Result<&Vec<i32>, narwhal_store::StoreError> {
+        self.account_ids
+            .get_or_try_init(|| async {
+                let mut v = Vec::with_capacity(self.accounts.len());
+                for a in self.accounts.iter() {
+                    v.push(self.store.mail_account_id(a.provider.name()).await?);
+                }
+                Ok(v)
+            })
+            .await
+    }
+}
+
+/// Runs `blast.send` jobs until `shutdown` turns true. A job in progress at shutdown
+/// stops between slices; its lease expires and another node resumes it.
+pub fn spawn(
+    sender: BlastSender,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let store = sender.store.clone();
+        let node = sender.config.node_id.clone();
+        let lease = sender.config.job_lease_ms;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            match store.claim_job(KINDS, &node, lease).await {
+                Ok(Some(job)) => {
+                    let id = job.id;
+                    let r = match run_blast_job(&sender, &job, &shutdown).await {
+                        Ok(result) => store.complete_job(id, &node, &result).await.map(|_| ()),
+                        Err((msg, permanent)) => {
+                            tracing::warn!(job.id = %id, error = %msg, "blast job failed");
+                            store.fail_job(id, &node, &msg, 2_000, permanent).await
+                        }
+                    };
+                    if let Err(e) = r {
+                        tracing::error!(job.id = %id, error = %e, "could not record blast job outcome");
+                    }
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "blast job claim failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    })
+}
+
+/// What one job did, returned as its result.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct JobReport {
+    /// Messages accepted by this job.
+    pub sent: i64,
+    /// Recipients failed by this job.
+    pub failed: i64,
+    /// Recipients requeued (throttled or backing off).
+    pub retried: i64,
+    /// Slices sent.
+    pub slices: i64,
+}
+
+fn store_err(e: narwhal_store::StoreError) -> JobError {
+    (e.to_string(), false)
+}
+
+/// Runs one `blast.send` job: sends until the blast is done, paused or cancelled, or
+/// `shutdown` turns true (then it returns an error that is not permanent, so the job is
+/// retried).
+pub async fn run_blast_job(
+    sender: &BlastSender,
+    job: &Job,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<serde_json::Value, JobError> {
+    let id = job.payload["blast_id"]
+        .as_i64()
+        .map(BlastId)
+        .ok_or(("payload lacks blast_id".to_string(), true))?;
+    let store = &sender.store;
+    let cfg = &sender.config;
+    let blast = store.blast(id).await.map_err(store_err)?;
+    if blast.state == BlastState::Scheduled {
+        store.start_blast(id).await.map_err(store_err)?;
+    } else if blast.state != BlastState::Sending {
+        return Ok(serde_json::json!({ "stopped": blast.state.as_str() }));
+    }
+    let templates = match Templates::compile(&blast.content) {
+        Ok(t) => t,
+        Err(e) => {
+            let reason = format!("template: {e}");
+            store
+                .pause_blast(id, Some(&reason))
+                .await
+                .map_err(store_err)?;
+            return Ok(serde_json::json!({ "paused": reason }));
+        }
+    };
+    let from =
+        Email::parse(&blast.from_email).map_err(|e| (format!("sender address: {e}"), true))?;
+    store.materialize_recipients(id).await.map_err(store_err)?;
+    if sender.accounts.is_empty() {
+        store
+            .pause_blast(id, Some("no provider account is configured"))
+            .await
+            .map_err(store_err)?;
+        return Ok(serde_json::json!({ "paused": "no account" }));
+    }
+    let account_ids = sender.ids().await.map_err(store_err)?.clone();
+    let mut report = JobReport::default();
+    let mut cursor = None;
+    loop {
+        if *shutdown.borrow() {
+            return Err(("shutting down".into(), false));
+        }
+        let now = now_ms();
+        let done_so_far = report.sent + report.failed;
+        if !store
+            .heartbeat_job(job.id, &cfg.node_id, cfg.job_lease_ms, done_so_far, 0)
+            .await
+            .map_err(store_err)?
+        {
+            return Err(("lost the job lease".into(), false));
+        }
+        let state = store.blast(id).await.map_err(store_err)?.state;
+        if state != BlastState::Sending {
+            return Ok(serde_json::json!({ "stopped": state.as_str(), "report": report }));
+        }
+        let grant = sender.sched().grant(50, UnixMillis::now());
+        let (account, n) = match grant {
+            Grant::Send { account, n } => (account, n),
+            Grant::Wait { until } => {
+                let wait = until.as_millis().saturating_sub(now.max(0) as u64);
+                tokio::time::sleep(Duration::from_millis(wait.clamp(1, 500))).await;
+                continue;
+            }
+        };
+        let provider = &sender.accounts[account].provider;
+        let n = n
+            .min(u32::try_from(provider.max_batch()).unwrap_or(u32::MAX))
+            .max(1);
+        let claim = store
+            .claim_recipients(id, cursor, i64::from(n), cfg.slice_lease_ms)
+            .await
+            .map_err(store_err)?;
+        if claim.recipients.is_empty() {
+            if cursor.is_some() {
+                cursor = None;
+                continue;
+            }
+            if store
+                .finish_blast_if_complete(id)
+                .await
+                .map_err(store_err)?
+            {
+                tracing::info!(blast.id = %id, "blast done");
+                return Ok(serde_json::json!({ "done": true, "report": report }));
+            }
+            // Recipients waiting for a throttle or backoff, or in flight elsewhere.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        cursor = claim.last;
+        let outcomes = send_slice(
+            sender,
+            &claim,
+            account,
+            account_ids[account],
+            &from,
+            &templates,
+        )
+        .await;
+        let rec = store
+            .record_outcomes(&claim, &outcomes.outcomes)
+            .await
+            .map_err(store_err)?;
+        report.sent += rec.sent;
+        report.failed += rec.failed;
+        report.retried += rec.retried;
+        report.slices += 1;
+        if let Some(reason) = outcomes.account_refused {
+            if sender.sched().all_down(UnixMillis::now()) {
+                let reason = format!("no provider account can send: {reason}");
+                tracing::warn!(blast.id = %id, reason = %reason, "pausing blast");
+                store
+                    .pause_blast(id, Some(&reason))
+                    .await
+                    .map_err(store_err)?;
+                return Ok(serde_json::json!({ "paused": reason, "report": report }));
+            }
+        }
+    }
+}
+
+struct SliceResult {
+    outcomes: Vec<(narwhal_domain::PersonId, Outcome)>,
+    account_refused: Option<String>,
+}
+
+async fn send_slice(
+    sender: &BlastSender,
+    claim: &Claim,
+    account: usize,
+    account_id: i32,
+    from: &Email,
+    templates: &Templates<'_>,
+) -> SliceResult {
+    let mut outcomes = Vec::with_capacity(claim.recipients.len());
+    let mut messages = Vec::with_capacity(claim.recipients.len());
+    let mut sent_for: Vec<&ClaimedRecipient> = Vec::with_capacity(claim.recipients.len());
+    for r in &claim.recipients {
+        if !r.eligible {
+            outcomes.push((r.person_id, Outcome::Skipped));
+            continue;
+        }
+        let to = match r.email.as_deref().map(Email::parse) {
+            Some(Ok(e)) => e,
+            _ => {
+                outcomes.push((
+                    r.person_id,
+                    Outcome::Failed {
+                        account: None,
+                        reason: "invalid recipient address".into(),
+                    },
+                ));
+                continue;
+            }
+        };
+        match render(templates, r) {
+            Ok(content) => {
+                messages.push(OutgoingMessage {
+                    key: MessageKey(u64::try_from(r.person_id.0).unwrap_or(0)),
+                    from: from.clone(),
+                    to,
+                    content,
+                });
+                sent_for.push(r);
+            }
+            Err(e) => outcomes.push((
+                r.person_id,
+                Outcome::Failed {
+                    account: None,
+                    reason: format!("template: {e}"),
+                },
+            )),
+        }
+    }
+    if messages.is_empty() {
+        return SliceResult {
+            outcomes,
+            account_refused: None,
+        };
+    }
+    let provider = &sender.accounts[account].provider;
+    let results = provider.send_batch(&messages).await;
+    let now = UnixMillis::now();
+    let batch = summarize(&results);
+    let other = {
+        let mut s = sender.sched();
+        s.report(account, &batch, now);
+        s.other_up(account, now)
+    };
+    let now_i = now_ms();
+    for (r, o) in sent_for.iter().zip(results.iter()) {
+        let ctx = RetryContext {
+            attempts: u32::try_from(r.attempts + 1).unwrap_or(u32::MAX),
+            max_attempts: sender.config.max_attempts,
+            other_account_available: other,
+        };
+        let after = |d: Duration| now_i + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2);
+        let ledger = match (decide(o, &ctx), o) {
+            (
+                Decision::Done,
+                SendOutcome::Accepted {
+                    provider_message_id,
+                },
+            ) => Outcome::Sent {
+                account: account_id,
+                message_id: Some(provider_message_id.clone()),
+            },
+            (Decision::Done, _) => Outcome::Retry {
+                not_before: now_i,
+                attempt: false,
+                throttled: false,
+            },
+            (Decision::RetrySame { after: d }, _) => Outcome::Retry {
+                not_before: after(d),
+                attempt: true,
+                throttled: false,
+            },
+            (Decision::WaitAndRetry { after: d }, _) => Outcome::Retry {
+                not_before: after(d),
+                attempt: false,
+                throttled: true,
+            },
+            (Decision::FailOver, SendOutcome::Throttled { .. }) => Outcome::Retry {
+                not_before: now_i,
+                attempt: false,
+                throttled: true,
+            },
+            (Decision::FailOver, SendOutcome::TransientError { .. }) => Outcome::Retry {
+                not_before: now_i,
+                attempt: true,
+                throttled: false,
+            },
+            (Decision::FailOver, _) => Outcome::Retry {
+                not_before: now_i,
+                attempt: false,
+                throttled: false,
+            },
+            (Decision::GiveUp, SendOutcome::Rejected { reason, .. }) => Outcome::Failed {
+                account: Some(account_id),
+                reason: reason.clone(),
+            },
+            (Decision::GiveUp, other) => Outcome::Failed {
+                account: Some(account_id),
+                reason: other.label().to_string(),
+            },
+            (Decision::Park, SendOutcome::Ambiguous { reason }) => Outcome::Ambiguous {
+                account: account_id,
+                reason: reason.clone(),
+            },
+            // Parked for the account (refused, or transient with nowhere else to go):
+            // keep the recipient pending and back off; the blast pauses if no account
+            // is left.
+            (Decision::Park, _) => Outcome::Retry {
+                not_before: after(crate::provider::backoff(ctx.attempts)),
+                attempt: false,
+                throttled: false,
+            },
+        };
+        outcomes.push((r.person_id, ledger));
+    }
+    let account_refused = match batch {
+        BatchReport::AccountRefused(reason) => Some(reason),
+        _ => None,
+    };
+    SliceResult {
+        outcomes,
+        account_refused,
+    }
+}
+
+/// One summary of a batch for the scheduler's health and throttle bookkeeping.
+fn summarize(results: &[SendOutcome]) -> BatchReport {
+    let mut throttle: Option<ThrottleReason> = None;
+    let mut refused: Option<String> = None;
+    let mut failed: Option<String> = None;
+    for o in results {
+        match o {
+            SendOutcome::Accepted { .. } => return BatchReport::Accepted,
+            SendOutcome::Throttled { reason } => {
+                if throttle.is_none() || *reason == ThrottleReason::DailyQuota {
+                    throttle = Some(reason.clone());
+                }
+            }
+            SendOutcome::Rejected {
+                scope: RejectScope::Account,
+                reason,
+            } => refused = Some(reason.clone()),
+            SendOutcome::Rejected { .. } => {}
+            SendOutcome::TransientError { reason } | SendOutcome::Ambiguous { reason } => {
+                failed = Some(reason.clone())
+            }
+        }
+    }
+    if let Some(r) = refused {
+        BatchReport::AccountRefused(r)
+    } else if let Some(t) = throttle {
+        BatchReport::Throttled(t)
+    } else if let Some(f) = failed {
+        BatchReport::Failed(f)
+    } else {
+        BatchReport::Neutral
+    }
+}
+
+/// A blast's templates, compiled once per job.
+pub struct Templates<'a> {
+    env: minijinja::Environment<'a>,
+    has_text: bool,
+    has_html: bool,
+}
+
+impl<'a> Templates<'a> {
+    /// Compiles subject, text and HTML; a syntax error names the part and line.
+    pub fn compile(content: &'a BlastContent) -> Result<Self, String> {
+        let BlastContent::Inline {
+            subject,
+            text,
+            html,
+        } = content
+        else {
+            return Err("stored templates are not supported yet".into());
+        };
+        let mut env = minijinja::Environment::new();
+        env.add_template("subject", subject)
+            .map_err(|e| format!("subject: {e}"))?;
+        if let Some(t) = text {
+            env.add_template("text", t)
+                .map_err(|e| format!("text: {e}"))?;
+        }
+        if let Some(h) = html {
+            env.add_template("html.html", h)
+                .map_err(|e| format!("html: {e}"))?;
+        }
+        Ok(Self {
+            env,
+            has_text: text.is_some(),
+            has_html: html.is_some(),
+        })
+    }
+}
+
+/// Renders one recipient's message: the one place a blast turns into content (the full
+/// template engine with footer and unsubscribe headers will replace its inside).
+pub fn render(t: &Templates<'_>, r: &ClaimedRecipient) -> Result<Content, String> {
+    let custom: serde_json::Value =
+        serde_json::from_str(&r.custom).unwrap_or(serde_json::Value::Null);
+    let ctx = minijinja::context! {
+        first_name => r.first_name,
+        last_name => r.last_name,
+        email => r.email,
+        city => r.city,
+        state => r.state,
+        zip => r.zip,
+        custom => custom,
+    };
+    let get = |name: &str| -> Result<String, String> {
+        t.env
+            .get_template(name)
+            .and_then(|tpl| tpl.render(&ctx))
+            .map_err(|e| e.to_string())
+    };
+    Ok(Content::Simple {
+        subject: get("subject")?,
+        text: if t.has_text { Some(get("text")?) } else { None },
+        html: if t.has_html {
+            Some(get("html.html")?)
+        } else {
+            None
+        },
+        headers: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use narwhal_domain::PersonId;
+
+    fn recipient() -> ClaimedRecipient {
+        ClaimedRecipient {
+            person_id: PersonId(7),
+            email: Some("ada@example.com".into()),
+            first_name: Some("Ada".into()),
+            last_name: None,
+            city: None,
+            state: None,
+            zip: None,
+            custom: r#"{"ward":"3"}"#.into(),
+            attempts: 0,
+            eligible: true,
+        }
+    }
+
+    #[test]
+    fn renders_person_fields_and_escapes_html() {
+        let c = BlastContent::Inline {
+            subject: "Hi {{ first_name }}".into(),
+            text: Some(
+                "Ward {{ custom.ward }}{% if last_name %} {{ last_name }}{% endif %}".into(),
+            ),
+            html: Some("<p>{{ first_name }}</p>".into()),
+        };
+        let t = Templates::compile(&c).unwrap();
+        let mut r = recipient();
+        r.first_name = Some("<b>Ada</b>".into());
+        let Content::Simple {
+            subject,
+            text,
+            html,
+            ..
+        } = render(&t, &r).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(subject, "Hi <b>Ada</b>");
+        assert_eq!(text.as_deref(), Some("Ward 3"));
+        assert_eq!(html.as_deref(), Some("<p>&lt;b&gt;Ada&lt;&#x2f;b&gt;</p>"));
+    }
+
+    #[test]
+    fn a_broken_template_is_refused_before_sending() {
+        let c = BlastContent::Inline {
+            subject: "Hi {{ first_name".into(),
+            text: None,
+            html: None,
+        };
+        let e = Templates::compile(&c).err().unwrap();
+        assert!(e.starts_with("subject:"), "{e}");
+        assert!(e.contains("subject:1"), "{e}");
+    }
+
+    #[test]
+    fn batch_summaries() {
+        let acc = SendOutcome::Accepted {
+            provider_message_id: "m".into(),
+        };
+        let thr = SendOutcome::Throttled {
+            reason: ThrottleReason::Rate,
+        };
+        let bad = SendOutcome::Rejected {
+            scope: RejectScope::Account,
+            reason: "bad key".into(),
+        };
+        let t = SendOutcome::TransientError {
+            reason: "503".into(),
+        };
+        assert_eq!(summarize(&[thr.clone(), acc]), BatchReport::Accepted);
+        assert_eq!(
+            summarize(&[thr.clone(), t.clone()]),
+            BatchReport::Throttled(ThrottleReason::Rate)
+        );
+        assert_eq!(
+            summarize(&[bad, thr]),
+            BatchReport::AccountRefused("bad key".into())
+        );
+        assert_eq!(summarize(&[t]), BatchReport::Failed("503".into()));
+        assert_eq!(summarize(&[]), BatchReport::Neutral);
+    }
+}
