@@ -5,6 +5,7 @@
 //! user's role). Only SHA-256 hashes of tokens and session ids are stored.
 
 use crate::error::{ApiError, ApiResult, Json};
+use crate::routes::Access;
 use crate::AppState;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -32,6 +33,8 @@ pub struct Caller {
     pub scopes: Vec<Scope>,
     /// The session id (plaintext) when the caller came by cookie; the CSRF key.
     pub session: Option<String>,
+    /// The logged-in user, when the caller came by cookie (tokens have none).
+    pub user: Option<narwhal_domain::UserId>,
 }
 
 impl Caller {
@@ -119,6 +122,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Op
             actor: format!("token:{}", t.name),
             scopes: t.scopes,
             session: None,
+            user: None,
         }));
     }
     if let Some(sid) = cookie(headers, SESSION_COOKIE) {
@@ -127,6 +131,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Op
                 actor: format!("user:{}", u.username),
                 scopes: u.role.scopes().to_vec(),
                 session: Some(sid),
+                user: Some(u.id),
             })),
             None => Ok(None),
         };
@@ -135,22 +140,25 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Op
 }
 
 /// Middleware for one route: authenticate, check the route's scope, hand the caller on.
-/// `None` scope means the route is public.
+/// Public routes pass; watcher routes need any credentials here and a watcher row in
+/// their handler.
 pub async fn require(
-    State((state, scope)): State<(AppState, Option<Scope>)>,
+    State((state, access)): State<(AppState, Access)>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let Some(scope) = scope else {
+    if access == Access::Public {
         return next.run(req).await;
-    };
+    }
     let caller = match authenticate(&state, req.headers()).await {
         Ok(Some(c)) => c,
         Ok(None) => return ApiError::unauthenticated().into_response(),
         Err(e) => return e.into_response(),
     };
-    if !caller.has(scope) {
-        return ApiError::forbidden(scope.as_str()).into_response();
+    if let Some(scope) = access.scope() {
+        if !caller.has(scope) {
+            return ApiError::forbidden(scope.as_str()).into_response();
+        }
     }
     req.extensions_mut().insert(caller);
     next.run(req).await

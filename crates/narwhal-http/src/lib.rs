@@ -31,7 +31,9 @@
 //! # Invariants
 //!
 //! - Every `/api/v1` route names the scope it needs; without credentials it is 401,
-//!   without the scope 403. Public routes are marked so in the table.
+//!   without the scope 403. Public routes are marked so in the table. Poll-watcher
+//!   routes (`Access::Watcher`) need a login and then the caller's watcher row, which
+//!   limits them to that watcher's polling place; no scope grants them.
 //! - Console forms that change state carry the session's CSRF token and refuse a
 //!   cross-site `Origin`.
 //! - Uploads never overwrite and never leave a partial file: they are written to a
@@ -58,6 +60,7 @@ pub mod people;
 pub mod requests;
 pub mod routes;
 pub mod segments;
+pub mod turnout;
 pub mod uploads;
 
 pub use auth::{hash_password, new_token, verify_password};

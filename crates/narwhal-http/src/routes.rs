@@ -3,7 +3,7 @@
 //! [`schemas`], beside it.
 
 use crate::auth::{self, require};
-use crate::{audit, imports, inbound, lists, people, segments, uploads, AppState};
+use crate::{audit, imports, inbound, lists, people, segments, turnout, uploads, AppState};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use narwhal_domain::Scope;
 use serde_json::{json, Map, Value};
@@ -25,8 +25,8 @@ pub struct Route {
     pub method: &'static str,
     /// The axum path, `{name}` for parameters; also the OpenAPI path.
     pub path: &'static str,
-    /// The scope needed; `None` for public routes.
-    pub scope: Option<Scope>,
+    /// Who may call it: anyone, holders of a scope, or poll watchers.
+    pub access: Access,
     /// One line for the OpenAPI document.
     pub summary: &'static str,
     /// The status of a success.
@@ -40,12 +40,35 @@ pub struct Route {
     pub handler: fn(MethodFilter) -> MethodRouter<AppState>,
 }
 
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (logging in).
+    Public,
+    /// Callers holding this scope.
+    Scoped(Scope),
+    /// Any authenticated caller gets past the router; the handler then requires a
+    /// watcher row for the calling user and acts only on that watcher's polling place.
+    /// No scope grants this: a poll watcher is a volunteer with a watcher row.
+    Watcher,
+}
+
+impl Access {
+    /// The scope needed, if the route is scoped.
+    pub fn scope(self) -> Option<Scope> {
+        match self {
+            Self::Scoped(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 macro_rules! routes {
     ($( $method:ident $path:literal $scope:expr, $ok:literal, $summary:literal, $body:expr, $resp:expr => $h:path; )*) => {
         &[$( Route {
             method: stringify!($method),
             path: $path,
-            scope: $scope,
+            access: $scope,
             summary: $summary,
             ok: $ok,
             body: $body,
@@ -55,6 +78,7 @@ macro_rules! routes {
     };
 }
 
+use Access::{Public, Scoped, Watcher};
 use Body::{Json, Raw};
 use Scope::*;
 
@@ -66,37 +90,42 @@ const NONE: Option<&str> = None;
 /// Every API route: method, path, scope, success status, summary, request body,
 /// success schema, handler.
 pub const ROUTES: &[Route] = routes! {
-    POST "/api/v1/sessions" None, 201, "Log in; sets the session cookie", Json("Login"), Some("Session") => auth::api_login;
-    DELETE "/api/v1/sessions" None, 204, "Log out", NO_BODY, NONE => auth::api_logout;
-    POST "/api/v1/people" Some(PeopleWrite), 201, "Create or update a person from a draft (identity-resolved; 200 when updated)", Json("PersonDraft"), Some("Upserted") => people::upsert;
-    GET "/api/v1/people" Some(PeopleRead), 200, "Search people by email, phone, voter id or name (q, after, limit)", NO_BODY, Some("PersonPage") => people::search;
-    GET "/api/v1/people/{id}" Some(PeopleRead), 200, "A person with merges and history", NO_BODY, Some("PersonDetail") => people::get;
-    PATCH "/api/v1/people/{id}" Some(PeopleWrite), 200, "Edit a person", Json("PersonPatch"), Some("PersonRecord") => people::edit;
-    POST "/api/v1/people/{id}/merge" Some(PeopleWrite), 201, "Merge another person into this one", Json("MergeRequest"), Some("MergeResult") => people::merge;
-    POST "/api/v1/merges/{id}/undo" Some(PeopleWrite), 200, "Undo a merge", NO_BODY, Some("UndoResult") => people::undo_merge;
-    GET "/api/v1/lists" Some(ListsRead), 200, "All lists", NO_BODY, Some("Lists") => lists::index;
-    POST "/api/v1/lists" Some(ListsWrite), 201, "Create a list", Json("NewList"), Some("Created") => lists::create;
-    GET "/api/v1/lists/{id}" Some(ListsRead), 200, "One list", NO_BODY, Some("List") => lists::show;
-    GET "/api/v1/lists/{id}/members" Some(ListsRead), 200, "A page of a list's members (after, limit)", NO_BODY, Some("PersonPage") => lists::members;
-    POST "/api/v1/lists/{id}/members" Some(ListsWrite), 200, "Add people to a list", Json("Members"), Some("Added") => lists::add;
-    DELETE "/api/v1/lists/{id}/members" Some(ListsWrite), 200, "Remove people from a list", Json("Members"), Some("Removed") => lists::remove;
-    GET "/api/v1/lists/{id}/export.csv" Some(Export), 200, "A list's members as CSV", NO_BODY, NONE => lists::export;
-    GET "/api/v1/segments" Some(ListsRead), 200, "All segments", NO_BODY, Some("Segments") => segments::index;
-    POST "/api/v1/segments" Some(ListsWrite), 201, "Save a segment", Json("NewSegment"), Some("Created") => segments::create;
-    POST "/api/v1/segments/preview" Some(ListsRead), 200, "Count the people a filter matches", Json("FilterBody"), Some("Count") => segments::preview;
-    GET "/api/v1/segments/{id}" Some(ListsRead), 200, "One segment", NO_BODY, Some("Segment") => segments::show;
-    PUT "/api/v1/segments/{id}" Some(ListsWrite), 200, "Change a segment's filter", Json("FilterBody"), Some("Segment") => segments::update;
-    DELETE "/api/v1/segments/{id}" Some(ListsWrite), 204, "Delete a segment", NO_BODY, NONE => segments::delete;
-    GET "/api/v1/segments/{id}/count" Some(ListsRead), 200, "How many people a segment matches now", NO_BODY, Some("Count") => segments::count;
-    GET "/api/v1/segments/{id}/people" Some(PeopleRead), 200, "A page of a segment's people (after, limit)", NO_BODY, Some("PersonPage") => segments::people;
-    GET "/api/v1/segments/{id}/export.csv" Some(Export), 200, "A segment's people as CSV, streamed", NO_BODY, NONE => segments::export;
-    PUT "/api/v1/uploads/{name}" Some(ImportsWrite), 201, "Upload a file to the upload directory (raw body, streamed; never overwrites)", Raw, Some("Uploaded") => uploads::put;
-    POST "/api/v1/imports" Some(ImportsWrite), 202, "Start an import of a file under the upload directory", Json("NewImport"), Some("ImportQueued") => imports::create;
-    GET "/api/v1/imports" Some(ImportsWrite), 200, "Recent imports", NO_BODY, Some("ImportRuns") => imports::index;
-    GET "/api/v1/imports/{id}" Some(ImportsWrite), 200, "An import's progress", NO_BODY, Some("ImportRun") => imports::show;
-    GET "/api/v1/imports/{id}/rejects.csv" Some(ImportsWrite), 200, "The rows an import rejected, with reasons, as CSV", NO_BODY, NONE => imports::rejects;
-    POST "/api/v1/inbound/{source}" Some(PeopleWrite), 202, "Receive a record from another system (Idempotency-Key required)", Json("InboundRecord"), Some("InboundAccepted") => inbound::receive;
-    GET "/api/v1/audit" Some(AuditRead), 200, "The audit log, newest first (entity, id, before, limit)", NO_BODY, Some("AuditPage") => audit::index;
+    POST "/api/v1/sessions" Public, 201, "Log in; sets the session cookie", Json("Login"), Some("Session") => auth::api_login;
+    DELETE "/api/v1/sessions" Public, 204, "Log out", NO_BODY, NONE => auth::api_logout;
+    POST "/api/v1/people" Scoped(PeopleWrite), 201, "Create or update a person from a draft (identity-resolved; 200 when updated)", Json("PersonDraft"), Some("Upserted") => people::upsert;
+    GET "/api/v1/people" Scoped(PeopleRead), 200, "Search people by email, phone, voter id or name (q, after, limit)", NO_BODY, Some("PersonPage") => people::search;
+    GET "/api/v1/people/{id}" Scoped(PeopleRead), 200, "A person with merges and history", NO_BODY, Some("PersonDetail") => people::get;
+    PATCH "/api/v1/people/{id}" Scoped(PeopleWrite), 200, "Edit a person", Json("PersonPatch"), Some("PersonRecord") => people::edit;
+    POST "/api/v1/people/{id}/merge" Scoped(PeopleWrite), 201, "Merge another person into this one", Json("MergeRequest"), Some("MergeResult") => people::merge;
+    POST "/api/v1/merges/{id}/undo" Scoped(PeopleWrite), 200, "Undo a merge", NO_BODY, Some("UndoResult") => people::undo_merge;
+    GET "/api/v1/lists" Scoped(ListsRead), 200, "All lists", NO_BODY, Some("Lists") => lists::index;
+    POST "/api/v1/lists" Scoped(ListsWrite), 201, "Create a list", Json("NewList"), Some("Created") => lists::create;
+    GET "/api/v1/lists/{id}" Scoped(ListsRead), 200, "One list", NO_BODY, Some("List") => lists::show;
+    GET "/api/v1/lists/{id}/members" Scoped(ListsRead), 200, "A page of a list's members (after, limit)", NO_BODY, Some("PersonPage") => lists::members;
+    POST "/api/v1/lists/{id}/members" Scoped(ListsWrite), 200, "Add people to a list", Json("Members"), Some("Added") => lists::add;
+    DELETE "/api/v1/lists/{id}/members" Scoped(ListsWrite), 200, "Remove people from a list", Json("Members"), Some("Removed") => lists::remove;
+    GET "/api/v1/lists/{id}/export.csv" Scoped(Export), 200, "A list's members as CSV", NO_BODY, NONE => lists::export;
+    GET "/api/v1/segments" Scoped(ListsRead), 200, "All segments", NO_BODY, Some("Segments") => segments::index;
+    POST "/api/v1/segments" Scoped(ListsWrite), 201, "Save a segment", Json("NewSegment"), Some("Created") => segments::create;
+    POST "/api/v1/segments/preview" Scoped(ListsRead), 200, "Count the people a filter matches", Json("FilterBody"), Some("Count") => segments::preview;
+    GET "/api/v1/segments/{id}" Scoped(ListsRead), 200, "One segment", NO_BODY, Some("Segment") => segments::show;
+    PUT "/api/v1/segments/{id}" Scoped(ListsWrite), 200, "Change a segment's filter", Json("FilterBody"), Some("Segment") => segments::update;
+    DELETE "/api/v1/segments/{id}" Scoped(ListsWrite), 204, "Delete a segment", NO_BODY, NONE => segments::delete;
+    GET "/api/v1/segments/{id}/count" Scoped(ListsRead), 200, "How many people a segment matches now", NO_BODY, Some("Count") => segments::count;
+    GET "/api/v1/segments/{id}/people" Scoped(PeopleRead), 200, "A page of a segment's people (after, limit)", NO_BODY, Some("PersonPage") => segments::people;
+    GET "/api/v1/segments/{id}/export.csv" Scoped(Export), 200, "A segment's people as CSV, streamed", NO_BODY, NONE => segments::export;
+    PUT "/api/v1/uploads/{name}" Scoped(ImportsWrite), 201, "Upload a file to the upload directory (raw body, streamed; never overwrites)", Raw, Some("Uploaded") => uploads::put;
+    POST "/api/v1/imports" Scoped(ImportsWrite), 202, "Start an import of a file under the upload directory", Json("NewImport"), Some("ImportQueued") => imports::create;
+    GET "/api/v1/imports" Scoped(ImportsWrite), 200, "Recent imports", NO_BODY, Some("ImportRuns") => imports::index;
+    GET "/api/v1/imports/{id}" Scoped(ImportsWrite), 200, "An import's progress", NO_BODY, Some("ImportRun") => imports::show;
+    GET "/api/v1/imports/{id}/rejects.csv" Scoped(ImportsWrite), 200, "The rows an import rejected, with reasons, as CSV", NO_BODY, NONE => imports::rejects;
+    POST "/api/v1/inbound/{source}" Scoped(PeopleWrite), 202, "Receive a record from another system (Idempotency-Key required)", Json("InboundRecord"), Some("InboundAccepted") => inbound::receive;
+    GET "/api/v1/audit" Scoped(AuditRead), 200, "The audit log, newest first (entity, id, before, limit)", NO_BODY, Some("AuditPage") => audit::index;
+    POST "/api/v1/turnout/sessions" Public, 201, "Poll watcher login with a login-link token or username and PIN; sets the session cookie", Json("WatcherLogin"), Some("WatcherSession") => turnout::login;
+    GET "/api/v1/turnout/me" Watcher, 200, "Readiness: the watcher's polling place and the size of their list", NO_BODY, Some("Readiness") => turnout::me;
+    GET "/api/v1/turnout/list" Watcher, 200, "The watcher's polling place's supporters not yet voted, with voter codes (after, limit)", NO_BODY, Some("TurnoutList") => turnout::list;
+    POST "/api/v1/turnout/reports" Watcher, 200, "Report voters as voted (or undo), idempotent by report_id; each item gets its own outcome", Json("ReportBatch"), Some("BatchResult") => turnout::reports;
+    GET "/api/v1/turnout/summary" Scoped(ListsRead), 200, "Turnout per precinct and polling place against the GOTV universe", NO_BODY, Some("TurnoutSummary") => turnout::summary;
 };
 
 fn filter(method: &str) -> MethodFilter {
@@ -112,7 +141,7 @@ fn filter(method: &str) -> MethodFilter {
 /// The route's handler wrapped in its scope check.
 pub fn method_router(route: &Route, state: &AppState) -> MethodRouter<AppState> {
     (route.handler)(filter(route.method)).route_layer(axum::middleware::from_fn_with_state(
-        (state.clone(), route.scope),
+        (state.clone(), route.access),
         require,
     ))
 }
@@ -165,12 +194,16 @@ pub fn openapi() -> Value {
             }
             Body::None => {}
         }
-        match r.scope {
-            Some(s) => {
+        match r.access {
+            Access::Scoped(s) => {
                 op["security"] = json!([{"bearer": [s.as_str()]}, {"session": [s.as_str()]}]);
                 op["x-scope"] = json!(s.as_str());
             }
-            None => op["security"] = json!([]),
+            Access::Watcher => {
+                op["security"] = json!([{"session": []}]);
+                op["x-access"] = json!("watcher");
+            }
+            Access::Public => op["security"] = json!([]),
         }
         if let Some(item) = paths
             .entry(r.path.to_string())
@@ -379,7 +412,59 @@ pub fn schemas() -> Value {
         "ImportRuns": {"type": "object", "required": ["imports"], "properties": {"imports": {"type": "array", "items": schema_ref("ImportRun")}}},
         "InboundRecord": {"type": "object", "description": "Any JSON object; translated into a person later by a job."},
         "InboundAccepted": {"type": "object", "required": ["id", "duplicate"], "properties": {
-            "id": id, "duplicate": {"type": "boolean", "description": "true when this Idempotency-Key was seen before"}}}
+            "id": id, "duplicate": {"type": "boolean", "description": "true when this Idempotency-Key was seen before"}}},
+        "WatcherLogin": {"type": "object", "additionalProperties": false,
+            "description": "Either token (from a login link), or username and pin.",
+            "properties": {
+                "token": {"type": ["string", "null"], "examples": ["nwt_5f2c..."]},
+                "username": {"type": ["string", "null"], "examples": ["watcher-fra-12"]},
+                "pin": {"type": ["string", "null"], "examples": ["042913"]}}},
+        "WatcherSession": {"type": "object", "required": ["username", "polling_place"], "properties": {
+            "username": {"type": "string"}, "polling_place": {"type": "string"}}},
+        "PollingPlace": {"type": "object", "required": ["code", "name", "address", "precincts", "universe", "remaining"], "properties": {
+            "code": {"type": "string"}, "name": {"type": "string"}, "address": {"type": "string"},
+            "precincts": {"type": "integer"}, "universe": {"type": "integer", "description": "supporters who vote here"},
+            "remaining": {"type": "integer", "description": "of those, not yet reported as voted"}}},
+        "Readiness": {"type": "object", "required": ["polling_place", "login", "message"], "properties": {
+            "polling_place": schema_ref("PollingPlace"),
+            "login": {"type": "string", "enum": ["pin", "link"]},
+            "expires_at": {"type": ["integer", "null"]},
+            "message": {"type": "string", "examples": ["You are set up for polling place FRA-12 (Lincoln Elementary); your list has 212 voters."]}}},
+        "ListedVoter": {"type": "object", "required": ["person_id", "voter_code", "precinct"], "properties": {
+            "person_id": id, "voter_code": {"type": "string", "pattern": "^[0-9]{8}$", "description": "7 digits and a check digit"},
+            "first_name": {"type": ["string", "null"]}, "last_name": {"type": ["string", "null"]},
+            "address": {"type": ["string", "null"]}, "precinct": {"type": "string"}}},
+        "TurnoutList": {"type": "object", "required": ["polling_place", "voters"], "properties": {
+            "polling_place": {"type": "string"},
+            "voters": {"type": "array", "items": schema_ref("ListedVoter")},
+            "next_after": {"type": ["integer", "null"], "description": "pass as after for the next page; null on the last"}}},
+        "ReportItem": {"type": "object", "additionalProperties": false, "required": ["report_id"],
+            "description": "One report: exactly one of voter_code and person_id.",
+            "properties": {
+                "report_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$", "description": "client-generated (UUID or ULID); a retry with the same id never counts twice", "examples": ["01HZX3Q9J7K2M4N6P8R0S2T4V6"]},
+                "voter_code": {"type": ["string", "null"], "examples": ["12345678"]},
+                "person_id": {"type": ["integer", "null"], "examples": [null]},
+                "voted_at": {"type": ["integer", "null"], "description": "ms since the epoch; default now", "examples": [1730764800000i64]},
+                "undo": {"type": "boolean", "description": "undo the report with this report_id", "examples": [false]}}},
+        "ReportBatch": {"type": "object", "additionalProperties": false, "required": ["reports"], "properties": {
+            "reports": {"type": "array", "maxItems": 1000, "items": schema_ref("ReportItem"), "examples": [[{"report_id": "01HZX3Q9J7K2M4N6P8R0S2T4V6", "voter_code": "12345678"}]]},
+            "channel": {"type": ["string", "null"], "enum": ["app", "bulk", "sms", null], "examples": ["app"]}}},
+        "ItemResult": {"type": "object", "required": ["report_id", "outcome"], "properties": {
+            "report_id": {"type": "string"},
+            "outcome": {"type": "string", "enum": ["accepted", "duplicate", "rejected"]},
+            "reason": {"type": "string", "enum": ["invalid_report_id", "invalid_voter_code", "invalid_target", "unknown_voter", "other_polling_place", "report_id_reused"]},
+            "message": {"type": "string", "description": "safe to show the watcher"},
+            "person_id": id}},
+        "BatchResult": {"type": "object", "required": ["accepted", "duplicates", "rejected", "results"], "properties": {
+            "accepted": {"type": "integer"}, "duplicates": {"type": "integer"}, "rejected": {"type": "integer"},
+            "results": {"type": "array", "items": schema_ref("ItemResult"), "description": "one per report, in order"}}},
+        "PrecinctTurnout": {"type": "object", "required": ["county", "precinct", "polling_place", "universe", "voted"], "properties": {
+            "county": {"type": "string"}, "precinct": {"type": "string"}, "polling_place": {"type": "string"},
+            "universe": {"type": "integer"}, "voted": {"type": "integer"}}},
+        "TurnoutSummary": {"type": "object", "required": ["universe", "voted", "precincts", "polling_places"], "properties": {
+            "universe": {"type": "integer"}, "voted": {"type": "integer"},
+            "precincts": {"type": "array", "items": schema_ref("PrecinctTurnout")},
+            "polling_places": {"type": "array", "items": schema_ref("PollingPlace")}}}
     })
 }
 
@@ -490,6 +575,11 @@ mod tests {
         serde_json::from_value::<crate::lists::Members>(example_of("Members")).unwrap();
         serde_json::from_value::<crate::people::MergeBody>(example_of("MergeRequest")).unwrap();
         serde_json::from_value::<crate::imports::NewImport>(example_of("NewImport")).unwrap();
+        serde_json::from_value::<crate::turnout::WatcherLogin>(example_of("WatcherLogin")).unwrap();
+        let b: crate::turnout::ReportBatch =
+            serde_json::from_value(example_of("ReportBatch")).unwrap();
+        assert_eq!(b.reports.len(), 1);
+        serde_json::from_value::<narwhal_turnout::ReportItem>(example_of("ReportItem")).unwrap();
         // ...and every property a draft has is documented.
         let props = schemas()["PersonDraft"]["properties"].clone();
         let full = serde_json::to_value(&d).unwrap();

@@ -27,7 +27,7 @@ async fn every_api_route_needs_credentials(app: TestApp) {
             .await
             .unwrap();
         let (s, v) = split(res).await;
-        if r.scope.is_none() {
+        if r.access == narwhal_http::routes::Access::Public {
             continue;
         }
         assert_eq!(s, 401, "{} {}: {v}", r.method, r.path);

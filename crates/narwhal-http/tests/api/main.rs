@@ -16,4 +16,5 @@ mod openapi;
 mod ops;
 mod people;
 mod segments;
+mod turnout;
 mod uploads;

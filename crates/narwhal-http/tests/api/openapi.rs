@@ -71,7 +71,7 @@ fn type_ok(ty: &Value, v: &Value) -> bool {
 /// Checks `v` against `schema`: types, required properties, and that every property
 /// produced is listed (for schemas that list properties). Recurses into properties
 /// and array items.
-fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) {
+pub fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) {
     let schema = resolve(doc, schema);
     assert!(
         type_ok(&schema["type"], v),
