@@ -13,6 +13,7 @@
 //! - [`mime`]: the RFC 5322 message with quoted-printable parts.
 //! - [`scheduler`]: routes slices over accounts by weight and room, never over a limit.
 //! - [`blast`]: the `blast.send` worker: claim, render, send, record in the ledger.
+//! - [`smtp`]: an SMTP provider with pipelining, AUTH PLAIN and a connection pool.
 //!
 //! Nothing here knows about blasts, ledgers or the database: a provider is handed a batch
 //! and answers one outcome per message, in order. Deciding what to do next is the
@@ -25,6 +26,7 @@ pub mod scheduler;
 pub mod secret;
 pub mod ses;
 pub mod sigv4;
+pub mod smtp;
 pub mod template;
 pub mod throttle;
 pub mod unsubscribe;
