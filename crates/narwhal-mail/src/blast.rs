@@ -61,16 +61,33 @@ pub struct SendConfig {
     pub slice_lease_ms: i64,
     /// Transient failures on one account before failing over.
     pub max_attempts: u32,
+    /// Footer, unsubscribe links and headers for every message.
+    pub compose: Compose,
+}
+
+/// What every message carries besides its content: the sender's name and postal
+/// address in the footer, and a signed unsubscribe link (in the footer and in the
+/// RFC 8058 `List-Unsubscribe` headers).
+#[derive(Clone, Debug)]
+pub struct Compose {
+    pub sender: crate::template::Sender,
+    /// The one-click unsubscribe URL prefix; the recipient's token is appended
+    /// (`https://act.example.org/u/`).
+    pub unsubscribe_url: String,
+    /// An address for mailto unsubscribes, if the campaign has one.
+    pub unsubscribe_mailto: Option<String>,
+    pub signer: crate::unsubscribe::UnsubscribeSigner,
 }
 
 impl SendConfig {
     /// Defaults: 60 s job lease, 60 s slice lease, 3 attempts.
-    pub fn new(node_id: impl Into<String>) -> Self {
+    pub fn new(node_id: impl Into<String>, compose: Compose) -> Self {
         Self {
             node_id: node_id.into(),
             job_lease_ms: 60_000,
             slice_lease_ms: 60_000,
             max_attempts: 3,
+            compose,
         }
     }
 }
@@ -217,7 +234,7 @@ pub async fn run_blast_job(
     } else if blast.state != BlastState::Sending {
         return Ok(serde_json::json!({ "stopped": blast.state.as_str() }));
     }
-    let templates = match Templates::compile(&blast.content) {
+    let templates = match Templates::compile(&blast.content, &cfg.compose.sender) {
         Ok(t) => t,
         Err(e) => {
             let reason = format!("template: {e}");
@@ -335,7 +352,7 @@ async fn send_slice(
     account: usize,
     account_id: i32,
     from: &Email,
-    templates: &Templates<'_>,
+    templates: &Templates,
 ) -> SliceResult {
     let mut outcomes = Vec::with_capacity(claim.recipients.len());
     let mut messages = Vec::with_capacity(claim.recipients.len());
@@ -358,7 +375,7 @@ async fn send_slice(
                 continue;
             }
         };
-        match render(templates, r) {
+        match render(templates, r, claim.blast_id, &sender.config.compose) {
             Ok(content) => {
                 messages.push(OutgoingMessage {
                     key: MessageKey(u64::try_from(r.person_id.0).unwrap_or(0)),
@@ -507,16 +524,17 @@ fn summarize(results: &[SendOutcome]) -> BatchReport {
     }
 }
 
-/// A blast's templates, compiled once per job.
-pub struct Templates<'a> {
-    env: minijinja::Environment<'a>,
-    has_text: bool,
-    has_html: bool,
+/// A blast's templates, compiled and checked once per job (see [`crate::template`]).
+pub struct Templates {
+    compiled: crate::template::Compiled,
 }
 
-impl<'a> Templates<'a> {
-    /// Compiles subject, text and HTML; a syntax error names the part and line.
-    pub fn compile(content: &'a BlastContent) -> Result<Self, String> {
+impl Templates {
+    /// Compiles subject, text and HTML; an error names the part, line and column.
+    pub fn compile(
+        content: &BlastContent,
+        sender: &crate::template::Sender,
+    ) -> Result<Self, String> {
         let BlastContent::Inline {
             subject,
             text,
@@ -525,54 +543,65 @@ impl<'a> Templates<'a> {
         else {
             return Err("stored templates are not supported yet".into());
         };
-        let mut env = minijinja::Environment::new();
-        env.add_template("subject", subject)
-            .map_err(|e| format!("subject: {e}"))?;
-        if let Some(t) = text {
-            env.add_template("text", t)
-                .map_err(|e| format!("text: {e}"))?;
-        }
-        if let Some(h) = html {
-            env.add_template("html.html", h)
-                .map_err(|e| format!("html: {e}"))?;
-        }
-        Ok(Self {
-            env,
-            has_text: text.is_some(),
-            has_html: html.is_some(),
-        })
+        let src = crate::template::TemplateSource {
+            subject: subject.clone(),
+            text: text.clone().unwrap_or_default(),
+            html: html.clone(),
+        };
+        let compiled =
+            crate::template::Compiled::compile(&src, sender).map_err(|e| e.to_string())?;
+        Ok(Self { compiled })
     }
 }
 
-/// Renders one recipient's message: the one place a blast turns into content (the full
-/// template engine with footer and unsubscribe headers will replace its inside).
-pub fn render(t: &Templates<'_>, r: &ClaimedRecipient) -> Result<Content, String> {
-    let custom: serde_json::Value =
-        serde_json::from_str(&r.custom).unwrap_or(serde_json::Value::Null);
-    let ctx = minijinja::context! {
-        first_name => r.first_name,
-        last_name => r.last_name,
-        email => r.email,
-        city => r.city,
-        state => r.state,
-        zip => r.zip,
-        custom => custom,
+/// Renders one recipient's message with the footer, their signed unsubscribe link and
+/// the one-click headers: the one place a blast turns into content.
+pub fn render(
+    t: &Templates,
+    r: &ClaimedRecipient,
+    blast: BlastId,
+    compose: &Compose,
+) -> Result<Content, String> {
+    let custom: std::collections::BTreeMap<String, String> =
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&r.custom)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
+            .collect();
+    let url = format!(
+        "{}{}",
+        compose.unsubscribe_url,
+        compose.signer.token(blast.0, r.person_id.0)
+    );
+    let vars = crate::template::RecipientVars {
+        first_name: r.first_name.clone(),
+        last_name: r.last_name.clone(),
+        email: r.email.clone().unwrap_or_default(),
+        city: r.city.clone(),
+        state: r.state.clone(),
+        zip: r.zip.clone(),
+        custom,
+        unsubscribe_url: url.clone(),
+        ..Default::default()
     };
-    let get = |name: &str| -> Result<String, String> {
-        t.env
-            .get_template(name)
-            .and_then(|tpl| tpl.render(&ctx))
-            .map_err(|e| e.to_string())
-    };
+    let out = t.compiled.render(&vars).map_err(|e| e.to_string())?;
+    let headers =
+        crate::unsubscribe::list_unsubscribe_headers(&url, compose.unsubscribe_mailto.as_deref())
+            .into_iter()
+            .map(|(name, value)| crate::provider::Header { name, value })
+            .collect();
     Ok(Content::Simple {
-        subject: get("subject")?,
-        text: if t.has_text { Some(get("text")?) } else { None },
-        html: if t.has_html {
-            Some(get("html.html")?)
-        } else {
-            None
-        },
-        headers: Vec::new(),
+        subject: out.subject,
+        text: Some(out.text),
+        html: out.html,
+        headers,
     })
 }
 
@@ -596,6 +625,19 @@ mod tests {
         }
     }
 
+    fn compose() -> Compose {
+        Compose {
+            sender: crate::template::Sender {
+                name: "Friends of Ada".into(),
+                postal_address: "PO Box 1, Columbus OH".into(),
+            },
+            unsubscribe_url: "https://act.example.org/u/".into(),
+            unsubscribe_mailto: Some("unsubscribe@act.example.org".into()),
+            signer: crate::unsubscribe::UnsubscribeSigner::new(b"test-secret-test-secret-test-sec")
+                .unwrap(),
+        }
+    }
+
     #[test]
     fn renders_person_fields_and_escapes_html() {
         let c = BlastContent::Inline {
@@ -605,21 +647,37 @@ mod tests {
             ),
             html: Some("<p>{{ first_name }}</p>".into()),
         };
-        let t = Templates::compile(&c).unwrap();
+        let t = Templates::compile(&c, &compose().sender).unwrap();
         let mut r = recipient();
         r.first_name = Some("<b>Ada</b>".into());
         let Content::Simple {
             subject,
             text,
             html,
-            ..
-        } = render(&t, &r).unwrap()
+            headers,
+        } = render(&t, &r, BlastId(5), &compose()).unwrap()
         else {
             panic!()
         };
         assert_eq!(subject, "Hi <b>Ada</b>");
-        assert_eq!(text.as_deref(), Some("Ward 3"));
-        assert_eq!(html.as_deref(), Some("<p>&lt;b&gt;Ada&lt;&#x2f;b&gt;</p>"));
+        let text = text.unwrap();
+        assert!(text.starts_with("Ward 3\n\n--\nFriends of Ada\nPO Box 1, Columbus OH\nUnsubscribe: https://act.example.org/u/"), "{text}");
+        let html = html.unwrap();
+        assert!(
+            html.starts_with("<p>&lt;b&gt;Ada&lt;&#x2f;b&gt;</p>"),
+            "{html}"
+        );
+        // The link in the footer and in the headers names this blast and person.
+        let token = text.rsplit("/u/").next().unwrap().trim();
+        assert_eq!(compose().signer.verify(token), Ok((5, 7)));
+        assert_eq!(headers[0].name, "List-Unsubscribe");
+        assert!(
+            headers[0].value.contains(token)
+                && headers[0]
+                    .value
+                    .contains("mailto:unsubscribe@act.example.org")
+        );
+        assert_eq!(headers[1].value, "List-Unsubscribe=One-Click");
     }
 
     #[test]
@@ -629,9 +687,8 @@ mod tests {
             text: None,
             html: None,
         };
-        let e = Templates::compile(&c).err().unwrap();
-        assert!(e.starts_with("subject:"), "{e}");
-        assert!(e.contains("subject:1"), "{e}");
+        let e = Templates::compile(&c, &compose().sender).err().unwrap();
+        assert!(e.starts_with("subject: line 1, column"), "{e}");
     }
 
     #[test]

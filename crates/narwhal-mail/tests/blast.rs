@@ -103,7 +103,19 @@ fn account(fake: &FakeSes, a: &FakeAccount, name: &str, spec: &str) -> Account {
 }
 
 fn config(node: &str) -> SendConfig {
-    let mut c = SendConfig::new(node);
+    let compose = narwhal_mail::blast::Compose {
+        sender: narwhal_mail::template::Sender {
+            name: "Friends of Ada".into(),
+            postal_address: "PO Box 1, Columbus OH 43215".into(),
+        },
+        unsubscribe_url: "http://127.0.0.1:8080/u/".into(),
+        unsubscribe_mailto: None,
+        signer: narwhal_mail::unsubscribe::UnsubscribeSigner::new(
+            b"blast-test-secret-blast-test-sec",
+        )
+        .unwrap(),
+    };
+    let mut c = SendConfig::new(node, compose);
     c.job_lease_ms = 1_500;
     c.slice_lease_ms = 1_500;
     c
