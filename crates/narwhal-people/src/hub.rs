@@ -472,18 +472,10 @@ impl Hub {
                 row.sms_consent = c.as_str().to_string();
                 changed.push("sms_consent".into());
             }
-            let add_emails: Vec<String> = patch
-                .add_emails
-                .iter()
-                .map(|e| e.as_str().to_string())
-                .filter(|e| !cur.emails.contains(e))
-                .collect();
-            let add_phones: Vec<String> = patch
-                .add_phones
-                .iter()
-                .map(|p| p.as_str().to_string())
-                .filter(|p| !cur.phones.contains(p))
-                .collect();
+            let add_emails =
+                crate::resolve::not_yet(patch.add_emails.iter().map(|e| e.as_str()), &cur.emails);
+            let add_phones =
+                crate::resolve::not_yet(patch.add_phones.iter().map(|p| p.as_str()), &cur.phones);
             // A new email or phone must not belong to someone else.
             let km = self
                 .store

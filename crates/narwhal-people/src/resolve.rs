@@ -69,6 +69,13 @@ pub fn provenance_of<'a>(row: &'a PersonRow, field: &str) -> Option<&'a Value> {
         .or_else(|| row.provenance.get(ALL_FIELDS))
 }
 
+/// The values of `new` that `have` lacks, in order.
+pub fn not_yet<'a>(new: impl Iterator<Item = &'a str>, have: &[String]) -> Vec<String> {
+    new.filter(|v| !have.iter().any(|h| h == v))
+        .map(str::to_string)
+        .collect()
+}
+
 /// What a draft changes on an existing person.
 #[derive(Debug, Default)]
 pub struct Applied {
@@ -215,18 +222,8 @@ pub fn apply(cur: &PersonRecord, d: &PersonDraft, source: &str, at: i64, direct:
     .search_key();
     row.provenance = prov;
     row.row_hash = d.fingerprint();
-    let add_emails: Vec<String> = d
-        .emails
-        .iter()
-        .map(|e| e.as_str().to_string())
-        .filter(|e| !cur.emails.contains(e))
-        .collect();
-    let add_phones: Vec<String> = d
-        .phones
-        .iter()
-        .map(|p| p.as_str().to_string())
-        .filter(|p| !cur.phones.contains(p))
-        .collect();
+    let add_emails = not_yet(d.emails.iter().map(|e| e.as_str()), &cur.emails);
+    let add_phones = not_yet(d.phones.iter().map(|p| p.as_str()), &cur.phones);
     let add_tags: Vec<String> = d
         .tags
         .iter()
