@@ -14,13 +14,17 @@
 //! - [`scheduler`]: routes slices over accounts by weight and room, never over a limit.
 //! - [`blast`]: the `blast.send` worker: claim, render, send, record in the ledger.
 //! - [`smtp`]: an SMTP provider with pipelining, AUTH PLAIN and a connection pool.
+//! - [`outbox`]: a provider writing `.eml` files, for dry runs.
+//! - [`accounts`]: the `[mail]` settings and building accounts from them.
 //!
 //! Nothing here knows about blasts, ledgers or the database: a provider is handed a batch
 //! and answers one outcome per message, in order. Deciding what to do next is the
 //! scheduler's job, helped by [`provider::decide`].
 
+pub mod accounts;
 pub mod blast;
 pub mod mime;
+pub mod outbox;
 pub mod provider;
 pub mod scheduler;
 pub mod secret;

@@ -310,7 +310,7 @@ impl SmtpProvider {
         })
     }
 
-    fn raw(msg: &OutgoingMessage) -> Vec<u8> {
+    pub(crate) fn raw(msg: &OutgoingMessage) -> Vec<u8> {
         match &msg.content {
             Content::Raw(bytes) => bytes.clone(),
             Content::Simple {

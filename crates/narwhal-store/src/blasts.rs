@@ -79,6 +79,9 @@ pub enum BlastTarget {
     List(ListId),
     /// A filter given inline.
     Filter(SegmentFilter),
+    /// The recipients another blast failed (resend-to-failed): a new blast, so the
+    /// first one's ledger never moves backwards.
+    FailedOf(BlastId),
 }
 
 /// What a blast says: inline parts or a reference to a stored template.
@@ -299,6 +302,14 @@ pub enum Outcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct Failure {
     pub person_id: PersonId,
+    pub reason: String,
+    pub at: i64,
+}
+
+/// A suppressed address.
+#[derive(Debug, Clone, Serialize)]
+pub struct Suppression {
+    pub email: String,
     pub reason: String,
     pub at: i64,
 }
@@ -546,6 +557,11 @@ impl Store {
             BlastTarget::Segment(s) => self.segment(*s).await?.filter,
             BlastTarget::List(l) => SegmentFilter::InList(*l),
             BlastTarget::Filter(f) => f.clone(),
+            BlastTarget::FailedOf(_) => {
+                return Err(StoreError::Invalid(
+                    "a resend's recipients come from its blast's ledger".into(),
+                ))
+            }
         })
     }
 
@@ -558,8 +574,16 @@ impl Store {
         if blast.materialized {
             return Ok(blast.counts.total);
         }
-        let filter = self.target_filter(&blast.target).await?;
-        let c = crate::segments::compile(&filter, self.backend());
+        let c = match &blast.target {
+            BlastTarget::FailedOf(of) => crate::segments::Condition {
+                sql: "people.id IN (SELECT f.person_id FROM blast_recipients f WHERE f.blast_id = CAST($1 AS BIGINT) AND f.state = 3)".into(),
+                args: vec![of.0.to_string()],
+            },
+            t => {
+                let filter = self.target_filter(t).await?;
+                crate::segments::compile(&filter, self.backend())
+            }
+        };
         let n = c.args.len();
         let sql = format!(
             "INSERT INTO blast_recipients (blast_id, person_id, state, attempts) \
@@ -808,6 +832,83 @@ impl Store {
             let rows = sqlx::query("SELECT person_id, reason, at FROM blast_failures WHERE blast_id = $1 AND person_id > $2 ORDER BY person_id LIMIT $3")
                 .bind(id.0).bind(after.map(|a| a.0).unwrap_or(0)).bind(limit.clamp(1, 10_000)).fetch_all(p).await?;
             rows.iter().map(|r| Ok(Failure { person_id: PersonId(r.try_get("person_id")?), reason: r.try_get("reason")?, at: r.try_get("at")? })).collect()
+        })
+    }
+
+    /// Blasts, newest first (`before` an id pages back).
+    pub async fn blasts(&self, before: Option<BlastId>, limit: i64) -> Result<Vec<Blast>> {
+        let sql =
+            format!("SELECT {BLAST_COLS} FROM blasts WHERE id < $1 ORDER BY id DESC LIMIT $2");
+        on_read!(self, p => {
+            let rows = sqlx::query(&sql).bind(before.map(|b| b.0).unwrap_or(i64::MAX)).bind(limit.clamp(1, 1000)).fetch_all(p).await?;
+            rows.iter().map(|r| {
+                let keep: bool = r.try_get("keep_message_ids")?;
+                Ok(blast_from!(r, keep))
+            }).collect()
+        })
+    }
+
+    /// Creates a draft that resends `id`'s content to the recipients it failed. The
+    /// original's ledger is left as it is (states only move forward); people who
+    /// unsubscribed, bounced or were suppressed since are left out when it starts.
+    pub async fn create_resend_to_failed(&self, id: BlastId) -> Result<BlastId> {
+        let b = self.blast(id).await?;
+        if !matches!(
+            b.state,
+            BlastState::Done | BlastState::Paused | BlastState::Cancelled
+        ) {
+            return Err(StoreError::Invalid(format!(
+                "blast {id} is {}; resend to failed once it is done, paused or cancelled",
+                b.state.as_str()
+            )));
+        }
+        if b.counts.failed == 0 {
+            return Err(StoreError::Invalid(format!(
+                "blast {id} has no failed recipients"
+            )));
+        }
+        let from = narwhal_domain::Email::parse(&b.from_email)
+            .map_err(|_| StoreError::Corrupt("blast sender address".into()))?;
+        self.create_blast(&NewBlast {
+            name: format!("{} (resend to failed)", b.name),
+            target: BlastTarget::FailedOf(id),
+            content: b.content,
+            from_email: from,
+            keep_message_ids: b.keep_message_ids,
+        })
+        .await
+    }
+
+    /// Sets a person's email consent to `unsubscribed` at once, with an audit entry,
+    /// unless they already are unsubscribed, bounced or complained. `true` if it
+    /// changed. Claims check consent, so a running blast skips them from the next slice.
+    pub async fn unsubscribe_email(
+        &self,
+        person: PersonId,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let entry =
+            crate::audit::AuditEntry::new(actor, "person.unsubscribe", "person", person.0, detail);
+        let sql = format!("UPDATE people SET email_consent = 'unsubscribed', version = version + 1, updated_at = $1 WHERE id = $2 AND email_consent NOT IN {EXCLUDED_CONSENT}");
+        on_write!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(&sql).bind(now).bind(person.0).execute(&mut *tx).await?.rows_affected();
+            if n == 1 {
+                audit_insert!(&mut *tx, entry, &entry.entity_id, now);
+            }
+            tx.commit().await?;
+            Ok(n == 1)
+        })
+    }
+
+    /// The suppression list, by address (`after` pages on).
+    pub async fn suppressions(&self, after: Option<&str>, limit: i64) -> Result<Vec<Suppression>> {
+        on_read!(self, p => {
+            let rows = sqlx::query("SELECT email, reason, at FROM suppressions WHERE email > $1 ORDER BY email LIMIT $2")
+                .bind(after.unwrap_or("")).bind(limit.clamp(1, 1000)).fetch_all(p).await?;
+            rows.iter().map(|r| Ok(Suppression { email: r.try_get("email")?, reason: r.try_get("reason")?, at: r.try_get("at")? })).collect()
         })
     }
 
