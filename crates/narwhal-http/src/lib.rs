@@ -62,6 +62,7 @@ pub mod routes;
 pub mod segments;
 pub mod turnout;
 pub mod uploads;
+pub mod watch;
 
 pub use auth::{hash_password, new_token, verify_password};
 
@@ -141,6 +142,7 @@ pub fn router(state: AppState) -> axum::Router {
     }
     r.merge(ops::router())
         .merge(console::router())
+        .merge(watch::router())
         .fallback(requests::not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(

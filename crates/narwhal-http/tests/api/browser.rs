@@ -12,7 +12,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// chromedriver, killed when dropped.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     base: String,
 }
@@ -25,13 +25,13 @@ impl Drop for Driver {
 }
 
 /// A minimal WebDriver session.
-struct Session {
+pub(crate) struct Session {
     http: reqwest::Client,
     url: String,
 }
 
 impl Session {
-    async fn new(driver: &Driver, profile: &std::path::Path) -> Session {
+    pub(crate) async fn new(driver: &Driver, profile: &std::path::Path) -> Session {
         let http = reqwest::Client::new();
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -60,7 +60,12 @@ impl Session {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
         let mut r = self.http.request(method, format!("{}{path}", self.url));
         if let Some(b) = body {
             r = r.json(&b);
@@ -70,12 +75,12 @@ impl Session {
         v["value"].clone()
     }
 
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
             .await;
     }
 
-    async fn find(&self, css: &str) -> String {
+    pub(crate) async fn find(&self, css: &str) -> String {
         let v = self
             .call(
                 reqwest::Method::POST,
@@ -89,7 +94,7 @@ impl Session {
             .to_string()
     }
 
-    async fn type_into(&self, css: &str, text: &str) {
+    pub(crate) async fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css).await;
         self.call(
             reqwest::Method::POST,
@@ -99,7 +104,7 @@ impl Session {
         .await;
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         let e = self.find(css).await;
         self.call(
             reqwest::Method::POST,
@@ -109,7 +114,7 @@ impl Session {
         .await;
     }
 
-    async fn source(&self) -> String {
+    pub(crate) async fn source(&self) -> String {
         self.call(reqwest::Method::GET, "/source", None)
             .await
             .as_str()
@@ -118,7 +123,7 @@ impl Session {
     }
 
     /// Polls the page source until it contains `needle`.
-    async fn wait_for(&self, needle: &str) -> String {
+    pub(crate) async fn wait_for(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let s = self.source().await;
@@ -133,12 +138,12 @@ impl Session {
         }
     }
 
-    async fn end(self) {
+    pub(crate) async fn end(self) {
         let _ = self.http.delete(&self.url).send().await;
     }
 }
 
-async fn start_driver() -> Option<Driver> {
+pub(crate) async fn start_driver() -> Option<Driver> {
     if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
         if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
             panic!("CI requires {CHROMEDRIVER} and {CHROMIUM} (scripts/install-deps)");

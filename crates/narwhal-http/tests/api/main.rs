@@ -18,3 +18,4 @@ mod people;
 mod segments;
 mod turnout;
 mod uploads;
+mod watch_browser;
