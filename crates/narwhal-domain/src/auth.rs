@@ -42,6 +42,8 @@ impl Role {
                 ImportsWrite,
                 Export,
                 AuditRead,
+                MailRead,
+                MailSend,
                 Admin,
             ],
             Self::Staff => &[
@@ -52,6 +54,8 @@ impl Role {
                 ImportsWrite,
                 Export,
                 AuditRead,
+                MailRead,
+                MailSend,
             ],
             Self::Volunteer => &[],
         }
@@ -74,12 +78,16 @@ pub enum Scope {
     Export,
     #[serde(rename = "audit:read")]
     AuditRead,
+    #[serde(rename = "mail:read")]
+    MailRead,
+    #[serde(rename = "mail:send")]
+    MailSend,
     #[serde(rename = "admin")]
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 10] = [
         Self::PeopleRead,
         Self::PeopleWrite,
         Self::ListsRead,
@@ -87,6 +95,8 @@ impl Scope {
         Self::ImportsWrite,
         Self::Export,
         Self::AuditRead,
+        Self::MailRead,
+        Self::MailSend,
         Self::Admin,
     ];
 
@@ -99,6 +109,8 @@ impl Scope {
             Self::ImportsWrite => "imports:write",
             Self::Export => "export",
             Self::AuditRead => "audit:read",
+            Self::MailRead => "mail:read",
+            Self::MailSend => "mail:send",
             Self::Admin => "admin",
         }
     }

@@ -49,6 +49,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod blasts;
 pub mod console;
 pub mod error;
 pub mod imports;
@@ -61,6 +62,7 @@ pub mod requests;
 pub mod routes;
 pub mod segments;
 pub mod turnout;
+pub mod unsubscribe;
 pub mod uploads;
 pub mod watch;
 
@@ -119,6 +121,9 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The console's templates, parsed once.
     pub templates: Arc<minijinja::Environment<'static>>,
+    /// The mail side (blasts, previews, unsubscribe links); `None` when the node has no
+    /// mail settings, and then those routes answer 503 `mail_not_configured`.
+    pub mail: Option<blasts::MailEdge>,
 }
 
 impl AppState {
@@ -130,7 +135,14 @@ impl AppState {
             config: Arc::new(config),
             metrics: Arc::new(metrics::Metrics::default()),
             templates: Arc::new(console::environment()),
+            mail: None,
         }
+    }
+
+    /// With the mail side.
+    pub fn with_mail(mut self, mail: blasts::MailEdge) -> Self {
+        self.mail = Some(mail);
+        self
     }
 }
 
@@ -142,6 +154,7 @@ pub fn router(state: AppState) -> axum::Router {
     }
     r.merge(ops::router())
         .merge(console::router())
+        .merge(unsubscribe::router())
         .merge(watch::router())
         .fallback(requests::not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

@@ -3,7 +3,7 @@
 //! [`schemas`], beside it.
 
 use crate::auth::{self, require};
-use crate::{audit, imports, inbound, lists, people, segments, turnout, uploads, AppState};
+use crate::{audit, blasts, imports, inbound, lists, people, segments, turnout, uploads, AppState};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use narwhal_domain::Scope;
 use serde_json::{json, Map, Value};
@@ -126,6 +126,18 @@ pub const ROUTES: &[Route] = routes! {
     GET "/api/v1/turnout/list" Watcher, 200, "The watcher's polling place's supporters not yet voted, with voter codes (after, limit)", NO_BODY, Some("TurnoutList") => turnout::list;
     POST "/api/v1/turnout/reports" Watcher, 200, "Report voters as voted (or undo), idempotent by report_id; each item gets its own outcome", Json("ReportBatch"), Some("BatchResult") => turnout::reports;
     GET "/api/v1/turnout/summary" Scoped(ListsRead), 200, "Turnout per precinct and polling place against the GOTV universe", NO_BODY, Some("TurnoutSummary") => turnout::summary;
+    POST "/api/v1/blasts" Scoped(MailSend), 201, "Create a blast (a draft); templates are checked first (422 invalid_template names part, line and column)", Json("NewBlast"), Some("Created") => blasts::create;
+    GET "/api/v1/blasts" Scoped(MailRead), 200, "Recent blasts with their progress", NO_BODY, Some("Blasts") => blasts::index;
+    GET "/api/v1/blasts/{id}" Scoped(MailRead), 200, "A blast's progress: sent, failed, throttled-waiting, pending, ETA", NO_BODY, Some("BlastStatus") => blasts::show;
+    POST "/api/v1/blasts/{id}/preview" Scoped(MailRead), 200, "The message as one person would get it", Json("PreviewRequest"), Some("Preview") => blasts::preview;
+    POST "/api/v1/blasts/{id}/test" Scoped(MailSend), 200, "Send the message to one address through the first account", Json("PreviewRequest"), Some("TestSend") => blasts::test_send;
+    POST "/api/v1/blasts/{id}/schedule" Scoped(MailSend), 200, "Send now, or at a time", Json("ScheduleRequest"), Some("BlastStatus") => blasts::schedule;
+    POST "/api/v1/blasts/{id}/pause" Scoped(MailSend), 200, "Pause; the worker stops within one slice", NO_BODY, Some("BlastStatus") => blasts::pause;
+    POST "/api/v1/blasts/{id}/resume" Scoped(MailSend), 200, "Resume a paused blast", NO_BODY, Some("BlastStatus") => blasts::resume;
+    POST "/api/v1/blasts/{id}/cancel" Scoped(MailSend), 200, "Cancel a blast", NO_BODY, Some("BlastStatus") => blasts::cancel;
+    GET "/api/v1/blasts/{id}/failures" Scoped(MailRead), 200, "Who failed and why (after, limit)", NO_BODY, Some("FailurePage") => blasts::failures;
+    POST "/api/v1/blasts/{id}/resend-failed" Scoped(MailSend), 201, "A new draft blast to the recipients this one failed", NO_BODY, Some("Created") => blasts::resend_failed;
+    GET "/api/v1/suppressions" Scoped(MailRead), 200, "The suppression list (after, limit)", NO_BODY, Some("SuppressionPage") => blasts::suppressions;
 };
 
 fn filter(method: &str) -> MethodFilter {
@@ -461,6 +473,50 @@ pub fn schemas() -> Value {
         "PrecinctTurnout": {"type": "object", "required": ["county", "precinct", "polling_place", "universe", "voted"], "properties": {
             "county": {"type": "string"}, "precinct": {"type": "string"}, "polling_place": {"type": "string"},
             "universe": {"type": "integer"}, "voted": {"type": "integer"}}},
+        "NewBlast": {"type": "object", "additionalProperties": false, "required": ["name", "target", "subject"], "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200, "examples": ["GOTV reminder"]},
+            "target": {"type": "object", "additionalProperties": false, "description": "exactly one of list, segment, filter",
+                "properties": {"list": {"type": ["integer", "null"]}, "segment": {"type": ["integer", "null"]},
+                    "filter": {"anyOf": [schema_ref("SegmentFilter"), {"type": "null"}]}},
+                "examples": [{"list": 1}]},
+            "subject": {"type": "string", "description": "a template: {{ first_name | default('friend') }}", "examples": ["Hi {{ first_name | default('friend') }}"]},
+            "text": {"type": ["string", "null"], "examples": ["Polls are open until 7:30pm."]},
+            "html": {"type": ["string", "null"], "examples": ["<p>Polls are open until 7:30pm.</p>"]},
+            "from": {"type": ["string", "null"], "format": "email", "description": "default: mail.from_address", "examples": ["team@campaign.example"]},
+            "keep_message_ids": {"type": "boolean", "examples": [false]}}},
+        "BlastStatus": {"type": "object", "required": ["id", "name", "state", "from", "created_at", "total", "sent", "failed", "skipped", "ambiguous", "throttled_waiting", "pending", "in_flight_or_due", "throttle_answers", "possible_duplicates"], "properties": {
+            "id": id, "name": {"type": "string"},
+            "state": {"type": "string", "enum": ["draft", "scheduled", "sending", "paused", "cancelled", "done"]},
+            "reason": {"type": ["string", "null"], "description": "why it paused"},
+            "from": {"type": "string"}, "scheduled_at": {"type": ["integer", "null"]}, "created_at": timestamp,
+            "finished_at": {"type": ["integer", "null"]},
+            "total": {"type": "integer"}, "sent": {"type": "integer"}, "failed": {"type": "integer"},
+            "skipped": {"type": "integer", "description": "unsubscribed, bounced or suppressed during the blast"},
+            "ambiguous": {"type": "integer", "description": "maybe delivered (timeout after sending); not resent"},
+            "throttled_waiting": {"type": "integer", "description": "pending and waiting for a throttle or backoff"},
+            "pending": {"type": "integer", "description": "not final yet (includes throttled_waiting)"},
+            "in_flight_or_due": {"type": "integer"},
+            "throttle_answers": {"type": "integer", "description": "throttle answers from providers (requeued, never failures)"},
+            "possible_duplicates": {"type": "integer", "description": "recipients taken over from a node that died mid-send"},
+            "eta_seconds": {"type": ["integer", "null"]}}},
+        "Blasts": {"type": "object", "required": ["blasts"], "properties": {"blasts": {"type": "array", "items": schema_ref("BlastStatus")}}},
+        "PreviewRequest": {"type": "object", "additionalProperties": false, "properties": {
+            "person_id": {"type": ["integer", "null"], "examples": [1]},
+            "to": {"type": ["string", "null"], "format": "email", "description": "test sends only", "examples": ["staff@campaign.example"]}}},
+        "Preview": {"type": "object", "required": ["subject"], "properties": {
+            "subject": {"type": "string"}, "text": {"type": ["string", "null"]}, "html": {"type": ["string", "null"]}}},
+        "TestSend": {"type": "object", "required": ["outcome", "provider"], "properties": {
+            "outcome": {"type": "string", "examples": ["accepted"]}, "reason": {"type": ["string", "null"]}, "provider": {"type": "string"}}},
+        "ScheduleRequest": {"type": "object", "additionalProperties": false, "properties": {
+            "at": {"type": ["integer", "null"], "description": "ms since the epoch; absent or past: now", "examples": [null]}}},
+        "Failure": {"type": "object", "required": ["person_id", "reason", "at"], "properties": {
+            "person_id": id, "reason": {"type": "string"}, "at": timestamp}},
+        "FailurePage": page_of("Failure", "failures", "next_after"),
+        "Suppression": {"type": "object", "required": ["email", "reason", "at"], "properties": {
+            "email": {"type": "string"}, "reason": {"type": "string"}, "at": timestamp}},
+        "SuppressionPage": {"type": "object", "required": ["suppressions", "next_after"], "properties": {
+            "suppressions": {"type": "array", "items": schema_ref("Suppression")},
+            "next_after": {"type": ["string", "null"]}}},
         "TurnoutSummary": {"type": "object", "required": ["universe", "voted", "precincts", "polling_places"], "properties": {
             "universe": {"type": "integer"}, "voted": {"type": "integer"},
             "precincts": {"type": "array", "items": schema_ref("PrecinctTurnout")},
@@ -575,6 +631,10 @@ mod tests {
         serde_json::from_value::<crate::lists::Members>(example_of("Members")).unwrap();
         serde_json::from_value::<crate::people::MergeBody>(example_of("MergeRequest")).unwrap();
         serde_json::from_value::<crate::imports::NewImport>(example_of("NewImport")).unwrap();
+        serde_json::from_value::<crate::blasts::NewBlastBody>(example_of("NewBlast")).unwrap();
+        serde_json::from_value::<crate::blasts::PreviewBody>(example_of("PreviewRequest")).unwrap();
+        serde_json::from_value::<crate::blasts::ScheduleBody>(example_of("ScheduleRequest"))
+            .unwrap();
         serde_json::from_value::<crate::turnout::WatcherLogin>(example_of("WatcherLogin")).unwrap();
         let b: crate::turnout::ReportBatch =
             serde_json::from_value(example_of("ReportBatch")).unwrap();

@@ -132,6 +132,16 @@ impl BlastSender {
         &self.store
     }
 
+    /// The configured accounts, in order.
+    pub fn accounts(&self) -> &[Account] {
+        &self.accounts
+    }
+
+    /// Footer, unsubscribe links and signer.
+    pub fn compose(&self) -> &Compose {
+        &self.config.compose
+    }
+
     fn sched(&self) -> std::sync::MutexGuard<'_, Scheduler> {
         self.scheduler.lock().unwrap_or_else(|e| e.into_inner())
     }

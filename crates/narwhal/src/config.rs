@@ -31,6 +31,7 @@ struct FileSettings {
     data_dir: Option<PathBuf>,
     log_format: Option<String>,
     listen: Option<String>,
+    mail: Option<narwhal_mail::accounts::MailSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct Settings {
     pub log_format: String,
     /// Default listen address for `serve` (flags override).
     pub listen: String,
+    /// `[mail]`: sender, unsubscribe links, sending accounts (checked at load).
+    pub mail: narwhal_mail::accounts::MailSettings,
 }
 
 impl Settings {
@@ -79,24 +82,91 @@ impl Settings {
             bail!("log_format: expected pretty or json, got {log_format:?}");
         }
         let listen = file.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+        let mut mail = file.mail.unwrap_or_default();
+        for (var, field) in [
+            ("NARWHAL_MAIL_FROM_ADDRESS", &mut mail.from_address),
+            ("NARWHAL_MAIL_SENDER_NAME", &mut mail.sender_name),
+            ("NARWHAL_MAIL_POSTAL_ADDRESS", &mut mail.postal_address),
+            ("NARWHAL_MAIL_UNSUBSCRIBE_URL", &mut mail.unsubscribe_url),
+            (
+                "NARWHAL_MAIL_UNSUBSCRIBE_MAILTO",
+                &mut mail.unsubscribe_mailto,
+            ),
+            (
+                "NARWHAL_MAIL_UNSUBSCRIBE_SECRET_ENV",
+                &mut mail.unsubscribe_secret_env,
+            ),
+        ] {
+            if let Ok(v) = std::env::var(var) {
+                *field = Some(v);
+            }
+        }
+        // Fail fast, naming the key: build once with a throwaway signing key.
+        mail.build(&data_dir, "http://127.0.0.1/u/", &[0u8; 32], &env_var)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Self {
             database,
             data_dir,
             log_format,
             listen,
+            mail,
         })
     }
 
     /// The effective configuration with secrets hidden.
     pub fn describe(&self) -> String {
         format!(
-            "database = {:?}\ndata_dir = {:?}\nlog_format = {:?}\nlisten = {:?}\n",
+            "database = {:?}\ndata_dir = {:?}\nlog_format = {:?}\nlisten = {:?}\n{}",
             self.database.redacted(),
             self.data_dir.display().to_string(),
             self.log_format,
-            self.listen
+            self.listen,
+            self.mail.describe(&env_var)
         )
     }
+
+    /// The unsubscribe signing key used when `mail.unsubscribe_secret_env` is unset:
+    /// 32 random bytes kept in `DATA_DIR/unsubscribe.key` (created on first use). Nodes
+    /// sharing PostgreSQL must set `unsubscribe_secret_env` instead, so that any node
+    /// verifies any node's links.
+    pub fn fallback_unsubscribe_key(&self) -> anyhow::Result<Vec<u8>> {
+        let path = self.data_dir.join("unsubscribe.key");
+        match std::fs::read(&path) {
+            Ok(k) if k.len() >= 32 => return Ok(k),
+            Ok(_) => bail!("{}: the key is shorter than 32 bytes", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+        }
+        use rand::RngCore;
+        let mut raw = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create {}", self.data_dir.display()))?;
+        // Written under a private name, then linked into place: when several nodes
+        // start at once on one data directory, the first link wins and the others
+        // read its key.
+        let tmp = self
+            .data_dir
+            .join(format!(".unsubscribe.key.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, key.as_bytes())
+            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return std::fs::read(&path)
+                    .with_context(|| format!("{}: cannot read", path.display()));
+            }
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot write", path.display())),
+        }
+        Ok(key.into_bytes())
+    }
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 pub fn init_logging(s: &Settings) {

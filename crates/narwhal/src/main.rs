@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod blast;
 mod config;
 mod demo;
 mod import;
@@ -36,6 +37,9 @@ pub enum Command {
     /// Run a benchmark and print one JSON line per backend.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// A blast's progress and controls: status [--watch], pause, resume, cancel.
+    #[command(subcommand)]
+    Blast(blast::BlastCommand),
     /// Administration: users, tokens, backups, configuration.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -77,6 +81,7 @@ fn main() -> std::process::ExitCode {
             Command::Import(c) => import::run(&settings, c).await,
             Command::Bench(c) => bench::run(&settings, c).await,
             Command::Admin(c) => admin::run(&settings, c).await,
+            Command::Blast(c) => blast::run(&settings, c).await,
         }
     });
     match result {

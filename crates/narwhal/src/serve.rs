@@ -54,6 +54,7 @@ pub async fn serve_store(
         ..HttpConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_blasts = stop_rx.clone();
     let worker = narwhal_people::worker::spawn(
         store.clone(),
         node_id.clone(),
@@ -67,7 +68,9 @@ pub async fn serve_store(
     if let Some(b) = banner {
         println!("{b}");
     }
-    let state = AppState::new(store.clone(), config);
+    let mail = mail_sender(settings, &store, &node_id, &addr.to_string()).await?;
+    let blast_worker = narwhal_mail::blast::spawn(mail.sender.clone(), stop_rx_blasts);
+    let state = AppState::new(store.clone(), config).with_mail(mail);
     narwhal_http::serve(listener, state, async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
@@ -75,6 +78,47 @@ pub async fn serve_store(
     .await?;
     let _ = stop_tx.send(true);
     let _ = worker.await;
+    let _ = blast_worker.await;
     store.close().await;
     Ok(())
+}
+
+/// The node's blast sender from `[mail]`: the accounts (limits read from providers
+/// that report them), footer and unsubscribe signer. With no account configured it
+/// still runs, and a blast that starts pauses with the reason.
+async fn mail_sender(
+    settings: &Settings,
+    store: &narwhal_store::Store,
+    node_id: &str,
+    addr: &str,
+) -> anyhow::Result<narwhal_http::blasts::MailEdge> {
+    let key = match settings.mail.unsubscribe_secret_env {
+        Some(_) => Vec::new(),
+        None => settings.fallback_unsubscribe_key()?,
+    };
+    let mut setup = settings
+        .mail
+        .build(
+            &settings.data_dir,
+            &format!("http://{addr}/u/"),
+            &key,
+            &|n| std::env::var(n).ok(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    narwhal_mail::accounts::read_reported_limits(&settings.mail, &mut setup.accounts).await;
+    if setup.accounts.is_empty() {
+        tracing::warn!("mail: no account is configured; blasts that start will pause until one is");
+    } else {
+        let names: Vec<&str> = setup.accounts.iter().map(|a| a.provider.name()).collect();
+        tracing::info!(accounts = %names.join(", "), "mail: sending through the configured accounts");
+    }
+    let sender = narwhal_mail::blast::BlastSender::new(
+        store.clone(),
+        setup.accounts,
+        narwhal_mail::blast::SendConfig::new(node_id, setup.compose),
+    );
+    Ok(narwhal_http::blasts::MailEdge {
+        sender,
+        default_from: setup.from_address,
+    })
 }

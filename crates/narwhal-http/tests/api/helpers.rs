@@ -16,6 +16,12 @@ pub fn password_hash() -> &'static str {
     H.get_or_init(|| narwhal_http::hash_password(ADMIN_PASSWORD).unwrap())
 }
 
+/// Mail settings and the environment they read secrets from.
+type MailWith = (
+    narwhal_mail::accounts::MailSettings,
+    fn(&str) -> Option<String>,
+);
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
@@ -25,6 +31,13 @@ pub struct TestApp {
     pub upload: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The blast worker, when started with [`TestApp::spawn_mail`].
+    blasts: Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    )>,
+    /// The mail side the server runs with (always set: no accounts by default).
+    pub mail: narwhal_http::blasts::MailEdge,
     _db: TestDb,
 }
 
@@ -34,6 +47,24 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut HttpConfig)) -> Option<Self> {
+        Self::spawn_inner(backend, tweak, None).await
+    }
+
+    /// With `[mail]` settings built the way `narwhal serve` builds them (`env` stands
+    /// for the environment), and the blast worker running beside the server.
+    pub async fn spawn_mail(
+        backend: Backend,
+        mail: narwhal_mail::accounts::MailSettings,
+        env: fn(&str) -> Option<String>,
+    ) -> Option<Self> {
+        Self::spawn_inner(backend, |_| {}, Some((mail, env))).await
+    }
+
+    async fn spawn_inner(
+        backend: Backend,
+        tweak: impl FnOnce(&mut HttpConfig),
+        mail: Option<MailWith>,
+    ) -> Option<Self> {
         let db = TestDb::new(backend).await?;
         let store = db.store.clone();
         let upload = tempfile::tempdir().unwrap();
@@ -42,9 +73,30 @@ impl TestApp {
             ..HttpConfig::default()
         };
         tweak(&mut config);
-        let state = AppState::new(store.clone(), config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        let run_worker = mail.is_some();
+        let (settings, env) = mail.unwrap_or_else(|| (Default::default(), |_| None));
+        let setup = settings
+            .build(
+                upload.path(),
+                &format!("{base}/u/"),
+                b"test-unsubscribe-key-test-unsubscribe-key",
+                &env,
+            )
+            .unwrap();
+        let mut send = narwhal_mail::blast::SendConfig::new("test-node", setup.compose);
+        send.job_lease_ms = 5_000;
+        send.slice_lease_ms = 5_000;
+        let edge = narwhal_http::blasts::MailEdge {
+            sender: narwhal_mail::blast::BlastSender::new(store.clone(), setup.accounts, send),
+            default_from: setup.from_address,
+        };
+        let blasts = run_worker.then(|| {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            (tx, narwhal_mail::blast::spawn(edge.sender.clone(), rx))
+        });
+        let state = AppState::new(store.clone(), config).with_mail(edge.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(narwhal_http::serve(listener, state, async move {
             let _ = rx.await;
@@ -69,6 +121,8 @@ impl TestApp {
             upload,
             shutdown: Some(tx),
             server: Some(server),
+            blasts,
+            mail: edge,
             _db: db,
         })
     }
@@ -124,6 +178,10 @@ impl TestApp {
         }
         if let Some(h) = self.server.take() {
             h.await.unwrap().unwrap();
+        }
+        if let Some((tx, h)) = self.blasts.take() {
+            let _ = tx.send(true);
+            let _ = h.await;
         }
     }
 }

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod auth;
+mod blasts;
 mod browser;
 mod console;
 mod console_forms;
