@@ -61,6 +61,7 @@ pub mod people;
 pub mod requests;
 pub mod routes;
 pub mod segments;
+pub mod sms;
 pub mod turnout;
 pub mod unsubscribe;
 pub mod uploads;
@@ -93,6 +94,9 @@ pub struct HttpConfig {
     /// Replaces `request_timeout` on the routes that stream uploads
     /// ([`uploads::LONG_ROUTES`]): a large file over a slow link takes a while.
     pub upload_timeout: Duration,
+    /// The SMS provider's auth token that signs inbound SMS webhooks ([`sms`]); by
+    /// default from `NARWHAL_TWILIO_AUTH_TOKEN`. Without it the webhook refuses all.
+    pub sms_auth_token: Option<sms::SmsAuthToken>,
 }
 
 impl Default for HttpConfig {
@@ -104,6 +108,7 @@ impl Default for HttpConfig {
             upload_dir: PathBuf::from("uploads"),
             max_upload_bytes: 2 * 1024 * 1024 * 1024,
             upload_timeout: Duration::from_secs(60 * 60),
+            sms_auth_token: sms::SmsAuthToken::from_env(),
         }
     }
 }
@@ -156,6 +161,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(console::router())
         .merge(unsubscribe::router())
         .merge(watch::router())
+        .merge(sms::router())
         .fallback(requests::not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(

@@ -41,6 +41,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0006_turnout.sql"),
         include_str!("../migrations/postgres/0006_turnout.sql"),
     ),
+    (
+        7,
+        "watcher_phones",
+        include_str!("../migrations/sqlite/0007_watcher_phones.sql"),
+        include_str!("../migrations/postgres/0007_watcher_phones.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {

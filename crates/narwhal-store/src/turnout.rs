@@ -313,6 +313,29 @@ impl Store {
         .await
     }
 
+    /// Sets (or, with `None`, clears) the mobile phone of a user's watcher row, the
+    /// number SMS reports must come from. `NotFound` when the user is no watcher;
+    /// `Conflict` when another watcher has this phone.
+    pub async fn set_watcher_phone(&self, user: UserId, phone_e164: Option<&str>) -> Result<()> {
+        let n = on_write!(self, p => {
+            sqlx::query("UPDATE watchers SET phone = $1 WHERE user_id = $2")
+                .bind(phone_e164).bind(user.0)
+                .execute(p).await
+                .map(|r| r.rows_affected())
+                .map_err(|e| StoreError::from_unique(e, "a watcher with this phone"))
+        })?;
+        if n == 0 {
+            return Err(StoreError::NotFound("watcher"));
+        }
+        Ok(())
+    }
+
+    /// The watcher whose mobile phone this is (E.164).
+    pub async fn watcher_by_phone(&self, phone_e164: &str) -> Result<Option<Watcher>> {
+        self.watcher_where("phone = $1", phone_e164.to_string())
+            .await
+    }
+
     async fn watcher_where(&self, cond: &str, arg: String) -> Result<Option<Watcher>> {
         let sql = format!("SELECT id, user_id, polling_place, kind, secret_hash, issued_at, expires_at FROM watchers WHERE {cond}");
         on_read!(self, p => {

@@ -15,10 +15,12 @@
 //! are never logged.
 
 pub mod code;
+pub mod fallback;
 pub mod places;
 pub mod service;
 
 pub use code::{Channel, ReportId, Secret, VoterCode};
+pub use fallback::{BulkLine, LineResult};
 pub use service::{
     BatchResult, IssuedLogin, ItemResult, ListedVoter, LoginFailure, LoginKind, Readiness,
     ReportItem, Reporter, Turnout, TurnoutError, MAX_BATCH,

@@ -326,6 +326,51 @@ impl Turnout {
         })
     }
 
+    /// Sets or clears the mobile phone SMS reports from this watcher come from.
+    pub async fn set_watcher_phone(
+        &self,
+        user: UserId,
+        phone: Option<&narwhal_domain::PhoneE164>,
+    ) -> Result<(), TurnoutError> {
+        self.store
+            .set_watcher_phone(user, phone.map(|p| p.as_str()))
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => TurnoutError::NotFound("watcher"),
+                StoreError::Conflict(_) => {
+                    TurnoutError::Invalid("another watcher already has this phone".into())
+                }
+                e => e.into(),
+            })
+    }
+
+    /// The live watcher whose phone this is; `None` for an unknown phone, a disabled
+    /// user or an expired login.
+    pub async fn watcher_by_phone(
+        &self,
+        phone: &narwhal_domain::PhoneE164,
+    ) -> Result<Option<Watcher>, TurnoutError> {
+        let Some(w) = self.store.watcher_by_phone(phone.as_str()).await? else {
+            return Ok(None);
+        };
+        Ok(self.active_user(w).await?.and_then(Self::live).ok())
+    }
+
+    /// Staff bulk entry: the lines go through the one ingest (channel `bulk`) in
+    /// batches, and each line gets its result.
+    pub async fn ingest_bulk(
+        &self,
+        lines: &[crate::fallback::BulkLine],
+    ) -> Result<Vec<crate::fallback::LineResult>, TurnoutError> {
+        let mut out = Vec::with_capacity(lines.len());
+        for chunk in lines.chunks(MAX_BATCH) {
+            let items: Vec<ReportItem> = chunk.iter().map(crate::fallback::bulk_item).collect();
+            let res = self.ingest(&Reporter::Staff, Channel::Bulk, &items).await?;
+            out.extend(crate::fallback::line_results(chunk, res.results));
+        }
+        Ok(out)
+    }
+
     /// The watcher row of a logged-in user, if they are a watcher.
     pub async fn watcher_for(&self, user: UserId) -> Result<Option<Watcher>, TurnoutError> {
         Ok(self.store.watcher_by_user(user).await?)

@@ -20,6 +20,7 @@ use serde::Deserialize;
 mod imports;
 mod lists;
 mod people;
+mod turnout;
 
 const CSS: &str = include_str!("templates/console.css");
 
@@ -70,6 +71,10 @@ pub fn environment() -> Environment<'static> {
         ("import.html", include_str!("templates/import.html")),
         ("audit.html", include_str!("templates/audit.html")),
         ("message.html", include_str!("templates/message.html")),
+        (
+            "turnout_bulk.html",
+            include_str!("templates/turnout_bulk.html"),
+        ),
     ] {
         if let Err(e) = env.add_template(name, src) {
             tracing::error!(template = name, error = %e, "console template does not parse");
@@ -125,6 +130,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/imports/{id}", get(imports::show))
         .route("/audit", get(audit))
+        .route("/turnout/bulk", get(turnout::page).post(turnout::submit))
 }
 
 /// A console failure, shown as a small HTML page.

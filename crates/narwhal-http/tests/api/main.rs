@@ -18,5 +18,6 @@ mod ops;
 mod people;
 mod segments;
 mod turnout;
+mod turnout_fallback;
 mod uploads;
 mod watch_browser;

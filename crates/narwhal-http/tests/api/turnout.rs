@@ -21,7 +21,7 @@ P2,Oak Library,3 Oak Ave,FRANKLIN,FRA-002
 
 /// Two supporters at P1, one at P2; a watcher for P1. Returns the watcher's cookie
 /// and each voter's code.
-async fn setup(app: &TestApp) -> (String, Vec<String>) {
+pub(crate) async fn setup(app: &TestApp) -> (String, Vec<String>) {
     let t = Turnout::new(app.store.clone());
     t.import_places("places.csv", PLACES.as_bytes())
         .await
