@@ -47,6 +47,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0007_watcher_phones.sql"),
         include_str!("../migrations/postgres/0007_watcher_phones.sql"),
     ),
+    (
+        8,
+        "geo_consent_index",
+        include_str!("../migrations/sqlite/0008_geo_consent_index.sql"),
+        include_str!("../migrations/postgres/0008_geo_consent_index.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {
