@@ -65,6 +65,19 @@ pub fn redact_url(url: &str) -> String {
     url.to_string()
 }
 
+/// `n` bind markers for statements made only of positional values. SQLite gets
+/// anonymous `?` markers: sqlx binds by asking SQLite each marker's name, which walks
+/// a list of the named ones, so thousands of `$N` markers cost quadratic time.
+pub(crate) fn placeholders(backend: Backend, start: usize, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => vec!["?"; n].join(", "),
+        Backend::Postgres => (start..start + n)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 #[derive(Clone)]
 pub(crate) enum Pools {
     Sqlite { read: SqlitePool, write: SqlitePool },

@@ -4,6 +4,7 @@
 //! module only reads and writes rows, always a whole batch in one transaction.
 
 use crate::audit::AuditEntry;
+use crate::db::placeholders;
 use crate::error::{Result, StoreError};
 use crate::{now_ms, Backend, Store};
 use narwhal_domain::PersonId;
@@ -229,19 +230,6 @@ macro_rules! summary_from {
             sms_consent: r.try_get("sms_consent")?,
         }
     }};
-}
-
-/// `n` bind markers for statements made only of positional values. SQLite gets
-/// anonymous `?` markers: sqlx binds by asking SQLite each marker's name, which walks
-/// a list of the named ones, so thousands of `$N` markers cost quadratic time.
-fn placeholders(backend: Backend, start: usize, n: usize) -> String {
-    match backend {
-        Backend::Sqlite => vec!["?"; n].join(", "),
-        Backend::Postgres => (start..start + n)
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    }
 }
 
 /// Escapes one value for PostgreSQL's COPY text format.

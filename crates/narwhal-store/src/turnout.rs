@@ -138,21 +138,15 @@ pub struct RemainingVoter {
     pub precinct: String,
 }
 
-/// `?, ?, ?` on SQLite (see `people::placeholders`), `$s, $s+1, ...` on PostgreSQL.
-fn marks(backend: Backend, start: usize, n: usize) -> String {
-    match backend {
-        Backend::Sqlite => vec!["?"; n].join(", "),
-        Backend::Postgres => (start..start + n)
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    }
-}
-
 /// `(?, ?, ...), (...)`: `rows` tuples of `width` markers.
 fn tuples(backend: Backend, rows: usize, width: usize) -> String {
     (0..rows)
-        .map(|r| format!("({})", marks(backend, r * width + 1, width)))
+        .map(|r| {
+            format!(
+                "({})",
+                crate::db::placeholders(backend, r * width + 1, width)
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -377,7 +371,7 @@ impl Store {
             let mut found: HashMap<Target, (PersonId, String)> = HashMap::new();
             for (col, keys) in [("code", &codes), ("person_id", &ids)] {
                 for chunk in keys.chunks(CHUNK) {
-                    let sql = format!("SELECT person_id, code, polling_place FROM gotv_universe WHERE {col} IN ({})", marks(backend, 1, chunk.len()));
+                    let sql = format!("SELECT person_id, code, polling_place FROM gotv_universe WHERE {col} IN ({})", crate::db::placeholders(backend, 1, chunk.len()));
                     let mut q = sqlx::query(&sql);
                     for k in chunk { q = q.bind(k); }
                     for r in q.fetch_all(&mut *tx).await? {
@@ -433,7 +427,7 @@ impl Store {
                 }
                 // Already there: a retry, unless the id was used for someone else.
                 for part in existing.chunks(CHUNK) {
-                    let sql = format!("SELECT report_id, person_id FROM turnout_reports WHERE report_id IN ({})", marks(backend, 1, part.len()));
+                    let sql = format!("SELECT report_id, person_id FROM turnout_reports WHERE report_id IN ({})", crate::db::placeholders(backend, 1, part.len()));
                     let mut q = sqlx::query(&sql);
                     for (i, _) in part { q = q.bind(&items[*i].report_id); }
                     let mut owner: HashMap<String, i64> = HashMap::new();
