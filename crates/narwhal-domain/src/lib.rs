@@ -7,10 +7,12 @@
 
 pub mod address;
 pub mod auth;
+pub mod card;
 pub mod consent;
 pub mod email;
 pub mod error;
 pub mod ids;
+pub mod money;
 pub mod person;
 pub mod phone;
 pub mod pii;
@@ -25,6 +27,7 @@ pub use consent::{Channel, ConsentState};
 pub use email::Email;
 pub use error::ParseError;
 pub use ids::*;
+pub use money::Cents;
 pub use person::{CustomFieldKey, PersonDraft, PersonName};
 pub use phone::PhoneE164;
 pub use pii::Pii;
