@@ -12,6 +12,7 @@ pub mod consent;
 pub mod email;
 pub mod error;
 pub mod ids;
+pub mod limits;
 pub mod money;
 pub mod person;
 pub mod phone;
