@@ -184,7 +184,15 @@ mod tests {
     #[test]
     fn itemized_once_the_cycle_aggregate_passes_200_dollars() {
         let t = LimitTable::default();
-        assert!(!allocate(&t, &totals(&[("C:2026", 15_000)]), 5_000).unwrap().itemized);
-        assert!(allocate(&t, &totals(&[("C:2026", 15_000)]), 5_001).unwrap().itemized);
+        assert!(
+            !allocate(&t, &totals(&[("C:2026", 15_000)]), 5_000)
+                .unwrap()
+                .itemized
+        );
+        assert!(
+            allocate(&t, &totals(&[("C:2026", 15_000)]), 5_001)
+                .unwrap()
+                .itemized
+        );
     }
 }

@@ -44,8 +44,7 @@ impl Cents {
         if whole.is_empty() && frac.is_empty() {
             return err("it is not a number");
         }
-        if !whole.chars().all(|c| c.is_ascii_digit()) || !frac.chars().all(|c| c.is_ascii_digit())
-        {
+        if !whole.chars().all(|c| c.is_ascii_digit()) || !frac.chars().all(|c| c.is_ascii_digit()) {
             return err("it is not a number");
         }
         if frac.len() > 2 {
@@ -89,7 +88,7 @@ pub fn format_dollars(cents: i64) -> String {
     let whole = (abs / 100).to_string();
     let mut grouped = String::new();
     for (i, ch) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
+        if i > 0 && (whole.len() - i).is_multiple_of(3) {
             grouped.push(',');
         }
         grouped.push(ch);
@@ -112,7 +111,11 @@ mod tests {
             (".99", 99),
             ("0.01", 1),
         ] {
-            assert_eq!(Cents::parse_dollars(raw).map(Cents::get), Ok(cents), "{raw}");
+            assert_eq!(
+                Cents::parse_dollars(raw).map(Cents::get),
+                Ok(cents),
+                "{raw}"
+            );
         }
     }
 
@@ -137,7 +140,7 @@ mod tests {
 
     #[test]
     fn formats_with_grouping() {
-        assert_eq!(format_dollars(123_456_78), "$123,456.78");
+        assert_eq!(format_dollars(12_345_678), "$123,456.78");
         assert_eq!(format_dollars(5), "$0.05");
         assert_eq!(format_dollars(-350_000), "-$3,500.00");
     }

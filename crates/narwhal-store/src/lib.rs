@@ -24,6 +24,7 @@ pub mod people;
 pub mod jobs;
 pub mod bench;
 pub mod blasts;
+pub mod donations;
 pub mod imports;
 pub mod inbound;
 pub mod lists;

@@ -53,6 +53,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0008_geo_consent_index.sql"),
         include_str!("../migrations/postgres/0008_geo_consent_index.sql"),
     ),
+    (
+        9,
+        "donations",
+        include_str!("../migrations/sqlite/0009_donations.sql"),
+        include_str!("../migrations/postgres/0009_donations.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {

@@ -1,0 +1,367 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Donation storage on both backends: idempotency keys, limits under concurrency,
+//! forward-only states, the double-entry ledger and refunds.
+
+use narwhal_domain::limits::LimitTable;
+use narwhal_domain::PersonId;
+use narwhal_store::donations::{Begun, CardOnFile, Completion, DonationState, Finish, NewDonation};
+use narwhal_store::test_support::TestDb;
+use narwhal_store::{both_backends, Store};
+
+fn gift(key: &str, person: i64, cents: i64) -> NewDonation {
+    NewDonation {
+        public_id: format!("don_{key}"),
+        idempotency_key: key.to_string(),
+        request_hash: format!("hash-{cents}"),
+        person_id: PersonId(person),
+        amount_cents: cents,
+        currency: "usd".into(),
+        channel: "api".into(),
+        refcode: Some("email-1".into()),
+        source: None,
+        donor_json: "{}".into(),
+        employer: Some("Acme".into()),
+        occupation: Some("Teacher".into()),
+        payment_method: Some("pm_card_visa".into()),
+        save_method: false,
+        client_ip: None,
+        plan_id: None,
+        first_attempt: Some(("stripe-a".into(), format!("don_{key}-1"))),
+        pledge_token_hash: None,
+        year: 2026,
+    }
+}
+
+async fn begin_one(store: &Store, g: NewDonation) -> Begun {
+    store
+        .begin_donations(&[g], &LimitTable::default())
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+}
+
+fn created_id(b: &Begun) -> i64 {
+    match b {
+        Begun::Created { id, .. } => *id,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+fn charged(pi: &str, cents: i64) -> Finish {
+    Finish::Succeeded {
+        processor: "stripe-a".into(),
+        processor_ref: pi.into(),
+        amount_cents: cents,
+        fee_cents: Some(cents * 3 / 100),
+        card: CardOnFile {
+            brand: "visa".into(),
+            last4: "4242".into(),
+            exp: "12/2030".into(),
+            fingerprint: Some("fp1".into()),
+        },
+    }
+}
+
+async fn same_key_same_params_is_the_same_donation_and_other_params_are_refused(db: TestDb) {
+    let s = &db.store;
+    let id = created_id(&begin_one(s, gift("k1", 1, 5_000)).await);
+    match begin_one(s, gift("k1", 1, 5_000)).await {
+        Begun::Existing(row) => {
+            assert_eq!(row.id, id);
+            assert_eq!(row.state, "processing");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        begin_one(s, gift("k1", 1, 7_000)).await,
+        Begun::KeyReused
+    ));
+    // Only the first counted against the donor.
+    let totals = s.contribution_totals(PersonId(1)).await.unwrap();
+    assert_eq!(totals.get("E:P2026"), Some(&5_000));
+    assert_eq!(totals.get("C:2026"), Some(&5_000));
+    assert_eq!(totals.get("Y:2026"), Some(&5_000));
+}
+
+async fn two_simultaneous_gifts_over_the_limit_do_not_both_pass(db: TestDb) {
+    let s = db.store.clone();
+    // Ten rounds, each racing two $3,000 gifts from a fresh donor.
+    for round in 0..10 {
+        let person = 100 + round;
+        let (a, b) = tokio::join!(
+            {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    begin_one(&s, gift(&format!("a{round}"), person, 300_000)).await
+                })
+            },
+            {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    begin_one(&s, gift(&format!("b{round}"), person, 300_000)).await
+                })
+            }
+        );
+        let results = [a.unwrap(), b.unwrap()];
+        let created = results
+            .iter()
+            .filter(|r| matches!(r, Begun::Created { .. }))
+            .count();
+        let refused: Vec<_> = results
+            .iter()
+            .filter_map(|r| match r {
+                Begun::OverLimit(refusal) => Some(refusal.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(created, 1, "round {round}: {results:?}");
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].room_cents, 50_000);
+        let totals = s.contribution_totals(PersonId(person)).await.unwrap();
+        assert_eq!(totals.get("E:P2026"), Some(&300_000));
+    }
+}
+
+async fn a_charge_posts_a_balanced_ledger_and_states_only_move_forward(db: TestDb) {
+    let s = &db.store;
+    let table = LimitTable::default();
+    let id = created_id(&begin_one(s, gift("k2", 2, 25_000)).await);
+    let done = s
+        .finish_donations(
+            &[Completion {
+                donation_id: id,
+                attempt_key: Some("don_k2-1".into()),
+                finish: charged("pi_1", 25_000),
+            }],
+            &table,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, vec![true]);
+    let row = s.donation_by_id(id).await.unwrap().unwrap();
+    assert_eq!(row.state, "succeeded");
+    assert_eq!(row.card_last4.as_deref(), Some("4242"));
+    assert!(row.itemized, "$250 passes the $200 itemization threshold");
+    assert!(!row.needs_followup, "employer and occupation were given");
+    let ledger = s.ledger_of(id).await.unwrap();
+    assert_eq!(ledger.len(), 4, "{ledger:?}");
+    assert_eq!(ledger.iter().map(|e| e.amount_cents).sum::<i64>(), 0);
+    assert!(s.unbalanced_ledger_txns().await.unwrap().is_empty());
+    let attempts = s.donation_attempts(id).await.unwrap();
+    assert_eq!(attempts[0].state, "succeeded");
+    assert_eq!(attempts[0].processor_ref.as_deref(), Some("pi_1"));
+
+    // A late "declined" for a succeeded donation changes nothing, room included.
+    let again = s
+        .finish_donations(
+            &[Completion {
+                donation_id: id,
+                attempt_key: None,
+                finish: Finish::Declined {
+                    code: "card_declined".into(),
+                    message: "x".into(),
+                },
+            }],
+            &table,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, vec![false]);
+    assert_eq!(
+        s.donation_by_id(id).await.unwrap().unwrap().state,
+        "succeeded"
+    );
+    assert_eq!(
+        s.contribution_totals(PersonId(2))
+            .await
+            .unwrap()
+            .get("E:P2026"),
+        Some(&25_000)
+    );
+    // Replaying the success posts nothing twice.
+    s.finish_donations(
+        &[Completion {
+            donation_id: id,
+            attempt_key: None,
+            finish: charged("pi_1", 25_000),
+        }],
+        &table,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.ledger_of(id).await.unwrap().len(), 4);
+}
+
+async fn a_decline_gives_the_room_back(db: TestDb) {
+    let s = &db.store;
+    let table = LimitTable::default();
+    let id = created_id(&begin_one(s, gift("k3", 3, 350_000)).await);
+    assert!(matches!(
+        begin_one(s, gift("k4", 3, 100)).await,
+        Begun::OverLimit(_)
+    ));
+    s.finish_donations(
+        &[Completion {
+            donation_id: id,
+            attempt_key: Some("don_k3-1".into()),
+            finish: Finish::Declined {
+                code: "card_declined".into(),
+                message: "Your card was declined.".into(),
+            },
+        }],
+        &table,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.donation_by_id(id).await.unwrap().unwrap().state,
+        "declined"
+    );
+    assert_eq!(
+        s.contribution_totals(PersonId(3))
+            .await
+            .unwrap()
+            .get("E:P2026"),
+        Some(&0)
+    );
+    created_id(&begin_one(s, gift("k5", 3, 100)).await);
+    assert!(s.ledger_of(id).await.unwrap().is_empty());
+}
+
+async fn refunds_are_idempotent_and_never_exceed_the_gift(db: TestDb) {
+    let s = &db.store;
+    let table = LimitTable::default();
+    let id = created_id(&begin_one(s, gift("k6", 6, 10_000)).await);
+    s.finish_donations(
+        &[Completion {
+            donation_id: id,
+            attempt_key: Some("don_k6-1".into()),
+            finish: charged("pi_6", 10_000),
+        }],
+        &table,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.record_refund(id, "re_1", 4_000, &table).await.unwrap(),
+        Some(DonationState::PartiallyRefunded)
+    );
+    assert_eq!(
+        s.record_refund(id, "re_1", 4_000, &table).await.unwrap(),
+        None
+    );
+    assert!(s.record_refund(id, "re_2", 7_000, &table).await.is_err());
+    assert_eq!(
+        s.record_refund(id, "re_3", 6_000, &table).await.unwrap(),
+        Some(DonationState::Refunded)
+    );
+    let row = s.donation_by_id(id).await.unwrap().unwrap();
+    assert_eq!(row.refunded_cents, 10_000);
+    assert_eq!(
+        s.contribution_totals(PersonId(6))
+            .await
+            .unwrap()
+            .get("C:2026"),
+        Some(&0)
+    );
+    assert!(s.unbalanced_ledger_txns().await.unwrap().is_empty());
+    let contributions: i64 = s
+        .ledger_of(id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.account == "contributions")
+        .map(|e| e.amount_cents)
+        .sum();
+    assert_eq!(contributions, 0, "charged then fully refunded");
+}
+
+async fn pledges_wait_and_are_completed_by_a_charge(db: TestDb) {
+    let s = &db.store;
+    let table = LimitTable::default();
+    let mut g = gift("k7", 7, 5_500);
+    g.first_attempt = None;
+    g.pledge_token_hash = Some("th".into());
+    let id = created_id(&begin_one(s, g).await);
+    assert_eq!(
+        s.donation_by_id(id).await.unwrap().unwrap().state,
+        "pledged"
+    );
+    // The pledge holds room.
+    assert_eq!(
+        s.contribution_totals(PersonId(7))
+            .await
+            .unwrap()
+            .get("E:P2026"),
+        Some(&5_500)
+    );
+    s.start_attempt(id, "stripe-a", "don_k7-1").await.unwrap();
+    // A declined card keeps it a pledge.
+    let r = s
+        .finish_donations(
+            &[Completion {
+                donation_id: id,
+                attempt_key: Some("don_k7-1".into()),
+                finish: Finish::Declined {
+                    code: "card_declined".into(),
+                    message: "declined".into(),
+                },
+            }],
+            &table,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, vec![false]);
+    assert_eq!(
+        s.donation_by_id(id).await.unwrap().unwrap().state,
+        "pledged"
+    );
+    assert_eq!(
+        s.start_attempt(id, "stripe-a", "don_k7-2").await.unwrap(),
+        2
+    );
+    s.finish_donations(
+        &[Completion {
+            donation_id: id,
+            attempt_key: Some("don_k7-2".into()),
+            finish: charged("pi_7", 5_500),
+        }],
+        &table,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.donation_by_id(id).await.unwrap().unwrap().state,
+        "succeeded"
+    );
+    assert_eq!(
+        s.contribution_totals(PersonId(7))
+            .await
+            .unwrap()
+            .get("E:P2026"),
+        Some(&5_500)
+    );
+}
+
+async fn webhook_events_are_recorded_once(db: TestDb) {
+    let s = &db.store;
+    assert!(s
+        .record_payment_event("evt_1", "stripe-a", "charge.refunded", Some("pi_1"), "{}")
+        .await
+        .unwrap());
+    assert!(!s
+        .record_payment_event("evt_1", "stripe-a", "charge.refunded", Some("pi_1"), "{}")
+        .await
+        .unwrap());
+}
+
+both_backends!(
+    same_key_same_params_is_the_same_donation_and_other_params_are_refused,
+    two_simultaneous_gifts_over_the_limit_do_not_both_pass,
+    a_charge_posts_a_balanced_ledger_and_states_only_move_forward,
+    a_decline_gives_the_room_back,
+    refunds_are_idempotent_and_never_exceed_the_gift,
+    pledges_wait_and_are_completed_by_a_charge,
+    webhook_events_are_recorded_once,
+);
