@@ -716,62 +716,122 @@ impl Store {
     /// counters: a recipient is counted as sent only once its row says so. Each row
     /// moves only if it is still `sending` under this claim's lease (else the outcome is
     /// fenced off and counted in [`Recorded::fenced`]).
+    ///
+    /// The whole slice is written by one multi-row UPDATE (the outcomes travel as
+    /// arrays: `unnest` on PostgreSQL, `json_each` on SQLite) whose guard is the same
+    /// for every row, so a row still only moves forward. On PostgreSQL the UPDATE, the
+    /// message ids, the failure reasons and the counters are one statement (one round
+    /// trip, one commit); SQLite runs them as a few statements in one transaction.
     pub async fn record_outcomes(
         &self,
         claim: &Claim,
         outcomes: &[(PersonId, Outcome)],
     ) -> Result<Recorded> {
+        if outcomes.is_empty() {
+            return Ok(Recorded::default());
+        }
         let now = now_ms();
         let id = claim.blast_id;
-        let keep_ids = self.blast(id).await?.keep_message_ids;
-        let guard = "blast_id = $1 AND person_id = $2 AND state = 1 AND not_before = $3";
-        let sql_final = format!("UPDATE blast_recipients SET state = $5, account = $4, attempts = attempts + 1, not_before = NULL WHERE {guard}");
-        let sql_retry = format!("UPDATE blast_recipients SET state = 0, attempts = attempts + $4, not_before = $5 WHERE {guard}");
-        let sql_skip =
-            format!("UPDATE blast_recipients SET state = 5, not_before = NULL WHERE {guard}");
-        let mut rec = Recorded::default();
-        let mut throttled = 0i64;
-        on_write!(self, p => {
-            let mut tx = p.begin().await?;
-            for (pid, o) in outcomes {
-                let q = match o {
-                    Outcome::Sent { account, .. } => sqlx::query(&sql_final).bind(id.0).bind(pid.0).bind(claim.lease).bind(i64::from(*account)).bind(i64::from(RecipientState::Sent.code())),
-                    Outcome::Failed { account, reason: _ } => sqlx::query(&sql_final).bind(id.0).bind(pid.0).bind(claim.lease).bind(account.map(i64::from)).bind(i64::from(RecipientState::Failed.code())),
-                    Outcome::Ambiguous { account, .. } => sqlx::query(&sql_final).bind(id.0).bind(pid.0).bind(claim.lease).bind(i64::from(*account)).bind(i64::from(RecipientState::Ambiguous.code())),
-                    Outcome::Retry { not_before, attempt, .. } => sqlx::query(&sql_retry).bind(id.0).bind(pid.0).bind(claim.lease).bind(i64::from(*attempt)).bind(*not_before),
-                    Outcome::Skipped => sqlx::query(&sql_skip).bind(id.0).bind(pid.0).bind(claim.lease),
-                };
-                let moved = q.execute(&mut *tx).await?.rows_affected() == 1;
-                if !moved {
-                    rec.fenced += 1;
-                    continue;
-                }
-                match o {
-                    Outcome::Sent { message_id, .. } => {
-                        rec.sent += 1;
-                        if let (true, Some(m)) = (keep_ids, message_id) {
-                            sqlx::query("INSERT INTO blast_message_ids (blast_id, person_id, message_id) VALUES ($1, $2, $3) ON CONFLICT (blast_id, person_id) DO UPDATE SET message_id = excluded.message_id")
-                                .bind(id.0).bind(pid.0).bind(compact_message_id(m)).execute(&mut *tx).await?;
-                        }
-                    }
-                    Outcome::Failed { reason, .. } | Outcome::Ambiguous { reason, .. } => {
-                        if matches!(o, Outcome::Failed { .. }) { rec.failed += 1 } else { rec.ambiguous += 1 }
-                        sqlx::query("INSERT INTO blast_failures (blast_id, person_id, reason, at) VALUES ($1, $2, $3, $4) ON CONFLICT (blast_id, person_id) DO UPDATE SET reason = excluded.reason, at = excluded.at")
-                            .bind(id.0).bind(pid.0).bind(reason).bind(now).execute(&mut *tx).await?;
-                    }
-                    Outcome::Retry { throttled: t, .. } => {
-                        rec.retried += 1;
-                        if *t { throttled += 1; }
-                    }
-                    Outcome::Skipped => rec.skipped += 1,
+        let rows = LedgerWrite::new(outcomes);
+        let mut rec = match &self.pools {
+            crate::db::Pools::Postgres(p) => {
+                let r = sqlx::query(RECORD_PG)
+                    .bind(id.0)
+                    .bind(claim.lease)
+                    .bind(&rows.pid)
+                    .bind(&rows.st)
+                    .bind(&rows.inc)
+                    .bind(&rows.set_acc)
+                    .bind(&rows.acc)
+                    .bind(&rows.not_before)
+                    .bind(&rows.throttled)
+                    .bind(&rows.mid_pid)
+                    .bind(&rows.mid)
+                    .bind(now)
+                    .bind(&rows.fail_pid)
+                    .bind(&rows.fail_reason)
+                    .fetch_optional(p)
+                    .await?
+                    .ok_or(StoreError::NotFound("blast"))?;
+                Recorded {
+                    sent: r.try_get("sent")?,
+                    failed: r.try_get("failed")?,
+                    ambiguous: r.try_get("ambiguous")?,
+                    skipped: r.try_get("skipped")?,
+                    retried: r.try_get("retried")?,
+                    fenced: 0,
                 }
             }
-            sqlx::query("UPDATE blasts SET sent = sent + $1, failed = failed + $2, ambiguous = ambiguous + $3, skipped = skipped + $4, throttled = throttled + $5, updated_at = $6 WHERE id = $7")
-                .bind(rec.sent).bind(rec.failed).bind(rec.ambiguous).bind(rec.skipped).bind(throttled).bind(now).bind(id.0)
-                .execute(&mut *tx).await?;
-            tx.commit().await?;
-            Ok(rec)
-        })
+            crate::db::Pools::Sqlite { write, .. } => {
+                let mut tx = write.begin().await?;
+                let moved: Vec<i64> = sqlx::query_scalar(RECORD_SQLITE)
+                    .bind(rows.sqlite_json())
+                    .bind(id.0)
+                    .bind(claim.lease)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let moved: std::collections::HashSet<i64> = moved.into_iter().collect();
+                let mut rec = Recorded::default();
+                let mut throttled = 0i64;
+                for (i, &pid) in rows.pid.iter().enumerate() {
+                    if !moved.contains(&pid) {
+                        continue;
+                    }
+                    match rows.st[i] {
+                        2 => rec.sent += 1,
+                        3 => rec.failed += 1,
+                        4 => rec.ambiguous += 1,
+                        5 => rec.skipped += 1,
+                        _ => {
+                            rec.retried += 1;
+                            throttled += i64::from(rows.throttled[i]);
+                        }
+                    }
+                }
+                let mids: Vec<(i64, String)> = rows
+                    .mid_pid
+                    .iter()
+                    .zip(&rows.mid)
+                    .filter(|(p, _)| moved.contains(p))
+                    .map(|(p, m)| (*p, hex(m)))
+                    .collect();
+                if !mids.is_empty() {
+                    sqlx::query("INSERT INTO blast_message_ids (blast_id, person_id, message_id) \
+                        SELECT $1, value ->> 0, unhex(value ->> 1) FROM json_each($2) \
+                        WHERE EXISTS (SELECT 1 FROM blasts WHERE id = $1 AND keep_message_ids) \
+                        ON CONFLICT (blast_id, person_id) DO UPDATE SET message_id = excluded.message_id")
+                        .bind(id.0)
+                        .bind(serde_json::to_string(&mids)?)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let fails: Vec<(i64, &str)> = rows
+                    .fail_pid
+                    .iter()
+                    .zip(&rows.fail_reason)
+                    .filter(|(p, _)| moved.contains(p))
+                    .map(|(p, r)| (*p, r.as_str()))
+                    .collect();
+                if !fails.is_empty() {
+                    sqlx::query("INSERT INTO blast_failures (blast_id, person_id, reason, at) \
+                        SELECT $1, value ->> 0, value ->> 1, $2 FROM json_each($3) WHERE true \
+                        ON CONFLICT (blast_id, person_id) DO UPDATE SET reason = excluded.reason, at = excluded.at")
+                        .bind(id.0)
+                        .bind(now)
+                        .bind(serde_json::to_string(&fails)?)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("UPDATE blasts SET sent = sent + $1, failed = failed + $2, ambiguous = ambiguous + $3, skipped = skipped + $4, throttled = throttled + $5, updated_at = $6 WHERE id = $7")
+                    .bind(rec.sent).bind(rec.failed).bind(rec.ambiguous).bind(rec.skipped).bind(throttled).bind(now).bind(id.0)
+                    .execute(&mut *tx).await?;
+                tx.commit().await?;
+                rec
+            }
+        };
+        let moved = rec.sent + rec.failed + rec.ambiguous + rec.skipped + rec.retried;
+        rec.fenced = outcomes.len() as i64 - moved;
+        Ok(rec)
     }
 
     /// Recipients not final yet: (due now or in flight, waiting for `not_before`).
@@ -978,6 +1038,213 @@ impl Store {
             }
         }
     }
+}
+
+/// The address [`Store::insert_synthetic_recipients`] gives its `i`-th person.
+pub fn synthetic_address(i: i64) -> String {
+    format!("r{i}@bench.example")
+}
+
+impl Store {
+    /// Inserts `n` subscribed people straight into `people` for benchmarks and scale
+    /// tests (no keys, tags, provenance or audit: this is setup, not an import): the
+    /// `i`-th (from `first`) has the address [`synthetic_address`]`(i)`, a first name, a
+    /// city, state `OH`, a zip and a custom field, so every message is personalized.
+    /// One `INSERT ... SELECT` per 100,000 people.
+    pub async fn insert_synthetic_recipients(&self, first: i64, n: i64) -> Result<()> {
+        const CHUNK: i64 = 100_000;
+        let sql = match self.backend() {
+            Backend::Postgres => "INSERT INTO people (first_name, last_name, search_name, email, city, state, zip, email_consent, custom, created_at, updated_at) \
+                SELECT (ARRAY['Ada','Grace','Alan','Edsger','Barbara','Donald','Frances','Ken'])[1 + g % 8], 'Voter' || g, 'voter ' || g, \
+                'r' || g || '@bench.example', (ARRAY['Columbus','Dayton','Akron','Toledo'])[1 + g % 4], 'OH', \
+                CAST(43000 + g % 999 AS TEXT), 'subscribed', '{\"ward\":\"' || (g % 40) || '\"}', $3, $3 \
+                FROM generate_series($1::BIGINT, $2::BIGINT) g",
+            Backend::Sqlite => "WITH RECURSIVE c(g) AS (SELECT $1 UNION ALL SELECT g + 1 FROM c WHERE g < $2) \
+                INSERT INTO people (first_name, last_name, search_name, email, city, state, zip, email_consent, custom, created_at, updated_at) \
+                SELECT json_extract('[\"Ada\",\"Grace\",\"Alan\",\"Edsger\",\"Barbara\",\"Donald\",\"Frances\",\"Ken\"]', '$[' || (g % 8) || ']'), \
+                'Voter' || g, 'voter ' || g, 'r' || g || '@bench.example', \
+                json_extract('[\"Columbus\",\"Dayton\",\"Akron\",\"Toledo\"]', '$[' || (g % 4) || ']'), 'OH', \
+                CAST(43000 + g % 999 AS TEXT), 'subscribed', '{\"ward\":\"' || (g % 40) || '\"}', $3, $3 FROM c",
+        };
+        let now = now_ms();
+        let mut start = first;
+        while start < first + n {
+            let end = (start + CHUNK).min(first + n) - 1;
+            on_write!(self, p => sqlx::query(sql).bind(start).bind(end).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
+            start = end + 1;
+        }
+        Ok(())
+    }
+}
+
+/// A slice's outcomes as columns, ready to bind as arrays.
+struct LedgerWrite {
+    pid: Vec<i64>,
+    /// The new state.
+    st: Vec<i16>,
+    /// Added to `attempts`.
+    inc: Vec<i16>,
+    /// Whether `account` is set (to `acc`, maybe NULL) or left as it is.
+    set_acc: Vec<bool>,
+    acc: Vec<Option<i16>>,
+    not_before: Vec<Option<i64>>,
+    /// A retry caused by a provider throttle (counted in `blasts.throttled`).
+    throttled: Vec<bool>,
+    mid_pid: Vec<i64>,
+    mid: Vec<Vec<u8>>,
+    fail_pid: Vec<i64>,
+    fail_reason: Vec<String>,
+}
+
+impl LedgerWrite {
+    fn new(outcomes: &[(PersonId, Outcome)]) -> Self {
+        let n = outcomes.len();
+        let mut w = Self {
+            pid: Vec::with_capacity(n),
+            st: Vec::with_capacity(n),
+            inc: Vec::with_capacity(n),
+            set_acc: Vec::with_capacity(n),
+            acc: Vec::with_capacity(n),
+            not_before: Vec::with_capacity(n),
+            throttled: Vec::with_capacity(n),
+            mid_pid: Vec::new(),
+            mid: Vec::new(),
+            fail_pid: Vec::new(),
+            fail_reason: Vec::new(),
+        };
+        let small = |a: i32| i16::try_from(a).ok();
+        for (pid, o) in outcomes {
+            // (state, attempts added, account: Some(set to) or None (keep), not_before, throttled)
+            let (st, inc, acc, nb, thr) = match o {
+                Outcome::Sent {
+                    account,
+                    message_id,
+                } => {
+                    if let Some(m) = message_id {
+                        w.mid_pid.push(pid.0);
+                        w.mid.push(compact_message_id(m));
+                    }
+                    (RecipientState::Sent, 1, Some(small(*account)), None, false)
+                }
+                Outcome::Failed { account, reason } => {
+                    w.fail_pid.push(pid.0);
+                    w.fail_reason.push(reason.clone());
+                    (
+                        RecipientState::Failed,
+                        1,
+                        Some(account.and_then(small)),
+                        None,
+                        false,
+                    )
+                }
+                Outcome::Ambiguous { account, reason } => {
+                    w.fail_pid.push(pid.0);
+                    w.fail_reason.push(reason.clone());
+                    (
+                        RecipientState::Ambiguous,
+                        1,
+                        Some(small(*account)),
+                        None,
+                        false,
+                    )
+                }
+                Outcome::Retry {
+                    not_before,
+                    attempt,
+                    throttled,
+                } => (
+                    RecipientState::Pending,
+                    i16::from(*attempt),
+                    None,
+                    Some(*not_before),
+                    *throttled,
+                ),
+                Outcome::Skipped => (RecipientState::Skipped, 0, None, None, false),
+            };
+            w.pid.push(pid.0);
+            w.st.push(st.code());
+            w.inc.push(inc);
+            w.set_acc.push(acc.is_some());
+            w.acc.push(acc.flatten());
+            w.not_before.push(nb);
+            w.throttled.push(thr);
+        }
+        w
+    }
+
+    /// The ledger columns as one JSON array of rows, for SQLite's `json_each`.
+    fn sqlite_json(&self) -> String {
+        let mut s = String::with_capacity(self.pid.len() * 24 + 2);
+        s.push('[');
+        for i in 0..self.pid.len() {
+            if i > 0 {
+                s.push(',');
+            }
+            let acc = self.acc[i].map_or("null".to_string(), |a| a.to_string());
+            let nb = self.not_before[i].map_or("null".to_string(), |t| t.to_string());
+            s.push_str(&format!(
+                "[{},{},{},{},{acc},{nb}]",
+                self.pid[i],
+                self.st[i],
+                self.inc[i],
+                u8::from(self.set_acc[i])
+            ));
+        }
+        s.push(']');
+        s
+    }
+}
+
+/// One statement on PostgreSQL: move the slice's rows (only those still `sending`
+/// under this lease), keep message ids and failure reasons of the rows that moved, and
+/// bump the blast's counters by what moved.
+const RECORD_PG: &str = "WITH v AS ( \
+      SELECT * FROM unnest($3::BIGINT[], $4::SMALLINT[], $5::SMALLINT[], $6::BOOLEAN[], $7::SMALLINT[], $8::BIGINT[], $9::BOOLEAN[]) \
+        AS v(pid, st, inc, sa, acc, nb, thr) \
+    ), moved AS ( \
+      UPDATE blast_recipients r SET state = v.st, attempts = r.attempts + v.inc, \
+        account = CASE WHEN v.sa THEN v.acc ELSE r.account END, not_before = v.nb \
+      FROM v WHERE r.blast_id = $1 AND r.person_id = v.pid AND r.state = 1 AND r.not_before = $2 \
+      RETURNING r.person_id AS pid, v.st, v.thr \
+    ), mids AS ( \
+      INSERT INTO blast_message_ids (blast_id, person_id, message_id) \
+      SELECT $1, m.pid, m.mid FROM unnest($10::BIGINT[], $11::BYTEA[]) AS m(pid, mid) \
+      WHERE m.pid IN (SELECT pid FROM moved) AND EXISTS (SELECT 1 FROM blasts WHERE id = $1 AND keep_message_ids) \
+      ON CONFLICT (blast_id, person_id) DO UPDATE SET message_id = excluded.message_id \
+    ), fails AS ( \
+      INSERT INTO blast_failures (blast_id, person_id, reason, at) \
+      SELECT $1, f.pid, f.reason, $12 FROM unnest($13::BIGINT[], $14::TEXT[]) AS f(pid, reason) \
+      WHERE f.pid IN (SELECT pid FROM moved) \
+      ON CONFLICT (blast_id, person_id) DO UPDATE SET reason = excluded.reason, at = excluded.at \
+    ), c AS ( \
+      SELECT COUNT(*) FILTER (WHERE st = 2) AS sent, COUNT(*) FILTER (WHERE st = 3) AS failed, \
+        COUNT(*) FILTER (WHERE st = 4) AS ambiguous, COUNT(*) FILTER (WHERE st = 5) AS skipped, \
+        COUNT(*) FILTER (WHERE st = 0) AS retried, COUNT(*) FILTER (WHERE st = 0 AND thr) AS throttled \
+      FROM moved \
+    ) \
+    UPDATE blasts SET sent = blasts.sent + c.sent, failed = blasts.failed + c.failed, \
+      ambiguous = blasts.ambiguous + c.ambiguous, skipped = blasts.skipped + c.skipped, \
+      throttled = blasts.throttled + c.throttled, updated_at = $12 \
+    FROM c WHERE blasts.id = $1 \
+    RETURNING c.sent, c.failed, c.ambiguous, c.skipped, c.retried";
+
+/// The slice's rows on SQLite, from one JSON array of `[person, state, attempts added,
+/// set account?, account, not_before]`; returns the rows that moved.
+const RECORD_SQLITE: &str = "UPDATE blast_recipients SET state = v.st, attempts = blast_recipients.attempts + v.inc, \
+      account = CASE WHEN v.sa THEN v.acc ELSE blast_recipients.account END, not_before = v.nb \
+    FROM (SELECT value ->> 0 AS pid, value ->> 1 AS st, value ->> 2 AS inc, value ->> 3 AS sa, value ->> 4 AS acc, value ->> 5 AS nb FROM json_each($1)) AS v \
+    WHERE blast_recipients.blast_id = $2 AND blast_recipients.person_id = v.pid \
+      AND blast_recipients.state = 1 AND blast_recipients.not_before = $3 \
+    RETURNING person_id";
+
+fn hex(b: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for &x in b {
+        s.push(char::from(HEX[usize::from(x >> 4)]));
+        s.push(char::from(HEX[usize::from(x & 15)]));
+    }
+    s
 }
 
 /// A subquery yielding the ids in parameter `$k`, bound as one JSON array text.
