@@ -34,6 +34,7 @@ pub mod segments;
 #[allow(clippy::expect_used, clippy::panic)]
 pub mod test_support;
 pub mod turnout;
+pub mod turnout_live;
 
 pub use db::{Backend, DatabaseTarget, Store};
 pub use error::StoreError;

@@ -59,6 +59,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0009_donations.sql"),
         include_str!("../migrations/postgres/0009_donations.sql"),
     ),
+    (
+        11,
+        "live_turnout",
+        include_str!("../migrations/sqlite/0011_live_turnout.sql"),
+        include_str!("../migrations/postgres/0011_live_turnout.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {

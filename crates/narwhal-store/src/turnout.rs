@@ -138,6 +138,34 @@ pub struct RemainingVoter {
     pub precinct: String,
 }
 
+/// What a batch changes for each voter: live reports added (or, negative, undone)
+/// and the earliest new voted time.
+#[derive(Default)]
+struct Deltas(HashMap<i64, (i64, Option<i64>)>);
+
+impl Deltas {
+    fn add(&mut self, p: PersonId, d: i64, t: Option<i64>) {
+        let e = self.0.entry(p.0).or_insert((0, None));
+        e.0 += d;
+        e.1 = match (e.1, t) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// By person id, so that concurrent batches lock rows in one order.
+    fn sorted(&self) -> Vec<(i64, i64, Option<i64>)> {
+        let mut v: Vec<_> = self
+            .0
+            .iter()
+            .filter(|(_, (d, t))| *d != 0 || t.is_some())
+            .map(|(p, (d, t))| (*p, *d, *t))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
 /// `(?, ?, ...), (...)`: `rows` tuples of `width` markers.
 fn tuples(backend: Backend, rows: usize, width: usize) -> String {
     (0..rows)
@@ -151,9 +179,11 @@ fn tuples(backend: Backend, rows: usize, width: usize) -> String {
         .join(", ")
 }
 
-/// The expression that counts a universe row `g` as voted.
-const VOTED: &str =
-    "EXISTS (SELECT 1 FROM turnout_reports r WHERE r.person_id = g.person_id AND r.undone_at IS NULL)";
+/// The expression that counts a universe row `g` as voted: it has a live report
+/// (`voted_at` and `live_reports` are kept by [`Store::ingest_reports`]).
+const VOTED: &str = "g.voted_at IS NOT NULL";
+/// The expression for a universe row `g` still to turn out (matches the partial index).
+const REMAINING: &str = "g.voted_at IS NULL";
 
 impl Store {
     /// Creates or updates polling places and assigns their precincts (a precinct
@@ -195,7 +225,7 @@ impl Store {
             "SELECT pl.code, pl.name, pl.address,
                 (SELECT COUNT(*) FROM polling_place_precincts x WHERE x.polling_place = pl.code) AS precincts,
                 (SELECT COUNT(*) FROM gotv_universe g WHERE g.polling_place = pl.code) AS universe,
-                (SELECT COUNT(*) FROM gotv_universe g WHERE g.polling_place = pl.code AND NOT {VOTED}) AS remaining
+                (SELECT COUNT(*) FROM gotv_universe g WHERE g.polling_place = pl.code AND {REMAINING}) AS remaining
              FROM polling_places pl WHERE {cond} ORDER BY pl.code"
         );
         on_read!(self, p => {
@@ -356,9 +386,36 @@ impl Store {
         channel: &str,
         items: &[ReportIn],
     ) -> Result<Vec<Outcome>> {
+        // A deadlock or serialization failure rolled everything back: the batch is
+        // idempotent, so running it again is safe.
+        let mut tries = 0;
+        loop {
+            match self
+                .ingest_reports_once(place, watcher_id, channel, items)
+                .await
+            {
+                Err(StoreError::Database(sqlx::Error::Database(e)))
+                    if tries < 5 && matches!(e.code().as_deref(), Some("40P01" | "40001")) =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * tries)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn ingest_reports_once(
+        &self,
+        place: Option<&str>,
+        watcher_id: Option<i64>,
+        channel: &str,
+        items: &[ReportIn],
+    ) -> Result<Vec<Outcome>> {
         let backend = self.backend();
         let now = now_ms();
         let mut out: Vec<Option<Outcome>> = vec![None; items.len()];
+        let mut deltas = Deltas::default();
         on_write!(self, p => {
             let mut tx = p.begin().await?;
             // 1. Who each item is about, and where they vote.
@@ -421,6 +478,7 @@ impl Store {
                 for (i, pid, _) in chunk {
                     if inserted.contains(&items[*i].report_id) {
                         out[*i] = Some(Outcome::Accepted(*pid));
+                        deltas.add(*pid, 1, Some(items[*i].voted_at));
                     } else {
                         existing.push((*i, *pid));
                     }
@@ -449,6 +507,7 @@ impl Store {
                     .bind(now).bind(rid).bind(pid.0).execute(&mut *tx).await?.rows_affected();
                 if n == 1 {
                     out[*i] = Some(Outcome::Accepted(*pid));
+                    deltas.add(*pid, -1, None);
                     continue;
                 }
                 // Not there yet: a tombstone, so the report arriving later stays undone.
@@ -465,7 +524,47 @@ impl Store {
                     _ => Outcome::Duplicate(*pid),
                 });
             }
+            // 5. Each voter's live count and voted time, under the row lock.
+            let changed = !deltas.0.is_empty();
+            for chunk in deltas.sorted().chunks(CHUNK) {
+                if backend == Backend::Postgres {
+                    // Lock the rows in person order first: batches of several nodes
+                    // touching the same voters then never wait on each other in a cycle.
+                    let sql = format!(
+                        "SELECT person_id FROM gotv_universe WHERE person_id IN ({}) ORDER BY person_id FOR UPDATE",
+                        crate::db::placeholders(backend, 1, chunk.len())
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (pid, _, _) in chunk {
+                        q = q.bind(pid);
+                    }
+                    q.fetch_all(&mut *tx).await?;
+                }
+                let sql = format!(
+                    "WITH v (pid, d, t) AS (VALUES {}) UPDATE gotv_universe AS g SET
+                        voted_at = CASE WHEN g.live_reports + v.d <= 0 THEN NULL
+                                        WHEN v.t IS NULL THEN g.voted_at
+                                        WHEN g.voted_at IS NULL OR g.voted_at > v.t THEN v.t
+                                        ELSE g.voted_at END,
+                        live_reports = g.live_reports + v.d
+                     FROM v WHERE g.person_id = v.pid",
+                    tuples(backend, chunk.len(), 3)
+                );
+                let mut q = sqlx::query(&sql);
+                for (pid, d, t) in chunk {
+                    q = q.bind(pid).bind(d).bind(t);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            if changed && backend == Backend::Sqlite {
+                // One writer: the clock moves inside the transaction, at no extra sync.
+                sqlx::query("UPDATE turnout_clock SET seq = seq + 1 WHERE id = 1").execute(&mut *tx).await?;
+            }
             tx.commit().await?;
+            if changed && backend == Backend::Postgres {
+                // After the commit, so a node that sees the new value reads the reports.
+                sqlx::query("SELECT nextval('turnout_change_seq')").execute(p).await?;
+            }
             Ok::<_, StoreError>(())
         })?;
         // Repeats within the batch are duplicates of their first (or share its rejection).
@@ -526,7 +625,7 @@ impl Store {
         let sql = format!(
             "SELECT g.person_id, g.code, g.precinct, p.first_name, p.last_name, p.addr_line1
              FROM gotv_universe g JOIN people p ON p.id = g.person_id
-             WHERE g.polling_place = $1 AND g.person_id > $2 AND NOT {VOTED}
+             WHERE g.polling_place = $1 AND g.person_id > $2 AND {REMAINING}
              ORDER BY g.person_id LIMIT $3"
         );
         on_read!(self, p => {

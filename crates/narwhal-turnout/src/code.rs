@@ -120,6 +120,9 @@ pub enum Channel {
     Bulk,
     /// An inbound SMS.
     Sms,
+    /// A state's early-vote or absentee file, imported by staff.
+    #[serde(rename = "early_vote")]
+    EarlyVote,
 }
 
 impl Channel {
@@ -128,6 +131,7 @@ impl Channel {
             Self::App => "app",
             Self::Bulk => "bulk",
             Self::Sms => "sms",
+            Self::EarlyVote => "early_vote",
         }
     }
 }

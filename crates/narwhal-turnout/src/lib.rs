@@ -5,7 +5,11 @@
 //! - [`code`]: pure values: voter codes with a check digit, report ids, channels.
 //! - [`places`]: the polling-place CSV, with errors naming file, line and reason.
 //! - [`service`]: [`Turnout`], the one service every channel (watcher app, staff bulk
-//!   entry, SMS) reports through.
+//!   entry, SMS, early-vote files) reports through.
+//! - [`live`]: the expected curve, the dashboard figures, and [`live::LiveTurnout`],
+//!   one node's copy of them kept current from the store's change clock.
+//! - [`lists`]: canvass turfs and call lists, what remains of them, their exports.
+//! - [`early`]: early-vote and absentee files, which pre-flush the lists.
 //!
 //! Invariants: a report is counted once per report id whatever the channel or the
 //! number of retries (the store's `UNIQUE` constraint decides, not memory); a batch is
@@ -15,7 +19,10 @@
 //! are never logged.
 
 pub mod code;
+pub mod early;
 pub mod fallback;
+pub mod lists;
+pub mod live;
 pub mod places;
 pub mod service;
 

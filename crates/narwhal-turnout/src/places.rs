@@ -195,7 +195,7 @@ pub fn parse(file: &str, input: impl std::io::Read) -> Result<Vec<NewPollingPlac
 }
 
 /// The csv crate's error without its position (we print our own).
-fn csv_reason(e: &csv::Error) -> String {
+pub(crate) fn csv_reason(e: &csv::Error) -> String {
     match e.kind() {
         csv::ErrorKind::UnequalLengths {
             expected_len, len, ..

@@ -166,6 +166,11 @@ impl Turnout {
         Self { store }
     }
 
+    /// The store this service reads and writes.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Imports polling places and their precincts from a CSV file (see [`places`]).
     /// Nothing is written unless the whole file is good. Returns how many places.
     pub async fn import_places_file(&self, path: &Path) -> Result<usize, TurnoutError> {

@@ -1,0 +1,42 @@
+-- Live turnout and flushing lists.
+-- gotv_universe carries each supporter's live report count and the time they count as
+-- voted (NULL: still to turn out), kept by the ingest in the same transaction as the
+-- reports, so that remaining lists and turnout figures are indexed reads, not scans of
+-- every report.
+ALTER TABLE gotv_universe ADD COLUMN live_reports INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE gotv_universe ADD COLUMN voted_at INTEGER;
+UPDATE gotv_universe SET
+    live_reports = (SELECT COUNT(*) FROM turnout_reports r WHERE r.person_id = gotv_universe.person_id AND r.undone_at IS NULL),
+    voted_at = (SELECT MIN(r.voted_at) FROM turnout_reports r WHERE r.person_id = gotv_universe.person_id AND r.undone_at IS NULL);
+CREATE INDEX gotv_universe_remaining ON gotv_universe (polling_place, person_id) WHERE voted_at IS NULL;
+CREATE INDEX gotv_universe_geo ON gotv_universe (county, precinct, polling_place, voted_at);
+
+-- The "latest change" every node polls to learn of reports taken by other nodes.
+CREATE TABLE turnout_clock (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL
+);
+INSERT INTO turnout_clock (id, seq) VALUES (1, 0);
+
+-- Settings of election day shared by every node (the expected turnout curve).
+CREATE TABLE turnout_settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+
+-- Canvass turfs and call lists: named sets of GOTV supporters. What remains of a list
+-- is its members not yet voted: flushing is a query.
+CREATE TABLE gotv_lists (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('turf', 'calls')),
+    name TEXT NOT NULL UNIQUE,
+    source TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE gotv_list_members (
+    list_id INTEGER NOT NULL REFERENCES gotv_lists (id) ON DELETE CASCADE,
+    person_id INTEGER NOT NULL,
+    PRIMARY KEY (list_id, person_id)
+) WITHOUT ROWID;
+CREATE INDEX gotv_list_members_person ON gotv_list_members (person_id);
