@@ -838,6 +838,11 @@ impl Store {
         }
     }
 
+    /// A donation by the client's idempotency key.
+    pub async fn donation_by_idempotency_key(&self, key: &str) -> Result<Option<DonationRow>> {
+        self.donation_where("idempotency_key", key).await
+    }
+
     /// A donation by our row id.
     pub async fn donation_by_id(&self, id: i64) -> Result<Option<DonationRow>> {
         self.donation_where("id", &id.to_string()).await

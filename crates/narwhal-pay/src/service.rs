@@ -1,0 +1,847 @@
+//! Taking a donation: validate, resolve the donor, commit, charge, settle, commit.
+//!
+//! The path of one gift ([`Donations::take`]):
+//! 1. Validate the request (amount, donor fields, attestations, no card number in any
+//!    free-text field) and hash its parameters.
+//! 2. Resolve the donor to a person in the hub.
+//! 3. One durable commit: the donation (state `processing`) under the client's
+//!    idempotency key, its designation and reservation against the donor's limits, and
+//!    its first attempt row naming the processor about to be called. A reused key
+//!    returns the stored donation (or refuses other parameters); a gift over the limit
+//!    stops here with the room left.
+//! 4. Call the processor with the attempt key as `Idempotency-Key`.
+//!    - Succeeded, declined or refused: commit the final state (ledger postings with a
+//!      charge; room given back without one). Only then answer the donor.
+//!    - Unavailable (known not charged): close the attempt, open the next one at the
+//!      next processor, durably, and call it.
+//!    - Ambiguous: ask the same processor what became of the attempt key until it
+//!      answers (bounded by `settle_timeout`). Charged: succeeded. Not charged: fail
+//!      over as above. Still unknown: the donation stays `processing`, the donor is told
+//!      it is being confirmed, and the settler ([`Donations::settle_unsettled`]) asks
+//!      again later. Nothing else happens to that donation meanwhile.
+//! 5. No processor up: the donation becomes a **pledge** (no card data kept) with a
+//!    single-use completion token; the donor is told we will send a payment link.
+
+use crate::processor::{ChargeOutcome, ChargeRequest, Charged, LookupOutcome};
+use crate::router::Router;
+use narwhal_domain::card::contains_card_number;
+use narwhal_domain::limits::{LimitRefusal, LimitTable};
+use narwhal_domain::{Cents, Email, PersonDraft, PhoneE164, PostalAddress};
+use narwhal_people::Hub;
+use narwhal_store::donations::{
+    attempt, year_of_ms, Begun, CardOnFile, Completion, DonationRow, Finish, NewDonation,
+};
+use narwhal_store::{now_ms, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The donor as they filled in the form. Every field is checked for card numbers.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Donor {
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+    #[serde(default)]
+    pub phone: Option<String>,
+    pub address1: String,
+    #[serde(default)]
+    pub address2: Option<String>,
+    pub city: String,
+    pub state: String,
+    pub zip: String,
+    /// Asked of every donor; required once the cycle aggregate passes $200.
+    #[serde(default)]
+    pub employer: Option<String>,
+    #[serde(default)]
+    pub occupation: Option<String>,
+}
+
+impl std::fmt::Debug for Donor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Donor([redacted])")
+    }
+}
+
+/// The attestations federal law requires of a donor.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Attestations {
+    /// The gift is made from the donor's own funds, not those of another.
+    pub own_funds: bool,
+    /// The donor is a US citizen or lawful permanent resident.
+    pub citizen_or_resident: bool,
+    /// The donor is not a federal contractor.
+    pub not_contractor: bool,
+    /// The gift is made on a personal card, not a corporate one.
+    #[serde(default = "yes")]
+    pub personal_card: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A gift as asked for.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct DonationRequest {
+    /// The client's key: the same key is the same donation, forever.
+    pub idempotency_key: String,
+    /// The amount in cents.
+    pub amount_cents: i64,
+    pub donor: Donor,
+    pub attestations: Attestations,
+    /// The processor's token for the card (`pm_...`); `None` only for a pledge.
+    pub payment_method: Option<String>,
+    /// Keep the card (as a processor token) for one-click gifts.
+    #[serde(default)]
+    pub save_method: bool,
+    #[serde(default)]
+    pub refcode: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    /// `page`, `api`, `compat`, `one_click`, `recurring`.
+    pub channel: String,
+    #[serde(skip)]
+    pub client_ip: Option<String>,
+    #[serde(skip)]
+    pub plan_id: Option<i64>,
+}
+
+/// Why a donation was not taken. Nothing here ever repeats a rejected value.
+#[derive(Debug, thiserror::Error)]
+pub enum DonationError {
+    /// A field is wrong: `field`, a stable `code` and a message for the donor.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        code: &'static str,
+        message: String,
+    },
+    /// The idempotency key was used before with other parameters.
+    #[error("this idempotency key was already used for a different donation")]
+    KeyReused,
+    /// Another request with this key is still being processed.
+    #[error("a request with this idempotency key is still in progress")]
+    InFlight,
+    /// Over the donor's contribution limit.
+    #[error("{0}")]
+    OverLimit(LimitRefusal),
+    /// The database failed: nothing was acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The hub could not resolve the donor.
+    #[error("{0}")]
+    People(String),
+}
+
+fn invalid(field: &'static str, code: &'static str, message: impl Into<String>) -> DonationError {
+    DonationError::Invalid {
+        field,
+        code,
+        message: message.into(),
+    }
+}
+
+/// What the donor is told.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Charged: thank them.
+    Succeeded,
+    /// The card was declined: ask for another.
+    Declined,
+    /// Refused for another reason.
+    Failed,
+    /// Recorded as a pledge: we will email a payment link.
+    Pledged,
+    /// Being confirmed with the processor (an ambiguous attempt not settled yet).
+    Processing,
+}
+
+/// The result of [`Donations::take`].
+#[derive(Clone, Debug)]
+pub struct Taken {
+    pub outcome: Outcome,
+    pub donation: DonationRow,
+    /// For a new pledge: the completion token to put in the payment link (shown once).
+    pub pledge_token: Option<String>,
+    /// The same key was seen before: this is the stored donation, nothing was charged now.
+    pub replayed: bool,
+}
+
+/// Settings of the donation service.
+#[derive(Clone, Debug)]
+pub struct PayConfig {
+    pub limits: LimitTable,
+    pub currency: String,
+    /// How long to keep asking about an ambiguous attempt before leaving it to the settler.
+    pub settle_timeout: Duration,
+    /// The pause between status queries.
+    pub settle_interval: Duration,
+    /// An attempt left `started` this long (its node died) is settled by the settler.
+    pub abandoned_after: Duration,
+}
+
+impl Default for PayConfig {
+    fn default() -> Self {
+        Self {
+            limits: LimitTable::default(),
+            currency: "usd".into(),
+            settle_timeout: Duration::from_secs(5),
+            settle_interval: Duration::from_millis(250),
+            abandoned_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The donation service.
+#[derive(Clone)]
+pub struct Donations {
+    pub store: Store,
+    pub hub: Hub,
+    pub router: Arc<Router>,
+    pub config: Arc<PayConfig>,
+}
+
+const MAX_TEXT: usize = 200;
+
+fn check_text(field: &'static str, value: &str, required: bool) -> Result<(), DonationError> {
+    if contains_card_number(value) {
+        return Err(invalid(
+            field,
+            "card_number_in_text",
+            "this field looks like it contains a card number; card details go only in the card field",
+        ));
+    }
+    if required && value.trim().is_empty() {
+        return Err(invalid(field, "required", "this field is required"));
+    }
+    if value.len() > MAX_TEXT {
+        return Err(invalid(
+            field,
+            "too_long",
+            format!("at most {MAX_TEXT} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a request and builds the donor's hub record. Pure.
+pub fn validate(req: &DonationRequest) -> Result<PersonDraft, DonationError> {
+    let key = req.idempotency_key.trim();
+    if key.is_empty() || key.len() > 255 {
+        return Err(invalid(
+            "idempotency_key",
+            "invalid_idempotency_key",
+            "an idempotency key of 1 to 255 characters is required",
+        ));
+    }
+    Cents::new(req.amount_cents).map_err(|e| invalid("amount", "invalid_amount", e.reason))?;
+    let d = &req.donor;
+    check_text("first_name", &d.first_name, true)?;
+    check_text("last_name", &d.last_name, true)?;
+    check_text("email", &d.email, true)?;
+    check_text("address1", &d.address1, true)?;
+    check_text("city", &d.city, true)?;
+    check_text("state", &d.state, true)?;
+    check_text("zip", &d.zip, true)?;
+    for (field, v) in [
+        ("phone", &d.phone),
+        ("address2", &d.address2),
+        ("employer", &d.employer),
+        ("occupation", &d.occupation),
+    ] {
+        if let Some(v) = v {
+            check_text(field, v, false)?;
+        }
+    }
+    for (field, v) in [("refcode", &req.refcode), ("source", &req.source)] {
+        if let Some(v) = v {
+            check_text(field, v, false)?;
+        }
+    }
+    if let Some(pm) = &req.payment_method {
+        check_text("payment_method", pm, false)?;
+        if pm.is_empty()
+            || pm.len() > 255
+            || !pm.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(invalid(
+                "payment_method",
+                "invalid_payment_method",
+                "the payment method must be the processor's token (pm_...)",
+            ));
+        }
+    }
+    let a = req.attestations;
+    for (ok, field) in [
+        (a.own_funds, "attestations.own_funds"),
+        (a.citizen_or_resident, "attestations.citizen_or_resident"),
+        (a.not_contractor, "attestations.not_contractor"),
+        (a.personal_card, "attestations.personal_card"),
+    ] {
+        if !ok {
+            return Err(invalid(
+                field,
+                "attestation_required",
+                "federal law requires this statement to be true for a contribution",
+            ));
+        }
+    }
+    let email = Email::parse(&d.email).map_err(|e| invalid("email", "invalid_email", e.reason))?;
+    let address = PostalAddress::parse(
+        &d.address1,
+        d.address2.as_deref().unwrap_or(""),
+        &d.city,
+        &d.state,
+        &d.zip,
+        "",
+        "",
+    )
+    .map_err(|e| {
+        let field = if e.what == "state" { "state" } else { "zip" };
+        invalid(field, "invalid_address", e.reason)
+    })?;
+    let mut draft = PersonDraft {
+        emails: vec![email],
+        address: Some(address),
+        ..PersonDraft::default()
+    };
+    draft.name.first_name = Some(d.first_name.trim().to_string());
+    draft.name.last_name = Some(d.last_name.trim().to_string());
+    if let Some(p) = d.phone.as_deref().filter(|p| !p.trim().is_empty()) {
+        let phone = PhoneE164::parse(p).map_err(|e| invalid("phone", "invalid_phone", e.reason))?;
+        draft.phones.push(phone);
+    }
+    Ok(draft)
+}
+
+/// A hash of everything that makes a request this request (not the key, not the IP).
+pub fn request_hash(req: &DonationRequest) -> String {
+    let canonical = serde_json::json!({
+        "amount": req.amount_cents,
+        "donor": req.donor,
+        "attestations": req.attestations,
+        "payment_method": req.payment_method,
+        "save_method": req.save_method,
+        "refcode": req.refcode,
+        "source": req.source,
+        "channel": req.channel,
+    });
+    hex(&Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random token (URL-safe hex) and its SHA-256 hash (what is stored).
+pub fn new_token() -> (String, String) {
+    let raw: [u8; 24] = rand_bytes();
+    let token = hex(&raw);
+    let hash = hex(&Sha256::digest(token.as_bytes()));
+    (token, hash)
+}
+
+/// The stored hash of a token.
+pub fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn rand_bytes<const N: usize>() -> [u8; N] {
+    use rand::RngCore;
+    let mut b = [0u8; N];
+    rand::thread_rng().fill_bytes(&mut b);
+    b
+}
+
+/// A new public donation id.
+pub fn new_public_id() -> String {
+    let raw: [u8; 12] = rand_bytes();
+    format!("don_{}", hex(&raw))
+}
+
+impl Donations {
+    /// Builds the service.
+    pub fn new(store: Store, router: Arc<Router>, config: PayConfig) -> Self {
+        Self {
+            hub: Hub::new(store.clone()),
+            store,
+            router,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Takes one gift (see the module documentation for the path).
+    pub async fn take(&self, req: DonationRequest) -> Result<Taken, DonationError> {
+        let draft = validate(&req)?;
+        let hash = request_hash(&req);
+        // A replay of a finished request answers from the store without touching the
+        // hub or a processor.
+        if let Some(existing) = self.existing(&req.idempotency_key, &hash).await? {
+            return Ok(existing);
+        }
+        let person = self
+            .hub
+            .upsert(draft, "donations", "donation")
+            .await
+            .map_err(|e| DonationError::People(e.to_string()))?;
+        let public_id = new_public_id();
+        let candidates = self.router.candidates();
+        let first = candidates.first().copied();
+        let (pledge_token, pledge_hash) = if first.is_none() {
+            let (t, h) = new_token();
+            (Some(t), Some(h))
+        } else {
+            (None, None)
+        };
+        if first.is_none() && req.payment_method.is_none() {
+            return Err(invalid(
+                "payment_method",
+                "required",
+                "a payment method is required",
+            ));
+        }
+        let new = NewDonation {
+            public_id: public_id.clone(),
+            idempotency_key: req.idempotency_key.trim().to_string(),
+            request_hash: hash.clone(),
+            person_id: person.id,
+            amount_cents: req.amount_cents,
+            currency: self.config.currency.clone(),
+            channel: req.channel.clone(),
+            refcode: req.refcode.clone(),
+            source: req.source.clone(),
+            donor_json: serde_json::to_string(&req.donor)
+                .map_err(|e| DonationError::People(e.to_string()))?,
+            employer: req.donor.employer.clone(),
+            occupation: req.donor.occupation.clone(),
+            payment_method: req.payment_method.clone(),
+            save_method: req.save_method,
+            client_ip: req.client_ip.clone(),
+            plan_id: req.plan_id,
+            first_attempt: first.map(|i| {
+                (
+                    self.router.processor(i).name().to_string(),
+                    format!("{public_id}-1"),
+                )
+            }),
+            pledge_token_hash: pledge_hash,
+            year: year_of_ms(now_ms()),
+        };
+        let begun = self
+            .store
+            .begin_donations(std::slice::from_ref(&new), &self.config.limits)
+            .await?
+            .pop()
+            .ok_or_else(|| DonationError::People("empty batch".into()))?;
+        let id = match begun {
+            Begun::Created { id, .. } => id,
+            Begun::Existing(row) => return self.replay(*row),
+            Begun::KeyReused => return Err(DonationError::KeyReused),
+            Begun::OverLimit(r) => return Err(DonationError::OverLimit(r)),
+        };
+        if first.is_none() {
+            let donation = self.load(id).await?;
+            return Ok(Taken {
+                outcome: Outcome::Pledged,
+                donation,
+                pledge_token,
+                replayed: false,
+            });
+        }
+        let pm = req.payment_method.clone().unwrap_or_default();
+        self.route(
+            id,
+            &public_id,
+            &pm,
+            req.amount_cents,
+            req.save_method,
+            candidates,
+            1,
+        )
+        .await
+    }
+
+    async fn existing(&self, key: &str, hash: &str) -> Result<Option<Taken>, DonationError> {
+        match self.store.donation_by_idempotency_key(key.trim()).await? {
+            None => Ok(None),
+            Some(row) if row.request_hash != hash => Err(DonationError::KeyReused),
+            Some(row) => self.replay(row).map(Some),
+        }
+    }
+
+    fn replay(&self, row: DonationRow) -> Result<Taken, DonationError> {
+        let outcome = outcome_of(&row.state);
+        if outcome == Outcome::Processing {
+            return Err(DonationError::InFlight);
+        }
+        Ok(Taken {
+            outcome,
+            donation: row,
+            pledge_token: None,
+            replayed: true,
+        })
+    }
+
+    async fn load(&self, id: i64) -> Result<DonationRow, DonationError> {
+        self.store
+            .donation_by_id(id)
+            .await?
+            .ok_or(DonationError::Store(StoreError::NotFound("donation")))
+    }
+
+    /// Tries processors in `candidates` order from attempt number `seq` (whose row is
+    /// already committed for the first candidate).
+    #[allow(clippy::too_many_arguments)]
+    async fn route(
+        &self,
+        id: i64,
+        public_id: &str,
+        payment_method: &str,
+        amount: i64,
+        save_method: bool,
+        candidates: Vec<usize>,
+        seq: i32,
+    ) -> Result<Taken, DonationError> {
+        let mut seq = seq;
+        for (n, &i) in candidates.iter().enumerate() {
+            let processor = self.router.processor(i).clone();
+            let key = format!("{public_id}-{seq}");
+            if n > 0 {
+                seq = self.store.start_attempt(id, processor.name(), &key).await?;
+            }
+            let key = format!("{public_id}-{seq}");
+            let request = ChargeRequest {
+                idempotency_key: key.clone(),
+                amount,
+                currency: self.config.currency.clone(),
+                payment_method: payment_method.to_string(),
+                customer: None,
+                save_method,
+                metadata: vec![("narwhal_donation".into(), public_id.to_string())],
+                description: None,
+            };
+            let outcome = processor.charge(&request).await;
+            let outcome = match outcome {
+                ChargeOutcome::Ambiguous { reason } => {
+                    self.store
+                        .mark_attempt(&key, attempt::AMBIGUOUS, &reason)
+                        .await?;
+                    match self.settle(i, &key).await {
+                        LookupOutcome::Charged(c) => ChargeOutcome::Succeeded(c),
+                        LookupOutcome::NotCharged => {
+                            self.store
+                                .mark_attempt(
+                                    &key,
+                                    attempt::NOT_CHARGED,
+                                    "a status query showed no charge",
+                                )
+                                .await?;
+                            seq += 1;
+                            continue;
+                        }
+                        LookupOutcome::Unknown { .. } => {
+                            // Nothing else happens to this donation until it is settled.
+                            return Ok(Taken {
+                                outcome: Outcome::Processing,
+                                donation: self.load(id).await?,
+                                pledge_token: None,
+                                replayed: false,
+                            });
+                        }
+                    }
+                }
+                other => other,
+            };
+            let finish = match outcome {
+                ChargeOutcome::Succeeded(c) => {
+                    self.router.up(i);
+                    charged_finish(processor.name(), c)
+                }
+                ChargeOutcome::Declined { code, message } => {
+                    self.router.up(i);
+                    Finish::Declined { code, message }
+                }
+                ChargeOutcome::Invalid { code, message, .. } => {
+                    self.router.up(i);
+                    Finish::Failed { code, message }
+                }
+                ChargeOutcome::Unavailable { reason, .. } => {
+                    self.router.down(i);
+                    self.store
+                        .mark_attempt(&key, attempt::UNAVAILABLE, &reason)
+                        .await?;
+                    seq += 1;
+                    continue;
+                }
+                ChargeOutcome::Ambiguous { .. } => unreachable_ambiguous(),
+            };
+            return self.finish(id, Some(key), finish, None).await;
+        }
+        // Every processor was unavailable (each attempt known not to have charged).
+        let (token, hash) = new_token();
+        self.finish(id, None, Finish::Pledged { token_hash: hash }, Some(token))
+            .await
+    }
+
+    async fn finish(
+        &self,
+        id: i64,
+        attempt_key: Option<String>,
+        finish: Finish,
+        pledge_token: Option<String>,
+    ) -> Result<Taken, DonationError> {
+        self.store
+            .finish_donations(
+                &[Completion {
+                    donation_id: id,
+                    attempt_key,
+                    finish,
+                }],
+                &self.config.limits,
+            )
+            .await?;
+        let donation = self.load(id).await?;
+        let outcome = outcome_of(&donation.state);
+        Ok(Taken {
+            pledge_token: if outcome == Outcome::Pledged {
+                pledge_token
+            } else {
+                None
+            },
+            outcome,
+            donation,
+            replayed: false,
+        })
+    }
+
+    /// Asks processor `i` about an attempt until it answers or `settle_timeout` passes.
+    async fn settle(&self, i: usize, key: &str) -> LookupOutcome {
+        let processor = self.router.processor(i).clone();
+        let deadline = tokio::time::Instant::now() + self.config.settle_timeout;
+        loop {
+            match processor.lookup(key).await {
+                LookupOutcome::Unknown { reason } => {
+                    if tokio::time::Instant::now() + self.config.settle_interval > deadline {
+                        return LookupOutcome::Unknown { reason };
+                    }
+                    tokio::time::sleep(self.config.settle_interval).await;
+                }
+                known => return known,
+            }
+        }
+    }
+
+    /// Settles attempts left `started` or `ambiguous` (a node died mid-call, or the
+    /// processor never answered): asks their processor, then finishes the donation or
+    /// resumes its route. Returns how many donations moved.
+    pub async fn settle_unsettled(&self) -> Result<usize, DonationError> {
+        let older =
+            now_ms() - i64::try_from(self.config.abandoned_after.as_millis()).unwrap_or(60_000);
+        let open = self.store.unsettled_attempts(older, 200).await?;
+        let mut moved = 0;
+        for a in open {
+            let Some((i, processor)) = self.router.by_name(&a.processor) else {
+                continue;
+            };
+            match processor.lookup(&a.attempt_key).await {
+                LookupOutcome::Charged(c) => {
+                    self.finish(
+                        a.donation_id,
+                        Some(a.attempt_key.clone()),
+                        charged_finish(&a.processor, c),
+                        None,
+                    )
+                    .await?;
+                    moved += 1;
+                }
+                LookupOutcome::NotCharged => {
+                    self.store
+                        .mark_attempt(
+                            &a.attempt_key,
+                            attempt::NOT_CHARGED,
+                            "a status query showed no charge",
+                        )
+                        .await?;
+                    let d = self.load(a.donation_id).await?;
+                    if d.state == "processing" {
+                        let candidates = self.router.candidates();
+                        let pm = d.payment_method.clone().unwrap_or_default();
+                        if let Some(&first) = candidates.first() {
+                            let key = format!("{}-{}", d.public_id, a.seq + 1);
+                            let seq = self
+                                .store
+                                .start_attempt(d.id, self.router.processor(first).name(), &key)
+                                .await?;
+                            self.route(
+                                d.id,
+                                &d.public_id,
+                                &pm,
+                                d.amount_cents,
+                                d.save_method,
+                                candidates,
+                                seq,
+                            )
+                            .await?;
+                        } else {
+                            let (_, hash) = new_token();
+                            self.finish(d.id, None, Finish::Pledged { token_hash: hash }, None)
+                                .await?;
+                        }
+                    }
+                    moved += 1;
+                }
+                LookupOutcome::Unknown { .. } => {
+                    self.router.down(i);
+                }
+            }
+        }
+        Ok(moved)
+    }
+}
+
+fn unreachable_ambiguous() -> Finish {
+    // Ambiguous outcomes are settled above; this arm cannot be reached.
+    Finish::Failed {
+        code: "internal".into(),
+        message: "unsettled attempt".into(),
+    }
+}
+
+fn charged_finish(processor: &str, c: Charged) -> Finish {
+    Finish::Succeeded {
+        processor: processor.to_string(),
+        processor_ref: c.processor_ref,
+        amount_cents: c.amount,
+        fee_cents: c.fee,
+        card: CardOnFile {
+            brand: c.card.brand,
+            last4: c.card.last4,
+            exp: format!("{:02}/{}", c.card.exp_month, c.card.exp_year),
+            fingerprint: c.card.fingerprint,
+        },
+    }
+}
+
+/// What a stored state means for the donor.
+pub fn outcome_of(state: &str) -> Outcome {
+    match state {
+        "succeeded" | "partially_refunded" | "refunded" | "disputed" => Outcome::Succeeded,
+        "declined" => Outcome::Declined,
+        "pledged" | "canceled" => Outcome::Pledged,
+        "processing" => Outcome::Processing,
+        _ => Outcome::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> DonationRequest {
+        DonationRequest {
+            idempotency_key: "k".into(),
+            amount_cents: 2_500,
+            donor: Donor {
+                first_name: "Ada".into(),
+                last_name: "Lovelace".into(),
+                email: "ada@example.org".into(),
+                phone: None,
+                address1: "1 Main St".into(),
+                address2: None,
+                city: "Columbus".into(),
+                state: "OH".into(),
+                zip: "43215".into(),
+                employer: Some("Acme".into()),
+                occupation: Some("Engineer".into()),
+            },
+            attestations: Attestations {
+                own_funds: true,
+                citizen_or_resident: true,
+                not_contractor: true,
+                personal_card: true,
+            },
+            payment_method: Some("pm_card_visa".into()),
+            save_method: false,
+            refcode: None,
+            source: None,
+            channel: "api".into(),
+            client_ip: None,
+            plan_id: None,
+        }
+    }
+
+    fn code_of(r: Result<PersonDraft, DonationError>) -> (&'static str, &'static str) {
+        match r {
+            Err(DonationError::Invalid { field, code, .. }) => (field, code),
+            other => panic!("expected Invalid, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn a_good_request_builds_the_donor_record() {
+        let d = validate(&req()).unwrap();
+        assert_eq!(d.emails[0].as_str(), "ada@example.org");
+    }
+
+    #[test]
+    fn bad_input_is_named_by_field_and_code() {
+        let mut r = req();
+        r.amount_cents = 0;
+        assert_eq!(code_of(validate(&r)), ("amount", "invalid_amount"));
+        let mut r = req();
+        r.amount_cents = -5;
+        assert_eq!(code_of(validate(&r)), ("amount", "invalid_amount"));
+        let mut r = req();
+        r.donor.last_name = " ".into();
+        assert_eq!(code_of(validate(&r)), ("last_name", "required"));
+        let mut r = req();
+        r.donor.occupation = Some("4242 4242 4242 4242".into());
+        assert_eq!(code_of(validate(&r)), ("occupation", "card_number_in_text"));
+        let mut r = req();
+        r.refcode = Some("x4000056655665556".into());
+        assert_eq!(code_of(validate(&r)), ("refcode", "card_number_in_text"));
+        let mut r = req();
+        r.attestations.not_contractor = false;
+        assert_eq!(
+            code_of(validate(&r)),
+            ("attestations.not_contractor", "attestation_required")
+        );
+        let mut r = req();
+        r.donor.email = "nope".into();
+        assert_eq!(code_of(validate(&r)), ("email", "invalid_email"));
+        let mut r = req();
+        r.payment_method = Some("4242424242424242".into());
+        assert_eq!(
+            code_of(validate(&r)),
+            ("payment_method", "card_number_in_text")
+        );
+        let mut r = req();
+        r.idempotency_key = String::new();
+        assert_eq!(
+            code_of(validate(&r)),
+            ("idempotency_key", "invalid_idempotency_key")
+        );
+    }
+
+    #[test]
+    fn the_hash_ignores_the_key_and_sees_the_amount() {
+        let a = req();
+        let mut b = req();
+        b.idempotency_key = "other".into();
+        assert_eq!(request_hash(&a), request_hash(&b));
+        b.amount_cents += 1;
+        assert_ne!(request_hash(&a), request_hash(&b));
+    }
+
+    #[test]
+    fn debug_hides_the_donor() {
+        let s = format!("{:?}", req());
+        assert!(!s.contains("Lovelace") && !s.contains("ada@"), "{s}");
+    }
+}
