@@ -16,6 +16,7 @@
 mod db;
 #[macro_use]
 pub mod audit;
+pub mod api_idempotency;
 pub mod auth;
 pub mod error;
 #[macro_use]
@@ -30,6 +31,7 @@ pub mod inbound;
 pub mod lists;
 pub mod merges;
 mod migrate;
+pub mod reconciliations;
 pub mod segments;
 #[allow(clippy::expect_used, clippy::panic)]
 pub mod test_support;

@@ -65,6 +65,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0011_live_turnout.sql"),
         include_str!("../migrations/postgres/0011_live_turnout.sql"),
     ),
+    (
+        13,
+        "reconciliations",
+        include_str!("../migrations/sqlite/0013_reconciliations.sql"),
+        include_str!("../migrations/postgres/0013_reconciliations.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {
