@@ -8,6 +8,7 @@
 //! Card data never enters this crate: a charge names a processor token
 //! (`pm_...`), and what comes back is a brand, the last 4 digits and an expiry.
 
+pub mod batch;
 pub mod processor;
 pub mod router;
 pub mod service;

@@ -22,16 +22,17 @@
 //! 5. No processor up: the donation becomes a **pledge** (no card data kept) with a
 //!    single-use completion token; the donor is told we will send a payment link.
 
+use crate::batch::Batcher;
 use crate::processor::{ChargeOutcome, ChargeRequest, Charged, LookupOutcome};
 use crate::router::Router;
 use narwhal_domain::card::contains_card_number;
 use narwhal_domain::limits::{LimitRefusal, LimitTable};
-use narwhal_domain::{Cents, Email, PersonDraft, PhoneE164, PostalAddress};
+use narwhal_domain::{Cents, Email, PersonDraft, PersonId, PhoneE164, PostalAddress};
 use narwhal_people::Hub;
 use narwhal_store::donations::{
     attempt, year_of_ms, Begun, CardOnFile, Completion, DonationRow, Finish, NewDonation,
 };
-use narwhal_store::{now_ms, Store, StoreError};
+use narwhal_store::{now_ms, Backend, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -135,6 +136,10 @@ pub enum DonationError {
     /// The hub could not resolve the donor.
     #[error("{0}")]
     People(String),
+    /// The database could not commit now: nothing was acknowledged; retry with the
+    /// same idempotency key.
+    #[error("donations are unavailable for a moment: {0}")]
+    Unavailable(String),
 }
 
 fn invalid(field: &'static str, code: &'static str, message: impl Into<String>) -> DonationError {
@@ -204,7 +209,19 @@ pub struct Donations {
     pub hub: Hub,
     pub router: Arc<Router>,
     pub config: Arc<PayConfig>,
+    batches: Arc<Batches>,
 }
+
+/// The group commits a donation goes through: resolving donors, beginning donations
+/// and finishing them (see [`crate::batch`]).
+struct Batches {
+    people: Batcher<PersonDraft, PersonId>,
+    begin: Batcher<NewDonation, Begun>,
+    finish: Batcher<Completion, bool>,
+}
+
+/// The most items in one group commit.
+const MAX_BATCH: usize = 256;
 
 const MAX_TEXT: usize = 200;
 
@@ -366,13 +383,73 @@ pub fn new_public_id() -> String {
 }
 
 impl Donations {
-    /// Builds the service.
+    /// Builds the service and spawns its group-commit workers (one per batch kind on
+    /// SQLite, whose single writer serializes them anyway; four on PostgreSQL).
     pub fn new(store: Store, router: Arc<Router>, config: PayConfig) -> Self {
+        let config = Arc::new(config);
+        let hub = Hub::new(store.clone());
+        let workers = match store.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 4,
+        };
+        let people = {
+            let hub = hub.clone();
+            Batcher::spawn(MAX_BATCH, workers, move |drafts: Vec<PersonDraft>| {
+                let hub = hub.clone();
+                async move {
+                    let (res, _) = hub
+                        .upsert_batch(drafts, "donations", "donation", true)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(res.into_iter().map(|u| u.id).collect())
+                }
+            })
+        };
+        let begin = {
+            let store = store.clone();
+            let config = config.clone();
+            Batcher::spawn(MAX_BATCH, workers, move |batch: Vec<NewDonation>| {
+                let store = store.clone();
+                let config = config.clone();
+                async move {
+                    store
+                        .begin_donations(&batch, &config.limits)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            })
+        };
+        let finish = {
+            let store = store.clone();
+            let config = config.clone();
+            Batcher::spawn(MAX_BATCH, workers, move |batch: Vec<Completion>| {
+                let store = store.clone();
+                let config = config.clone();
+                async move {
+                    // Finishing is idempotent (guarded transitions, ledger keyed by
+                    // txn), so a batch that failed (a deadlock, a dropped connection)
+                    // is simply run again.
+                    let mut last = String::new();
+                    for _ in 0..3 {
+                        match store.finish_donations(&batch, &config.limits).await {
+                            Ok(v) => return Ok(v),
+                            Err(e) => last = e.to_string(),
+                        }
+                    }
+                    Err(last)
+                }
+            })
+        };
         Self {
-            hub: Hub::new(store.clone()),
+            hub,
             store,
             router,
-            config: Arc::new(config),
+            config,
+            batches: Arc::new(Batches {
+                people,
+                begin,
+                finish,
+            }),
         }
     }
 
@@ -385,11 +462,12 @@ impl Donations {
         if let Some(existing) = self.existing(&req.idempotency_key, &hash).await? {
             return Ok(existing);
         }
-        let person = self
-            .hub
-            .upsert(draft, "donations", "donation")
+        let person_id = self
+            .batches
+            .people
+            .submit(draft.normalize())
             .await
-            .map_err(|e| DonationError::People(e.to_string()))?;
+            .map_err(DonationError::Unavailable)?;
         let public_id = new_public_id();
         let candidates = self.router.candidates();
         let first = candidates.first().copied();
@@ -410,7 +488,7 @@ impl Donations {
             public_id: public_id.clone(),
             idempotency_key: req.idempotency_key.trim().to_string(),
             request_hash: hash.clone(),
-            person_id: person.id,
+            person_id,
             amount_cents: req.amount_cents,
             currency: self.config.currency.clone(),
             channel: req.channel.clone(),
@@ -434,11 +512,11 @@ impl Donations {
             year: year_of_ms(now_ms()),
         };
         let begun = self
-            .store
-            .begin_donations(std::slice::from_ref(&new), &self.config.limits)
-            .await?
-            .pop()
-            .ok_or_else(|| DonationError::People("empty batch".into()))?;
+            .batches
+            .begin
+            .submit(new)
+            .await
+            .map_err(DonationError::Unavailable)?;
         let id = match begun {
             Begun::Created { id, .. } => id,
             Begun::Existing(row) => return self.replay(*row),
@@ -596,16 +674,15 @@ impl Donations {
         finish: Finish,
         pledge_token: Option<String>,
     ) -> Result<Taken, DonationError> {
-        self.store
-            .finish_donations(
-                &[Completion {
-                    donation_id: id,
-                    attempt_key,
-                    finish,
-                }],
-                &self.config.limits,
-            )
-            .await?;
+        self.batches
+            .finish
+            .submit(Completion {
+                donation_id: id,
+                attempt_key,
+                finish,
+            })
+            .await
+            .map_err(DonationError::Unavailable)?;
         let donation = self.load(id).await?;
         let outcome = outcome_of(&donation.state);
         Ok(Taken {
@@ -621,7 +698,7 @@ impl Donations {
     }
 
     /// Asks processor `i` about an attempt until it answers or `settle_timeout` passes.
-    async fn settle(&self, i: usize, key: &str) -> LookupOutcome {
+    pub(crate) async fn settle(&self, i: usize, key: &str) -> LookupOutcome {
         let processor = self.router.processor(i).clone();
         let deadline = tokio::time::Instant::now() + self.config.settle_timeout;
         loop {
@@ -713,7 +790,7 @@ fn unreachable_ambiguous() -> Finish {
     }
 }
 
-fn charged_finish(processor: &str, c: Charged) -> Finish {
+pub(crate) fn charged_finish(processor: &str, c: Charged) -> Finish {
     Finish::Succeeded {
         processor: processor.to_string(),
         processor_ref: c.processor_ref,

@@ -858,8 +858,8 @@ impl Store {
         } else {
             format!("SELECT {DONATION_COLUMNS} FROM donations WHERE {column} = $1")
         };
-        // Read from the writer's view on SQLite too: callers read right after writing.
-        on_write!(self, p => {
+        // A read after a commit returned sees it (WAL readers take a fresh snapshot).
+        on_read!(self, p => {
             let row = if column == "id" {
                 let id: i64 = value.parse().map_err(|_| StoreError::NotFound("donation"))?;
                 sqlx::query(&sql).bind(id).fetch_optional(p).await?
@@ -980,6 +980,90 @@ impl Store {
         })
     }
 
+    /// Records a dispute (a processor webhook), idempotently by the dispute's id: moves
+    /// a charged donation to `disputed` and posts the disputed amount out of the
+    /// processor's account. Returns `false` if the dispute was already recorded or the
+    /// donation is not in a state a dispute can reach.
+    pub async fn record_dispute(
+        &self,
+        donation_id: i64,
+        dispute_ref: &str,
+        amount_cents: i64,
+    ) -> Result<bool> {
+        let now = now_ms();
+        on_write!(self, p => {
+            let mut tx = p.begin().await?;
+            let txn = format!("dispute:{dispute_ref}");
+            let seen: Option<i64> = sqlx::query_scalar("SELECT donation_id FROM ledger_entries WHERE txn = $1 LIMIT 1")
+                .bind(&txn)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
+            if seen.is_some() {
+                return Ok(false);
+            }
+            let row = sqlx::query("SELECT state, processor FROM donations WHERE id = $1")
+                .bind(donation_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound("donation"))?;
+            let state: String = row.try_get("state")?;
+            let processor: Option<String> = row.try_get("processor")?;
+            let from = DonationState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("donation state {state}")))?;
+            if !allowed_from(DonationState::Disputed).contains(&from) {
+                return Ok(false);
+            }
+            sqlx::query("UPDATE donations SET state = 'disputed', updated_at = $1 WHERE id = $2 AND state = $3")
+                .bind(now)
+                .bind(donation_id)
+                .bind(from.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let acct = format!("processor:{}", processor.unwrap_or_default());
+            let postings = [
+                (txn.clone(), "dispute", "disputes".to_string(), amount_cents),
+                (txn, "dispute", acct, -amount_cents),
+            ];
+            post_ledger!(tx, donation_id, postings, now);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// A pledge by the hash of its completion token.
+    pub async fn donation_by_pledge_token_hash(&self, hash: &str) -> Result<Option<DonationRow>> {
+        self.donation_where("pledge_token_hash", hash).await
+    }
+
+    /// Donations matching `q`, newest first (keyset by id: `before_id`), for the API
+    /// and the staff console. Every value is bound.
+    pub async fn search_donations(&self, q: &DonationSearch) -> Result<Vec<DonationRow>> {
+        let email_expr = match self.backend() {
+            Backend::Sqlite => "lower(json_extract(donor, '$.email'))",
+            Backend::Postgres => "lower(CAST(donor AS json)->>'email')",
+        };
+        let sql = format!(
+            "SELECT {DONATION_COLUMNS} FROM donations WHERE \
+             (CAST($1 AS TEXT) IS NULL OR state = $1) AND (CAST($2 AS TEXT) IS NULL OR refcode = $2) \
+             AND (CAST($3 AS TEXT) IS NULL OR {email_expr} = lower($3)) \
+             AND (CAST($4 AS BIGINT) IS NULL OR created_at >= $4) AND (CAST($5 AS BIGINT) IS NULL OR created_at < $5) \
+             AND (CAST($6 AS BIGINT) IS NULL OR id < $6) ORDER BY id DESC LIMIT $7"
+        );
+        on_write!(self, p => {
+            let rows = sqlx::query(&sql)
+                .bind(q.state.as_deref())
+                .bind(q.refcode.as_deref())
+                .bind(q.email.as_deref())
+                .bind(q.since_ms)
+                .bind(q.until_ms)
+                .bind(q.before_id)
+                .bind(q.limit.clamp(1, 500))
+                .fetch_all(p)
+                .await?;
+            rows.into_iter().map(|r| Ok(donation_from_row!(r))).collect()
+        })
+    }
+
     /// Donations created at or after `since_ms`, newest first, for staff pages and
     /// reconciliation.
     pub async fn donations_since(&self, since_ms: i64, limit: i64) -> Result<Vec<DonationRow>> {
@@ -994,6 +1078,20 @@ impl Store {
             rows.into_iter().map(|r| Ok(donation_from_row!(r))).collect()
         })
     }
+}
+
+/// A donation search ([`Store::search_donations`]); every part optional.
+#[derive(Debug, Clone, Default)]
+pub struct DonationSearch {
+    pub state: Option<String>,
+    pub refcode: Option<String>,
+    /// The donor's email as given (compared case-insensitively).
+    pub email: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Keyset: only donations with a smaller id.
+    pub before_id: Option<i64>,
+    pub limit: i64,
 }
 
 /// The calendar year (UTC) of a time in ms.
