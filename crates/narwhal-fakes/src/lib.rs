@@ -3,12 +3,15 @@
 //! - [`ses`]: a fake Amazon SES v2 server with the real limits, errors and partial
 //!   bulk results, a ledger of what it accepted, and faults on command.
 //! - [`smtp`]: an SMTP sink that accepts and counts messages and can throttle (454) or
-//!   reject recipients on command.
+//!   reject recipients on command, with STARTTLS or implicit TLS and AUTH on request.
+//! - [`tls`]: a throwaway CA and server certificates (rcgen) for the TLS tests.
 //!
 //! Both bind `127.0.0.1:0`, run on the caller's tokio runtime and stop when dropped.
 
 pub mod ses;
 pub mod smtp;
+pub mod tls;
 
 pub use ses::{Accepted, FakeAccount, FakeSes, FakeSesStats, Fault};
-pub use smtp::{RecipientRule, SinkMessage, SmtpSink};
+pub use smtp::{RecipientRule, SinkMessage, SinkTls, SmtpSink};
+pub use tls::TestCa;

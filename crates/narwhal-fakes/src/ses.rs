@@ -233,6 +233,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct FakeSes {
     addr: SocketAddr,
+    /// Served over TLS ([`FakeSes::start_tls`]).
+    tls: bool,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -246,6 +248,24 @@ impl Drop for FakeSes {
 impl FakeSes {
     /// Starts a server on `127.0.0.1:0` for `region` with these accounts.
     pub async fn start(region: &str, accounts: Vec<FakeAccount>) -> std::io::Result<Self> {
+        Self::start_inner(region, accounts, None).await
+    }
+
+    /// Like [`FakeSes::start`], served over HTTPS with this certificate (see
+    /// [`crate::tls::TestCa`]); [`FakeSes::endpoint`] is then `https://127.0.0.1:PORT`.
+    pub async fn start_tls(
+        region: &str,
+        accounts: Vec<FakeAccount>,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
+        Self::start_inner(region, accounts, Some(tls)).await
+    }
+
+    async fn start_inner(
+        region: &str,
+        accounts: Vec<FakeAccount>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -278,16 +298,35 @@ impl FakeSes {
                 MAX_MESSAGE_BYTES / 3 * 4 + 1024 * 1024,
             ))
             .with_state(shared.clone());
+        let is_tls = tls.is_some();
         let task = tokio::spawn(async move {
             // The server runs until the FakeSes is dropped (the task is aborted).
-            let _ = axum::serve(listener, app).await;
+            match tls {
+                None => {
+                    let _ = axum::serve(listener, app).await;
+                }
+                Some(config) => {
+                    let listener = TlsListener {
+                        inner: listener,
+                        acceptor: tokio_rustls::TlsAcceptor::from(config),
+                    };
+                    let _ = axum::serve(listener, app).await;
+                }
+            }
         });
-        Ok(Self { addr, shared, task })
+        Ok(Self {
+            addr,
+            tls: is_tls,
+            shared,
+            task,
+        })
     }
 
-    /// `http://127.0.0.1:PORT`, to use as the client's endpoint.
+    /// `http://127.0.0.1:PORT` (`https://` when served over TLS), to use as the
+    /// client's endpoint.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The socket address.
@@ -871,4 +910,35 @@ async fn get_account(
         production_access_enabled: Some(true),
     };
     finish(hold, axum::Json(answer).into_response()).await
+}
+
+/// A TCP listener whose connections are TLS: a failed handshake drops that connection
+/// and the listener waits for the next.
+struct TlsListener {
+    inner: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.inner.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            };
+            let handshake = self.acceptor.accept(tcp);
+            if let Ok(Ok(tls)) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), handshake).await
+            {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
 }

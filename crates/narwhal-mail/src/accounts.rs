@@ -22,12 +22,33 @@
 //! secret_access_key_env = "NARWHAL_SES_MAIN_SECRET"
 //! weight = 2
 //! throttle = "14/s,daily=50000"   # optional for SES: read from the account
+//!
+//! [[mail.accounts]]
+//! kind = "smtp"
+//! name = "relay"
+//! host = "smtp.campaign.example"
+//! port = 587
+//! tls = "starttls"        # none | starttls | implicit; see below for the default
+//! username = "bulk"
+//! password_env = "NARWHAL_RELAY_PASSWORD"
+//! throttle = "10/s"
+//! dkim_selector = "nw1"   # sign every message (RFC 6376)
+//! dkim_key_file = "/etc/narwhal/dkim-nw1.pem"
+//! # dkim_domain = "campaign.example"   # default: the domain of each message's From
+//! # ca_file = "/etc/narwhal/relay-ca.pem"   # a private CA, besides the public roots
 //! ```
+//!
+//! SMTP `tls` defaults to `implicit` on port 465, `none` for a relay on loopback, and
+//! `starttls` everywhere else; `starttls` never falls back to the clear. AUTH without
+//! TLS is refused unless the relay is on loopback. SES accounts are signed by SES
+//! itself (Easy DKIM, set up on the SES identity), so `dkim_*` is refused there;
+//! `ca_file` works for both kinds.
 
 use crate::blast::{Account, Compose};
+use crate::dkim::{DkimKey, DkimSigner};
 use crate::ses::{SesClient, SesConfig};
 use crate::sigv4::Credentials;
-use crate::smtp::{SmtpConfig, SmtpProvider};
+use crate::smtp::{SmtpConfig, SmtpProvider, TlsMode};
 use crate::{Provider, Secret, ThrottleSpec};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -57,7 +78,7 @@ pub struct MailSettings {
 }
 
 /// One `[[mail.accounts]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountSettings {
     /// `ses`, `smtp` or `outbox`.
@@ -90,6 +111,64 @@ pub struct AccountSettings {
     pub max_per_connection: Option<u32>,
     /// Outbox: the directory (default `DATA_DIR/outbox/NAME`).
     pub dir: Option<PathBuf>,
+    /// SMTP: `none`, `starttls` or `implicit` (default: `implicit` on port 465, `none`
+    /// on loopback, `starttls` otherwise).
+    pub tls: Option<String>,
+    /// SMTP and SES: a PEM file of extra trusted CA certificates.
+    pub ca_file: Option<PathBuf>,
+    /// SMTP: the DKIM selector (`s=`); signing is on when set.
+    pub dkim_selector: Option<String>,
+    /// SMTP: the DKIM private key, PEM (PKCS#8 RSA or Ed25519, PKCS#1 RSA).
+    pub dkim_key_file: Option<PathBuf>,
+    /// SMTP: `d=` (default: the domain of each message's From).
+    pub dkim_domain: Option<String>,
+}
+
+impl AccountSettings {
+    /// The SMTP TLS mode, with its default.
+    fn smtp_tls(&self, host: &str, port: u16) -> Result<TlsMode, String> {
+        match self.tls.as_deref() {
+            Some("none") => Ok(TlsMode::None),
+            Some("starttls") => Ok(TlsMode::StartTls),
+            Some("implicit") => Ok(TlsMode::Implicit),
+            Some(other) => Err(format!(
+                "{other:?}: expected \"none\", \"starttls\" or \"implicit\""
+            )),
+            None if port == 465 => Ok(TlsMode::Implicit),
+            None if crate::tls::is_loopback(host) => Ok(TlsMode::None),
+            None => Ok(TlsMode::StartTls),
+        }
+    }
+
+    /// The DKIM signer when `dkim_selector` is set.
+    fn dkim_signer(
+        &self,
+        k: &dyn Fn(&str) -> String,
+    ) -> Result<Option<DkimSigner>, MailConfigError> {
+        let Some(selector) = &self.dkim_selector else {
+            if self.dkim_key_file.is_some() || self.dkim_domain.is_some() {
+                return Err(err(
+                    k("dkim_selector"),
+                    "required with dkim_key_file / dkim_domain",
+                ));
+            }
+            return Ok(None);
+        };
+        let path = self
+            .dkim_key_file
+            .as_ref()
+            .ok_or_else(|| err(k("dkim_key_file"), "required with dkim_selector"))?;
+        let key =
+            DkimKey::from_pem_file(path).map_err(|e| err(k("dkim_key_file"), e.to_string()))?;
+        let field = if self.dkim_domain.is_some() {
+            "dkim_domain"
+        } else {
+            "dkim_selector"
+        };
+        DkimSigner::new(key, selector, self.dkim_domain.as_deref())
+            .map(Some)
+            .map_err(|e| err(k(field), e.to_string()))
+    }
 }
 
 /// A bad setting, naming its key.
@@ -142,6 +221,10 @@ impl MailSettings {
             ),
             None => "(unset)".into(),
         };
+        let path = |v: &Option<PathBuf>| match v {
+            Some(p) => format!("{:?}", p.display().to_string()),
+            None => "(unset)".into(),
+        };
         let mut s = String::from("[mail]\n");
         s += &format!("from_address = {}\n", q(&self.from_address));
         s += &format!("sender_name = {}\n", q(&self.sender_name));
@@ -160,6 +243,7 @@ impl MailSettings {
             match a.kind.as_str() {
                 "ses" => {
                     s += &format!("region = {}\nendpoint = {}\n", q(&a.region), q(&a.endpoint));
+                    s += &format!("ca_file = {}\n", path(&a.ca_file));
                     s += &format!("access_key_id_env = {}\n", secret(&a.access_key_id_env));
                     s += &format!(
                         "secret_access_key_env = {}\n",
@@ -174,6 +258,13 @@ impl MailSettings {
                         q(&a.username)
                     );
                     s += &format!("password_env = {}\n", secret(&a.password_env));
+                    s += &format!("tls = {}\nca_file = {}\n", q(&a.tls), path(&a.ca_file));
+                    s += &format!(
+                        "dkim_selector = {}\ndkim_key_file = {}\ndkim_domain = {}\n",
+                        q(&a.dkim_selector),
+                        path(&a.dkim_key_file),
+                        q(&a.dkim_domain)
+                    );
                 }
                 _ => {
                     s += &format!(
@@ -303,8 +394,20 @@ impl MailSettings {
                         Credentials::new(key, Secret::new(secret)),
                     );
                     c.endpoint = a.endpoint.clone();
-                    let client =
-                        SesClient::new(c).map_err(|e| err(k("endpoint"), e.to_string()))?;
+                    c.ca_file = a.ca_file.clone();
+                    if a.dkim_selector.is_some() || a.dkim_key_file.is_some() {
+                        return Err(err(
+                            k("dkim_selector"),
+                            "SES signs with Easy DKIM (set up on the SES identity); dkim_* is for smtp accounts",
+                        ));
+                    }
+                    let client = SesClient::new(c).map_err(|e| {
+                        let field = match e {
+                            crate::ses::SesConfigError::Tls(_) => "ca_file",
+                            _ => "endpoint",
+                        };
+                        err(k(field), e.to_string())
+                    })?;
                     // The SES sandbox's limits until the account says otherwise.
                     let spec = match spec {
                         Some(s) => s,
@@ -315,7 +418,11 @@ impl MailSettings {
                 }
                 "smtp" => {
                     let host = need(&a.host, "host")?;
-                    let mut c = SmtpConfig::new(&a.name, &host, a.port.unwrap_or(25));
+                    let port = a.port.unwrap_or(25);
+                    let mut c = SmtpConfig::new(&a.name, &host, port);
+                    c.tls = a.smtp_tls(&host, port).map_err(|m| err(k("tls"), m))?;
+                    c.ca_file = a.ca_file.clone();
+                    c.dkim = a.dkim_signer(&k)?.map(Arc::new);
                     if let Some(user) = &a.username {
                         let pw = from_env(&a.password_env, "password_env")?;
                         c.credentials = Some((user.clone(), Secret::new(pw)));
@@ -326,7 +433,14 @@ impl MailSettings {
                     if let Some(n) = a.max_per_connection {
                         c.max_per_connection = n.max(1);
                     }
-                    let p = SmtpProvider::new(c).map_err(|e| err(k("kind"), e.to_string()))?;
+                    let p = SmtpProvider::new(c).map_err(|e| {
+                        let field = match e {
+                            crate::smtp::SmtpConfigError::Tls(_) => "ca_file",
+                            crate::smtp::SmtpConfigError::ServerName(_) => "host",
+                            crate::smtp::SmtpConfigError::AuthInClear { .. } => "tls",
+                        };
+                        err(k(field), e.to_string())
+                    })?;
                     let spec = spec.ok_or_else(|| {
                         err(k("throttle"), "required for SMTP accounts (e.g. \"10/s\")")
                     })?;
@@ -479,6 +593,36 @@ mod tests {
             "mail.unsubscribe_secret_env",
         );
         bad("[mail]\nfrom_address = \"nope\"", "mail.from_address");
+    }
+
+    #[test]
+    fn smtp_tls_defaults_never_go_clear_to_a_remote_host() {
+        let a = |tls: Option<&str>| AccountSettings {
+            tls: tls.map(str::to_string),
+            ..Default::default()
+        };
+        assert_eq!(
+            a(None).smtp_tls("smtp.example.org", 587),
+            Ok(TlsMode::StartTls)
+        );
+        assert_eq!(
+            a(None).smtp_tls("smtp.example.org", 25),
+            Ok(TlsMode::StartTls)
+        );
+        assert_eq!(
+            a(None).smtp_tls("smtp.example.org", 465),
+            Ok(TlsMode::Implicit)
+        );
+        assert_eq!(a(None).smtp_tls("127.0.0.1", 2525), Ok(TlsMode::None));
+        assert_eq!(
+            a(Some("none")).smtp_tls("smtp.example.org", 25),
+            Ok(TlsMode::None)
+        );
+        assert_eq!(
+            a(Some("implicit")).smtp_tls("127.0.0.1", 25),
+            Ok(TlsMode::Implicit)
+        );
+        assert!(a(Some("STARTTLS")).smtp_tls("h", 25).is_err());
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //! - [`mime`]: the RFC 5322 message with quoted-printable parts.
 //! - [`scheduler`]: routes slices over accounts by weight and room, never over a limit.
 //! - [`blast`]: the `blast.send` worker: claim, render, send, record in the ledger.
-//! - [`smtp`]: an SMTP provider with pipelining, AUTH PLAIN and a connection pool.
+//! - [`smtp`]: an SMTP provider with STARTTLS or implicit TLS, pipelining, AUTH PLAIN, a
+//!   connection pool, and DKIM signing when the account has a key.
+//! - [`dkim`]: DKIM signatures (RFC 6376; `rsa-sha256`, `ed25519-sha256`), relaxed/relaxed.
+//! - [`tls`]: the TLS client settings (webpki roots plus an optional extra CA file).
 //! - [`outbox`]: a provider writing `.eml` files, for dry runs.
 //! - [`accounts`]: the `[mail]` settings and building accounts from them.
 //!
@@ -23,6 +26,7 @@
 
 pub mod accounts;
 pub mod blast;
+pub mod dkim;
 pub mod mime;
 pub mod outbox;
 pub mod provider;
@@ -33,6 +37,7 @@ pub mod sigv4;
 pub mod smtp;
 pub mod template;
 pub mod throttle;
+pub mod tls;
 pub mod unsubscribe;
 
 pub use provider::{Decision, OutgoingMessage, Provider, SendOutcome};

@@ -26,10 +26,14 @@
 //! was sent but got no answer (timeout, reset) is ambiguous, since SES has no
 //! idempotency key.
 //!
-//! TLS: this build has no TLS support (tests talk to `http://127.0.0.1`). Sending to the
-//! real endpoint `https://email.REGION.amazonaws.com` needs reqwest's `rustls-tls`
-//! feature enabled in the workspace manifest; until then [`SesClient::new`] refuses an
-//! `https` endpoint with [`SesConfigError::HttpsNotBuilt`].
+//! TLS: the default endpoint is `https://email.REGION.amazonaws.com`, verified against
+//! the webpki roots plus the optional [`SesConfig::ca_file`] (a fake SES behind a test
+//! CA, a private gateway), through rustls with ring ([`crate::tls`]). Plain `http` is
+//! accepted only for a loopback host (a local fake or LocalStack): credentials are
+//! signed, not sent, but message contents would cross the network in the clear.
+//!
+//! DKIM: SES signs with Easy DKIM, configured on the SES identity; this client sends
+//! `Simple` content and does not sign (the SMTP provider does, see [`crate::dkim`]).
 
 use crate::provider::{
     BoxFuture, Content, Health, HealthTracker, OutgoingMessage, Provider, ProviderError,
@@ -441,6 +445,8 @@ pub struct SesConfig {
     pub connect_timeout: Duration,
     /// The longest wait for a whole request; past it, a sent request is ambiguous.
     pub request_timeout: Duration,
+    /// Extra trusted CA certificates (PEM) for an `https` endpoint.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl SesConfig {
@@ -458,6 +464,7 @@ impl SesConfig {
             configuration_set: None,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(15),
+            ca_file: None,
         }
     }
 }
@@ -468,9 +475,12 @@ pub enum SesConfigError {
     /// The endpoint is not an `http(s)://host[:port]` URL.
     #[error("SES endpoint {0:?} is not an http(s)://host[:port] URL")]
     BadEndpoint(String),
-    /// TLS is not compiled in yet.
-    #[error("SES endpoint {0:?} needs https, which this build does not include yet (enable reqwest's rustls-tls feature)")]
-    HttpsNotBuilt(String),
+    /// `http` to a host that is not loopback.
+    #[error("SES endpoint {0:?}: plain http is only for a local server (127.0.0.1, localhost); use https")]
+    HttpNotLocal(String),
+    /// The TLS settings (the CA file) are wrong.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
     /// The HTTP client could not be built.
     #[error("building the HTTP client: {0}")]
     Http(String),
@@ -520,9 +530,9 @@ impl SesClient {
             return Err(SesConfigError::BadEndpoint(endpoint));
         }
         match url.scheme() {
-            "http" => {}
-            // Enable reqwest's `rustls-tls` feature to accept https here.
-            "https" => return Err(SesConfigError::HttpsNotBuilt(endpoint)),
+            "https" => {}
+            "http" if crate::tls::is_loopback(host) => {}
+            "http" => return Err(SesConfigError::HttpNotLocal(endpoint)),
             _ => return Err(SesConfigError::BadEndpoint(endpoint)),
         }
         let host = match url.port() {
@@ -530,7 +540,10 @@ impl SesClient {
             None => host.to_string(),
         };
         let base = format!("{}://{host}", url.scheme());
+        let tls = crate::tls::client_config(config.ca_file.as_deref())?;
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .https_only(url.scheme() == "https")
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .build()
@@ -1130,10 +1143,21 @@ mod tests {
     fn endpoints_are_checked() {
         let creds = Credentials::new("AKID", Secret::from("s"));
         let mut c = SesConfig::new("main", "us-east-1", creds);
+        let real = SesClient::new(c.clone()).unwrap();
+        assert_eq!(real.endpoint(), "https://email.us-east-1.amazonaws.com");
+        assert_eq!(real.host, "email.us-east-1.amazonaws.com");
+        c.endpoint = Some("http://email.us-east-1.amazonaws.com".into());
         assert!(matches!(
             SesClient::new(c.clone()),
-            Err(SesConfigError::HttpsNotBuilt(_))
+            Err(SesConfigError::HttpNotLocal(_))
         ));
+        c.endpoint = Some("https://127.0.0.1:4566".into());
+        c.ca_file = Some("/nonexistent/ca.pem".into());
+        assert!(matches!(
+            SesClient::new(c.clone()),
+            Err(SesConfigError::Tls(_))
+        ));
+        c.ca_file = None;
         c.endpoint = Some("http://127.0.0.1:4566".into());
         let client = SesClient::new(c.clone()).unwrap();
         assert_eq!(client.endpoint(), "http://127.0.0.1:4566");

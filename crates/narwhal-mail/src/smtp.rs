@@ -8,9 +8,21 @@
 //! account. A connection lost after the final `.` was sent is `Ambiguous`: the server
 //! may have taken the message.
 //!
-//! TLS (STARTTLS and implicit) is not built into this version: configuring it is
-//! refused with a clear error rather than sending in the clear.
+//! TLS: [`TlsMode::StartTls`] upgrades after `EHLO` and says `EHLO` again over TLS; a
+//! server that does not offer `STARTTLS` (or refuses it) is never used in the clear:
+//! the account is refused (`Rejected` with the account scope, so the scheduler fails
+//! over or parks). [`TlsMode::Implicit`] speaks TLS from the first byte (port 465).
+//! Certificates are verified against the webpki roots plus the optional
+//! [`SmtpConfig::ca_file`] ([`crate::tls`]); a failed verification refuses the account
+//! too. Bytes the server sends after its `220` to `STARTTLS` and before the handshake
+//! are refused rather than read (they would be injected into the TLS session's
+//! replies). AUTH goes only over TLS, or to a relay on this machine (loopback):
+//! [`SmtpProvider::new`] refuses credentials with `TlsMode::None` for any other host.
+//!
+//! DKIM: with [`SmtpConfig::dkim`] set, every message is built (`crate::mime`), signed
+//! ([`crate::dkim`]) and sent as it was signed.
 
+use crate::dkim::DkimSigner;
 use crate::provider::{
     BoxFuture, Content, Health, HealthTracker, OutgoingMessage, Provider, ProviderError,
     RejectScope, ReportedQuota, SendOutcome, ThrottleReason,
@@ -18,15 +30,19 @@ use crate::provider::{
 use crate::template::Rendered;
 use crate::Secret;
 use base64::Engine;
-use std::sync::Mutex;
+use rustls_pki_types::ServerName;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 
 /// How to secure the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsMode {
-    /// Plain TCP (only for a relay on the same host or a test sink).
+    /// Plain TCP (a relay on the same host or a test sink; AUTH only to loopback).
     None,
     /// `STARTTLS` after `EHLO`.
     StartTls,
@@ -52,6 +68,11 @@ pub struct SmtpConfig {
     pub max_per_connection: u32,
     /// How long to wait for any reply.
     pub timeout: Duration,
+    /// Extra trusted CA certificates (PEM), besides the webpki roots: for a private
+    /// relay with its own CA, or a test.
+    pub ca_file: Option<PathBuf>,
+    /// Signs every message when set.
+    pub dkim: Option<Arc<DkimSigner>>,
 }
 
 impl SmtpConfig {
@@ -66,6 +87,71 @@ impl SmtpConfig {
             pool_size: 4,
             max_per_connection: 100,
             timeout: Duration::from_secs(30),
+            ca_file: None,
+            dkim: None,
+        }
+    }
+}
+
+/// Why an [`SmtpProvider`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SmtpConfigError {
+    /// The TLS settings (the CA file) are wrong.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
+    /// The host is not a name or address TLS can verify.
+    #[error("{0:?} is not a valid host name for TLS")]
+    ServerName(String),
+    /// Credentials would cross the network in the clear.
+    #[error("AUTH to {host} without TLS would send the password in the clear; use tls = \"starttls\" or \"implicit\" (only a relay on loopback may go without)")]
+    AuthInClear {
+        /// The relay.
+        host: String,
+    },
+}
+
+/// A plain or TLS connection.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -142,9 +228,17 @@ impl Reply {
 }
 
 struct Conn {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Stream>,
     pipelining: bool,
     sent: u32,
+}
+
+/// The account refuses: nothing was sent, and retrying here will not help.
+fn account_refused(reason: String) -> Fail {
+    Fail::Outcome(SendOutcome::Rejected {
+        scope: RejectScope::Account,
+        reason,
+    })
 }
 
 /// Why a session step failed.
@@ -157,6 +251,9 @@ enum Fail {
 
 pub struct SmtpProvider {
     cfg: SmtpConfig,
+    /// Set unless `TlsMode::None`.
+    tls: Option<tokio_rustls::TlsConnector>,
+    server_name: ServerName<'static>,
     pool: Mutex<Vec<Conn>>,
     health: Mutex<HealthTracker>,
 }
@@ -192,24 +289,44 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
 }
 
 impl SmtpProvider {
-    pub fn new(cfg: SmtpConfig) -> Result<Self, ProviderError> {
-        if cfg.tls != TlsMode::None {
-            return Err(ProviderError::Api {
-                code: "TlsUnavailable".into(),
-                message: format!(
-                    "{}: TLS is not built into this version of Narwhal; use a local relay",
-                    cfg.name
-                ),
+    /// Checks the settings and loads the TLS roots; connects to nothing yet.
+    pub fn new(cfg: SmtpConfig) -> Result<Self, SmtpConfigError> {
+        if cfg.credentials.is_some()
+            && cfg.tls == TlsMode::None
+            && !crate::tls::is_loopback(&cfg.host)
+        {
+            return Err(SmtpConfigError::AuthInClear {
+                host: cfg.host.clone(),
             });
         }
+        let tls = match cfg.tls {
+            TlsMode::None => None,
+            TlsMode::StartTls | TlsMode::Implicit => {
+                let config = crate::tls::client_config(cfg.ca_file.as_deref())?;
+                Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
+            }
+        };
+        let host = cfg.host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|_| SmtpConfigError::ServerName(cfg.host.clone()))?;
         Ok(Self {
             cfg,
+            tls,
+            server_name,
             pool: Mutex::new(Vec::new()),
             health: Mutex::new(HealthTracker::default()),
         })
     }
 
-    async fn read_reply(&self, r: &mut BufReader<TcpStream>) -> Result<Reply, String> {
+    async fn read_reply(&self, r: &mut BufReader<Stream>) -> Result<Reply, String> {
+        self.read_reply_lines(r).await.map(|(reply, _)| reply)
+    }
+
+    /// One reply and its raw lines (EHLO's list capabilities, one per line).
+    async fn read_reply_lines(
+        &self,
+        r: &mut BufReader<Stream>,
+    ) -> Result<(Reply, Vec<String>), String> {
         let mut lines = Vec::new();
         loop {
             let mut line = String::new();
@@ -230,14 +347,69 @@ impl SmtpProvider {
                 return Err("reply too long".into());
             }
         }
-        Reply::parse(&lines).ok_or_else(|| "malformed reply".to_string())
+        let reply = Reply::parse(&lines).ok_or_else(|| "malformed reply".to_string())?;
+        Ok((reply, lines))
     }
 
-    async fn write(&self, r: &mut BufReader<TcpStream>, bytes: &[u8]) -> Result<(), String> {
-        tokio::time::timeout(self.cfg.timeout, r.get_mut().write_all(bytes))
+    async fn write(&self, r: &mut BufReader<Stream>, bytes: &[u8]) -> Result<(), String> {
+        let w = r.get_mut();
+        tokio::time::timeout(self.cfg.timeout, async {
+            w.write_all(bytes).await?;
+            // TLS buffers records: nothing may stay behind before we wait for a reply.
+            w.flush().await
+        })
+        .await
+        .map_err(|_| "timed out writing".to_string())?
+        .map_err(|e| e.to_string())
+    }
+
+    /// The TLS handshake; a certificate or protocol failure refuses the account.
+    async fn handshake(&self, tcp: TcpStream) -> Result<Stream, Fail> {
+        let Some(connector) = &self.tls else {
+            return Err(account_refused("TLS is not configured".into()));
+        };
+        match tokio::time::timeout(
+            self.cfg.timeout,
+            connector.connect(self.server_name.clone(), tcp),
+        )
+        .await
+        {
+            Err(_) => Err(Fail::Io {
+                after_data: false,
+                reason: "TLS handshake timed out".into(),
+            }),
+            Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
+            // rustls reports protocol and certificate errors as InvalidData.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(account_refused(
+                format!("TLS with {} failed: {e}", self.cfg.host),
+            )),
+            Ok(Err(e)) => Err(Fail::Io {
+                after_data: false,
+                reason: format!("TLS handshake: {e}"),
+            }),
+        }
+    }
+
+    /// `EHLO`; answers the capability keywords (upper case).
+    async fn ehlo(&self, r: &mut BufReader<Stream>) -> Result<Vec<String>, Fail> {
+        let io = |reason: String| Fail::Io {
+            after_data: false,
+            reason,
+        };
+        self.write(r, format!("EHLO {}\r\n", self.cfg.helo_name).as_bytes())
             .await
-            .map_err(|_| "timed out writing".to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(io)?;
+        let (reply, lines) = self.read_reply_lines(r).await.map_err(io)?;
+        if reply.code != 250 {
+            return Err(Fail::Outcome(reply.message_outcome()));
+        }
+        Ok(lines
+            .iter()
+            .skip(1)
+            .filter_map(|l| l.get(4..))
+            .filter_map(|c| c.split_whitespace().next())
+            .map(str::to_ascii_uppercase)
+            .collect())
     }
 
     async fn connect(&self) -> Result<Conn, Fail> {
@@ -252,43 +424,49 @@ impl SmtpProvider {
         .await
         .map_err(|_| io("connect timed out".into()))?
         .map_err(|e| io(format!("connect: {e}")))?;
-        let mut r = BufReader::new(stream);
+        let mut r = match self.cfg.tls {
+            TlsMode::Implicit => BufReader::new(self.handshake(stream).await?),
+            TlsMode::None | TlsMode::StartTls => BufReader::new(Stream::Plain(stream)),
+        };
         let greet = self.read_reply(&mut r).await.map_err(io)?;
         if greet.code != 220 {
             return Err(Fail::Outcome(greet.message_outcome()));
         }
-        self.write(
-            &mut r,
-            format!("EHLO {}\r\n", self.cfg.helo_name).as_bytes(),
-        )
-        .await
-        .map_err(io)?;
-        let mut lines = Vec::new();
-        // EHLO's reply lists capabilities, one per line.
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(self.cfg.timeout, r.read_line(&mut line))
-                .await
-                .map_err(|_| io("EHLO timed out".into()))?
-                .map_err(|e| io(e.to_string()))?;
-            if n == 0 {
-                return Err(io("closed during EHLO".into()));
+        let mut caps = self.ehlo(&mut r).await?;
+        if self.cfg.tls == TlsMode::StartTls {
+            if !caps.iter().any(|c| c == "STARTTLS") {
+                return Err(account_refused(format!(
+                    "{} does not offer STARTTLS; refusing to send in the clear",
+                    self.cfg.host
+                )));
             }
-            let line = line.trim_end().to_string();
-            let more = line.as_bytes().get(3) == Some(&b'-');
-            lines.push(line);
-            if !more {
-                break;
+            self.write(&mut r, b"STARTTLS\r\n").await.map_err(io)?;
+            let reply = self.read_reply(&mut r).await.map_err(io)?;
+            if reply.code != 220 {
+                return Err(account_refused(format!(
+                    "STARTTLS refused: {} {}; refusing to send in the clear",
+                    reply.code, reply.text
+                )));
             }
+            if !r.buffer().is_empty() {
+                return Err(account_refused(
+                    "the server sent data before the TLS handshake (possible injection)".into(),
+                ));
+            }
+            let Stream::Plain(tcp) = r.into_inner() else {
+                return Err(account_refused("STARTTLS on a TLS connection".into()));
+            };
+            r = BufReader::new(self.handshake(tcp).await?);
+            // RFC 3207: forget what was learned in the clear and ask again.
+            caps = self.ehlo(&mut r).await?;
         }
-        let ehlo = Reply::parse(&lines).ok_or_else(|| io("malformed EHLO reply".into()))?;
-        if ehlo.code != 250 {
-            return Err(Fail::Outcome(ehlo.message_outcome()));
+        let pipelining = caps.iter().any(|c| c == "PIPELINING");
+        let secure = matches!(r.get_ref(), Stream::Tls(_));
+        if self.cfg.credentials.is_some() && !secure && !crate::tls::is_loopback(&self.cfg.host) {
+            return Err(account_refused(
+                "refusing AUTH without TLS to a host that is not loopback".into(),
+            ));
         }
-        let pipelining = lines.iter().any(|l| {
-            l.get(4..)
-                .is_some_and(|c| c.eq_ignore_ascii_case("PIPELINING"))
-        });
         if let Some((user, pass)) = &self.cfg.credentials {
             let token = base64::engine::general_purpose::STANDARD
                 .encode(format!("\0{user}\0{}", pass.expose()));
@@ -348,12 +526,32 @@ impl SmtpProvider {
         }
     }
 
+    /// The bytes of `msg` as they go after `DATA` (before dot-stuffing): built, and
+    /// signed when the account has a DKIM key.
+    fn message_bytes(&self, msg: &OutgoingMessage) -> Result<Vec<u8>, Fail> {
+        let raw = Self::raw(msg);
+        let Some(signer) = &self.cfg.dkim else {
+            return Ok(raw);
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        signer.sign(&raw, now).map_err(|e| {
+            Fail::Outcome(SendOutcome::Rejected {
+                scope: RejectScope::Message,
+                reason: e.to_string(),
+            })
+        })
+    }
+
     /// One message on an open connection.
     async fn send_one(&self, c: &mut Conn, msg: &OutgoingMessage) -> Result<String, Fail> {
         let io = |reason: String| Fail::Io {
             after_data: false,
             reason,
         };
+        let message = self.message_bytes(msg)?;
         let from = format!("MAIL FROM:<{}>\r\n", msg.from.as_str());
         let rcpt = format!("RCPT TO:<{}>\r\n", msg.to.as_str());
         let replies: Vec<Reply> = if c.pipelining {
@@ -400,7 +598,7 @@ impl SmtpProvider {
             };
             return Err(Fail::Outcome(outcome));
         }
-        let mut data = dot_stuff(&Self::raw(msg));
+        let mut data = dot_stuff(&message);
         data.extend_from_slice(b".\r\n");
         self.write(&mut c.reader, &data)
             .await
@@ -445,6 +643,17 @@ impl SmtpProvider {
             if conn.is_none() {
                 match self.connect().await {
                     Ok(c) => conn = Some(c),
+                    Err(Fail::Outcome(
+                        o @ SendOutcome::Rejected {
+                            scope: RejectScope::Account,
+                            ..
+                        },
+                    )) => {
+                        // No TLS, a bad certificate, refused credentials: the same for
+                        // every message left, so do not connect again for each.
+                        out.resize(messages.len(), o);
+                        break;
+                    }
                     Err(Fail::Outcome(o)) => {
                         out.push(o);
                         continue;
@@ -570,9 +779,18 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_refused_not_downgraded() {
-        let mut cfg = SmtpConfig::new("smtp:x", "127.0.0.1", 25);
+    fn auth_in_the_clear_only_to_loopback() {
+        let creds = Some(("u".to_string(), Secret::from("pw")));
+        let mut cfg = SmtpConfig::new("smtp:x", "smtp.example.org", 25);
+        cfg.credentials = creds.clone();
+        assert!(matches!(
+            SmtpProvider::new(cfg.clone()),
+            Err(SmtpConfigError::AuthInClear { .. })
+        ));
         cfg.tls = TlsMode::StartTls;
-        assert!(SmtpProvider::new(cfg).is_err());
+        assert!(SmtpProvider::new(cfg).is_ok());
+        let mut local = SmtpConfig::new("smtp:x", "127.0.0.1", 25);
+        local.credentials = creds;
+        assert!(SmtpProvider::new(local).is_ok());
     }
 }

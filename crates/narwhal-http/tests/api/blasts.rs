@@ -232,6 +232,7 @@ fn settings(endpoint: String) -> MailSettings {
             pool_size: None,
             max_per_connection: None,
             dir: None,
+            ..Default::default()
         }],
         ..Default::default()
     }
