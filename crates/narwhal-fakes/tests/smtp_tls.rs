@@ -10,7 +10,7 @@ use narwhal_fakes::TestCa;
 use narwhal_mail::provider::{Content, MessageKey, RejectScope};
 use narwhal_mail::smtp::{SmtpConfig, SmtpConfigError, SmtpProvider, TlsMode};
 use narwhal_mail::{OutgoingMessage, Provider, Secret, SendOutcome};
-use std::path::Path;
+use std::path::PathBuf;
 
 fn msg(i: u64) -> OutgoingMessage {
     OutgoingMessage {
@@ -26,13 +26,53 @@ fn msg(i: u64) -> OutgoingMessage {
     }
 }
 
-fn config(sink: &SmtpSink, tls: TlsMode, ca_file: Option<&Path>) -> SmtpConfig {
+/// A throwaway CA whose PEM file the client trusts (`ca_file`); the directory lives as
+/// long as this does.
+struct Trusted {
+    ca: TestCa,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Trusted {
+    fn new(names: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::for_names(names).unwrap();
+        let file = ca.write_ca(dir.path(), "ca.pem").unwrap();
+        Self {
+            ca,
+            file,
+            _dir: dir,
+        }
+    }
+
+    /// A sink presenting `ca`'s certificate in `mode` (none: no STARTTLS offered).
+    async fn sink(ca: &TestCa, mode: TlsMode) -> SmtpSink {
+        let tls = match mode {
+            TlsMode::None => SinkTls::None,
+            TlsMode::StartTls => SinkTls::StartTls(ca.server_config().unwrap()),
+            TlsMode::Implicit => SinkTls::Implicit(ca.server_config().unwrap()),
+        };
+        SmtpSink::start_with(tls).await.unwrap()
+    }
+
+    /// A client for `sink` in `mode`, trusting this CA.
+    fn config(&self, sink: &SmtpSink, mode: TlsMode) -> SmtpConfig {
+        let mut cfg = config(sink, mode);
+        cfg.ca_file = Some(self.file.clone());
+        cfg
+    }
+}
+
+/// A client for `sink` in `mode`, trusting only the public roots.
+fn config(sink: &SmtpSink, mode: TlsMode) -> SmtpConfig {
     let mut cfg = SmtpConfig::new("smtp:tls", "127.0.0.1", sink.addr().port());
-    cfg.tls = tls;
-    cfg.ca_file = ca_file.map(Path::to_path_buf);
+    cfg.tls = mode;
     cfg.timeout = std::time::Duration::from_secs(5);
     cfg
 }
+
+const LOCAL: &[&str] = &["127.0.0.1", "localhost"];
 
 fn all_accepted(out: &[SendOutcome]) -> bool {
     out.iter()
@@ -51,14 +91,10 @@ fn account_refusal(o: &SendOutcome) -> String {
 
 #[tokio::test]
 async fn starttls_with_auth_pipelining_and_the_connection_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new().unwrap();
-    let ca_file = ca.write_ca(dir.path(), "ca.pem").unwrap();
-    let sink = SmtpSink::start_with(SinkTls::StartTls(ca.server_config().unwrap()))
-        .await
-        .unwrap();
+    let t = Trusted::new(LOCAL);
+    let sink = Trusted::sink(&t.ca, TlsMode::StartTls).await;
     sink.require_auth("bulk", "s3cret");
-    let mut cfg = config(&sink, TlsMode::StartTls, Some(&ca_file));
+    let mut cfg = t.config(&sink, TlsMode::StartTls);
     cfg.credentials = Some(("bulk".into(), Secret::from("s3cret")));
     cfg.max_per_connection = 2;
     let p = SmtpProvider::new(cfg).unwrap();
@@ -85,14 +121,10 @@ async fn starttls_with_auth_pipelining_and_the_connection_limit() {
 
 #[tokio::test]
 async fn wrong_password_over_tls_refuses_the_account() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new().unwrap();
-    let ca_file = ca.write_ca(dir.path(), "ca.pem").unwrap();
-    let sink = SmtpSink::start_with(SinkTls::StartTls(ca.server_config().unwrap()))
-        .await
-        .unwrap();
+    let t = Trusted::new(LOCAL);
+    let sink = Trusted::sink(&t.ca, TlsMode::StartTls).await;
     sink.require_auth("bulk", "s3cret");
-    let mut cfg = config(&sink, TlsMode::StartTls, Some(&ca_file));
+    let mut cfg = t.config(&sink, TlsMode::StartTls);
     cfg.credentials = Some(("bulk".into(), Secret::from("wrong")));
     let out = SmtpProvider::new(cfg)
         .unwrap()
@@ -110,13 +142,9 @@ async fn wrong_password_over_tls_refuses_the_account() {
 
 #[tokio::test]
 async fn implicit_tls_delivers() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new().unwrap();
-    let ca_file = ca.write_ca(dir.path(), "ca.pem").unwrap();
-    let sink = SmtpSink::start_with(SinkTls::Implicit(ca.server_config().unwrap()))
-        .await
-        .unwrap();
-    let p = SmtpProvider::new(config(&sink, TlsMode::Implicit, Some(&ca_file))).unwrap();
+    let t = Trusted::new(LOCAL);
+    let sink = Trusted::sink(&t.ca, TlsMode::Implicit).await;
+    let p = SmtpProvider::new(t.config(&sink, TlsMode::Implicit)).unwrap();
     let out = p.send_batch(&[msg(1), msg(2)]).await;
     assert!(all_accepted(&out), "{out:?}");
     let got = sink.messages();
@@ -126,11 +154,9 @@ async fn implicit_tls_delivers() {
 
 #[tokio::test]
 async fn a_server_without_starttls_is_never_used_in_the_clear() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new().unwrap();
-    let ca_file = ca.write_ca(dir.path(), "ca.pem").unwrap();
-    let sink = SmtpSink::start().await.unwrap();
-    let p = SmtpProvider::new(config(&sink, TlsMode::StartTls, Some(&ca_file))).unwrap();
+    let t = Trusted::new(LOCAL);
+    let sink = Trusted::sink(&t.ca, TlsMode::None).await;
+    let p = SmtpProvider::new(t.config(&sink, TlsMode::StartTls)).unwrap();
     let out = p.send_batch(&[msg(1), msg(2), msg(3)]).await;
     assert_eq!(out.len(), 3);
     let reason = account_refusal(&out[0]);
@@ -140,58 +166,34 @@ async fn a_server_without_starttls_is_never_used_in_the_clear() {
     assert_eq!(sink.connection_count(), 1);
 }
 
+/// Sends one message and answers why the account was refused; nothing was delivered.
+async fn refused(sink: &SmtpSink, cfg: SmtpConfig) -> String {
+    let out = SmtpProvider::new(cfg).unwrap().send_batch(&[msg(1)]).await;
+    assert_eq!(sink.message_count(), 0);
+    account_refusal(&out[0])
+}
+
 #[tokio::test]
 async fn a_certificate_from_another_ca_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let trusted = TestCa::new().unwrap();
-    let ca_file = trusted.write_ca(dir.path(), "ca.pem").unwrap();
+    let t = Trusted::new(LOCAL);
     let other = TestCa::new().unwrap();
-    for tls in [
-        SinkTls::StartTls(other.server_config().unwrap()),
-        SinkTls::Implicit(other.server_config().unwrap()),
-    ] {
-        let implicit = matches!(tls, SinkTls::Implicit(_));
-        let sink = SmtpSink::start_with(tls).await.unwrap();
-        let mode = if implicit {
-            TlsMode::Implicit
-        } else {
-            TlsMode::StartTls
-        };
-        let out = SmtpProvider::new(config(&sink, mode, Some(&ca_file)))
-            .unwrap()
-            .send_batch(&[msg(1)])
-            .await;
-        let reason = account_refusal(&out[0]);
+    for mode in [TlsMode::StartTls, TlsMode::Implicit] {
+        let sink = Trusted::sink(&other, mode).await;
+        let reason = refused(&sink, t.config(&sink, mode)).await;
         assert!(reason.contains("TLS with 127.0.0.1 failed"), "{reason}");
-        assert_eq!(sink.message_count(), 0);
     }
     // Without the extra CA, the webpki roots do not know the test CA either.
-    let sink = SmtpSink::start_with(SinkTls::Implicit(trusted.server_config().unwrap()))
-        .await
-        .unwrap();
-    let out = SmtpProvider::new(config(&sink, TlsMode::Implicit, None))
-        .unwrap()
-        .send_batch(&[msg(1)])
-        .await;
-    account_refusal(&out[0]);
-    assert_eq!(sink.message_count(), 0);
+    let sink = Trusted::sink(&t.ca, TlsMode::Implicit).await;
+    let reason = refused(&sink, config(&sink, TlsMode::Implicit)).await;
+    assert!(reason.to_lowercase().contains("certificate"), "{reason}");
 }
 
 #[tokio::test]
 async fn a_certificate_for_another_name_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::for_names(&["relay.example.org"]).unwrap();
-    let ca_file = ca.write_ca(dir.path(), "ca.pem").unwrap();
-    let sink = SmtpSink::start_with(SinkTls::StartTls(ca.server_config().unwrap()))
-        .await
-        .unwrap();
-    let out = SmtpProvider::new(config(&sink, TlsMode::StartTls, Some(&ca_file)))
-        .unwrap()
-        .send_batch(&[msg(1)])
-        .await;
-    let reason = account_refusal(&out[0]);
+    let t = Trusted::new(&["relay.example.org"]);
+    let sink = Trusted::sink(&t.ca, TlsMode::StartTls).await;
+    let reason = refused(&sink, t.config(&sink, TlsMode::StartTls)).await;
     assert!(reason.to_lowercase().contains("certificate"), "{reason}");
-    assert_eq!(sink.message_count(), 0);
 }
 
 #[test]
