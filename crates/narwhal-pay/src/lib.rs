@@ -9,6 +9,7 @@
 //! (`pm_...`), and what comes back is a brand, the last 4 digits and an expiry.
 
 pub mod batch;
+pub mod giving;
 pub mod processor;
 pub mod router;
 pub mod service;

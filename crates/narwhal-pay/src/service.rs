@@ -105,10 +105,30 @@ pub struct DonationRequest {
     pub source: Option<String>,
     /// `page`, `api`, `compat`, `one_click`, `recurring`.
     pub channel: String,
+    /// Repeat this gift every week or month from now on (the card is saved).
+    #[serde(default)]
+    pub recurring: Option<Recurrence>,
     #[serde(skip)]
     pub client_ip: Option<String>,
     #[serde(skip)]
     pub plan_id: Option<i64>,
+    /// The processor's customer for a saved method (one-click and recurring gifts).
+    #[serde(skip)]
+    pub customer: Option<String>,
+    /// Only this processor may charge it (a saved method belongs to one account).
+    #[serde(skip)]
+    pub processor: Option<String>,
+}
+
+/// How often a recurring gift repeats, and until when.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Recurrence {
+    /// `month` or `week`.
+    pub every: String,
+    /// No installment after this time (ms since the epoch), e.g. election day.
+    #[serde(default)]
+    pub ends_at: Option<i64>,
 }
 
 /// Why a donation was not taken. Nothing here ever repeats a rejected value.
@@ -175,6 +195,19 @@ pub struct Taken {
     pub pledge_token: Option<String>,
     /// The same key was seen before: this is the stored donation, nothing was charged now.
     pub replayed: bool,
+    /// The saved payment method, when the donor asked to save it.
+    pub saved_method_id: Option<i64>,
+    /// For a new recurring plan: the token of the donor's cancel link (shown once).
+    pub plan_cancel_token: Option<String>,
+}
+
+/// What a charge needs besides the donation's ids.
+struct ChargeCtx {
+    person_id: i64,
+    payment_method: String,
+    customer: Option<String>,
+    amount: i64,
+    save_method: bool,
 }
 
 /// Settings of the donation service.
@@ -293,6 +326,22 @@ pub fn validate(req: &DonationRequest) -> Result<PersonDraft, DonationError> {
             ));
         }
     }
+    if let Some(r) = &req.recurring {
+        if r.every != "month" && r.every != "week" {
+            return Err(invalid(
+                "recurring.every",
+                "invalid_interval",
+                "a recurring gift repeats every `month` or `week`",
+            ));
+        }
+        if r.ends_at.is_some_and(|t| t <= now_ms()) {
+            return Err(invalid(
+                "recurring.ends_at",
+                "invalid_end",
+                "the end date must be in the future",
+            ));
+        }
+    }
     let a = req.attestations;
     for (ok, field) in [
         (a.own_funds, "attestations.own_funds"),
@@ -347,6 +396,7 @@ pub fn request_hash(req: &DonationRequest) -> String {
         "refcode": req.refcode,
         "source": req.source,
         "channel": req.channel,
+        "recurring": req.recurring,
     });
     hex(&Sha256::digest(canonical.to_string().as_bytes()))
 }
@@ -469,7 +519,10 @@ impl Donations {
             .await
             .map_err(DonationError::Unavailable)?;
         let public_id = new_public_id();
-        let candidates = self.router.candidates();
+        let mut candidates = self.router.candidates();
+        if let Some(only) = &req.processor {
+            candidates.retain(|&i| self.router.processor(i).name() == only);
+        }
         let first = candidates.first().copied();
         let (pledge_token, pledge_hash) = if first.is_none() {
             let (t, h) = new_token();
@@ -530,19 +583,25 @@ impl Donations {
                 donation,
                 pledge_token,
                 replayed: false,
+                saved_method_id: None,
+                plan_cancel_token: None,
             });
         }
-        let pm = req.payment_method.clone().unwrap_or_default();
-        self.route(
-            id,
-            &public_id,
-            &pm,
-            req.amount_cents,
-            req.save_method,
-            candidates,
-            1,
-        )
-        .await
+        let ctx = ChargeCtx {
+            person_id: person_id.0,
+            payment_method: req.payment_method.clone().unwrap_or_default(),
+            customer: req.customer.clone(),
+            amount: req.amount_cents,
+            save_method: req.save_method || req.recurring.is_some(),
+        };
+        let mut taken = self.route(id, &public_id, &ctx, candidates, 1).await?;
+        if let (Some(r), Some(method), Outcome::Succeeded) =
+            (&req.recurring, taken.saved_method_id, &taken.outcome)
+        {
+            let (_, cancel) = self.start_plan(&req, r, person_id, method).await?;
+            taken.plan_cancel_token = Some(cancel);
+        }
+        Ok(taken)
     }
 
     async fn existing(&self, key: &str, hash: &str) -> Result<Option<Taken>, DonationError> {
@@ -563,6 +622,8 @@ impl Donations {
             donation: row,
             pledge_token: None,
             replayed: true,
+            saved_method_id: None,
+            plan_cancel_token: None,
         })
     }
 
@@ -575,14 +636,11 @@ impl Donations {
 
     /// Tries processors in `candidates` order from attempt number `seq` (whose row is
     /// already committed for the first candidate).
-    #[allow(clippy::too_many_arguments)]
     async fn route(
         &self,
         id: i64,
         public_id: &str,
-        payment_method: &str,
-        amount: i64,
-        save_method: bool,
+        ctx: &ChargeCtx,
         candidates: Vec<usize>,
         seq: i32,
     ) -> Result<Taken, DonationError> {
@@ -596,11 +654,11 @@ impl Donations {
             let key = format!("{public_id}-{seq}");
             let request = ChargeRequest {
                 idempotency_key: key.clone(),
-                amount,
+                amount: ctx.amount,
                 currency: self.config.currency.clone(),
-                payment_method: payment_method.to_string(),
-                customer: None,
-                save_method,
+                payment_method: ctx.payment_method.clone(),
+                customer: ctx.customer.clone(),
+                save_method: ctx.save_method && ctx.customer.is_none(),
                 metadata: vec![("narwhal_donation".into(), public_id.to_string())],
                 description: None,
             };
@@ -630,15 +688,33 @@ impl Donations {
                                 donation: self.load(id).await?,
                                 pledge_token: None,
                                 replayed: false,
+                                saved_method_id: None,
+                                plan_cancel_token: None,
                             });
                         }
                     }
                 }
                 other => other,
             };
+            let mut saved = None;
             let finish = match outcome {
                 ChargeOutcome::Succeeded(c) => {
                     self.router.up(i);
+                    if ctx.save_method {
+                        let id = self
+                            .store
+                            .save_payment_method(
+                                PersonId(ctx.person_id),
+                                processor.name(),
+                                c.customer.as_deref().or(ctx.customer.as_deref()),
+                                &ctx.payment_method,
+                                Some(&c.card.brand),
+                                Some(&c.card.last4),
+                                Some(&format!("{:02}/{}", c.card.exp_month, c.card.exp_year)),
+                            )
+                            .await?;
+                        saved = Some(id);
+                    }
                     charged_finish(processor.name(), c)
                 }
                 ChargeOutcome::Declined { code, message } => {
@@ -659,7 +735,9 @@ impl Donations {
                 }
                 ChargeOutcome::Ambiguous { .. } => unreachable_ambiguous(),
             };
-            return self.finish(id, Some(key), finish, None).await;
+            let mut taken = self.finish(id, Some(key), finish, None).await?;
+            taken.saved_method_id = saved;
+            return Ok(taken);
         }
         // Every processor was unavailable (each attempt known not to have charged).
         let (token, hash) = new_token();
@@ -694,6 +772,8 @@ impl Donations {
             outcome,
             donation,
             replayed: false,
+            saved_method_id: None,
+            plan_cancel_token: None,
         })
     }
 
@@ -748,23 +828,21 @@ impl Donations {
                     let d = self.load(a.donation_id).await?;
                     if d.state == "processing" {
                         let candidates = self.router.candidates();
-                        let pm = d.payment_method.clone().unwrap_or_default();
+                        let ctx = ChargeCtx {
+                            person_id: d.person_id,
+                            payment_method: d.payment_method.clone().unwrap_or_default(),
+                            customer: None,
+                            amount: d.amount_cents,
+                            save_method: d.save_method,
+                        };
                         if let Some(&first) = candidates.first() {
                             let key = format!("{}-{}", d.public_id, a.seq + 1);
                             let seq = self
                                 .store
                                 .start_attempt(d.id, self.router.processor(first).name(), &key)
                                 .await?;
-                            self.route(
-                                d.id,
-                                &d.public_id,
-                                &pm,
-                                d.amount_cents,
-                                d.save_method,
-                                candidates,
-                                seq,
-                            )
-                            .await?;
+                            self.route(d.id, &d.public_id, &ctx, candidates, seq)
+                                .await?;
                         } else {
                             let (_, hash) = new_token();
                             self.finish(d.id, None, Finish::Pledged { token_hash: hash }, None)
@@ -850,6 +928,9 @@ mod tests {
             channel: "api".into(),
             client_ip: None,
             plan_id: None,
+            recurring: None,
+            customer: None,
+            processor: None,
         }
     }
 

@@ -843,6 +843,16 @@ impl Store {
         self.donation_where("idempotency_key", key).await
     }
 
+    /// The donor details of a person's latest donation (for one-click gifts).
+    pub async fn last_donor_json(&self, person_id: i64) -> Result<Option<String>> {
+        on_read!(self, p => {
+            Ok(sqlx::query_scalar("SELECT donor FROM donations WHERE person_id = $1 ORDER BY id DESC LIMIT 1")
+                .bind(person_id)
+                .fetch_optional(p)
+                .await?)
+        })
+    }
+
     /// A donation by our row id.
     pub async fn donation_by_id(&self, id: i64) -> Result<Option<DonationRow>> {
         self.donation_where("id", &id.to_string()).await
