@@ -13,5 +13,6 @@ pub mod giving;
 pub mod processor;
 pub mod router;
 pub mod service;
+pub mod stripe;
 
 pub use processor::{ChargeOutcome, ChargeRequest, LookupOutcome, Processor};
