@@ -5,7 +5,7 @@
 
 use narwhal_domain::Email;
 use narwhal_fakes::{FakeAccount, FakeSes, TestCa};
-use narwhal_mail::provider::{Content, MessageKey};
+use narwhal_mail::provider::{Content, MessageKey, RejectScope};
 use narwhal_mail::ses::{SesClient, SesConfig, SesConfigError};
 use narwhal_mail::{OutgoingMessage, Provider, SendOutcome};
 use std::time::Duration;
@@ -77,13 +77,13 @@ async fn an_untrusted_certificate_sends_nothing() {
         let mut c = config(&fake, &account);
         c.ca_file = ca;
         let out = SesClient::new(c).unwrap().send_batch(&[msg(1)]).await;
-        assert!(
-            !matches!(
-                out[0],
-                SendOutcome::Accepted { .. } | SendOutcome::Ambiguous { .. }
-            ),
-            "refused before anything was sent: {out:?}"
-        );
+        match &out[0] {
+            SendOutcome::Rejected {
+                scope: RejectScope::Account,
+                reason,
+            } => assert!(reason.contains("certificate"), "{reason}"),
+            other => panic!("the account is refused before anything is sent: {other:?}"),
+        }
     }
     assert!(fake.ledger().is_empty());
 }

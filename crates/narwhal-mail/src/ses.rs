@@ -30,7 +30,9 @@
 //! the webpki roots plus the optional [`SesConfig::ca_file`] (a fake SES behind a test
 //! CA, a private gateway), through rustls with ring ([`crate::tls`]). Plain `http` is
 //! accepted only for a loopback host (a local fake or LocalStack): credentials are
-//! signed, not sent, but message contents would cross the network in the clear.
+//! signed, not sent, but message contents would cross the network in the clear. A
+//! certificate that does not verify refuses the account (`Rejected`, account scope:
+//! fail over or park, never retried as if the network had blinked).
 //!
 //! DKIM: SES signs with Easy DKIM, configured on the SES identity; this client sends
 //! `Simple` content and does not sign (the SMTP provider does, see [`crate::dkim`]).
@@ -510,8 +512,31 @@ enum Exchange {
     },
     /// Could not connect: nothing was sent.
     NotSent(String),
+    /// The TLS handshake failed (an untrusted or wrong certificate): nothing was sent,
+    /// and retrying will not help.
+    TlsRefused(String),
     /// Sent, but no complete answer.
     NoAnswer(String),
+}
+
+/// The rustls error somewhere in `e`'s chain, if the failure was TLS's.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t.to_string());
+        }
+        // io::Error's source() skips the error it wraps (which may be another
+        // io::Error around the rustls one), so step into it instead.
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 impl SesClient {
@@ -596,7 +621,12 @@ impl SesClient {
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) if e.is_connect() => return Exchange::NotSent(format!("connect: {e}")),
+            Err(e) if e.is_connect() => {
+                return match tls_failure(&e) {
+                    Some(t) => Exchange::TlsRefused(format!("TLS with {}: {t}", self.host)),
+                    None => Exchange::NotSent(format!("connect: {e}")),
+                }
+            }
             Err(e) if e.is_builder() => return Exchange::NotSent(format!("request: {e}")),
             Err(e) if e.is_timeout() => return Exchange::NoAnswer(format!("timeout: {e}")),
             Err(e) => return Exchange::NoAnswer(format!("no answer: {e}")),
@@ -803,7 +833,9 @@ impl SesClient {
                 code: error_type,
                 message,
             }),
-            Exchange::NotSent(r) | Exchange::NoAnswer(r) => Err(ProviderError::Transport(r)),
+            Exchange::NotSent(r) | Exchange::TlsRefused(r) | Exchange::NoAnswer(r) => {
+                Err(ProviderError::Transport(r))
+            }
         }
     }
 
@@ -826,6 +858,10 @@ fn whole_request_outcome(exchange: Exchange) -> SendOutcome {
             message,
         } => classify_error(status, &error_type, &message),
         Exchange::NotSent(reason) => SendOutcome::TransientError { reason },
+        Exchange::TlsRefused(reason) => SendOutcome::Rejected {
+            scope: RejectScope::Account,
+            reason,
+        },
         Exchange::NoAnswer(reason) => SendOutcome::Ambiguous { reason },
     }
 }
