@@ -23,7 +23,8 @@
 //! - Refunds: full or partial, by `payment_intent` or `charge`; refunding more than
 //!   is left is refused (`amount_too_large`, `charge_already_refunded`).
 //! - `GET /v1/balance`, `GET /v1/charges/{id}`, `GET /v1/refunds/{id}`,
-//!   `GET /v1/events/{id}`.
+//!   `GET /v1/events/{id}`, and `GET /v1/events` (newest first, `type`, `limit`,
+//!   `starting_after`), to catch up on missed webhooks.
 //! - Idempotency (POST only), per API key: the first answer to a key, errors
 //!   included, is saved and replayed (`Idempotent-Replayed: true`); the same key with
 //!   other parameters or on another endpoint is 400 `idempotency_error`; a request
@@ -45,7 +46,9 @@
 //! Control endpoints (no key, not subject to faults; bind only to loopback):
 //! - `POST /_fake/faults` with `{"fault": "none" | "down" | "error_500" |
 //!   "rate_limited" | "decline_all" | "ambiguous" | "slow", "ms": 500}`;
-//! - `GET /_fake/ledger` (the ledger as JSON);
+//! - `POST /_fake/settings` with `{"latency_ms": 100, "rate_limit": 200}` (either
+//!   may be left out; a rate limit of 0 is none);
+//! - `GET /_fake/ledger` (the ledger as JSON), `GET /_fake/stats` (the counters);
 //! - `POST /_fake/cards` with `{"fingerprint": "..", "brand": "visa", "last4": "4242",
 //!   "decline_code": null}` answering `{"id": "pm_..."}`.
 //!
@@ -276,7 +279,7 @@ pub struct Delivery {
 }
 
 /// Counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FakeStripeStats {
     /// API requests received (control endpoints excluded).
     pub requests: u64,
@@ -441,7 +444,9 @@ fn new_shared(config: FakeStripeConfig) -> (Arc<Shared>, mpsc::UnboundedReceiver
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/_fake/faults", post(set_fault_http))
+        .route("/_fake/settings", post(settings_http))
         .route("/_fake/ledger", get(ledger_http))
+        .route("/_fake/stats", get(stats_http))
         .route("/_fake/cards", post(mint_card_http))
         .route(
             "/v1/payment_methods",
@@ -969,6 +974,7 @@ fn route(inner: &mut Inner, req: &Request, fault: &Fault) -> (Answer, Events) {
             Some(c) => (Answer::ok(&c), none()),
             None => (Answer::missing("charge", id, "id"), none()),
         },
+        (&Method::GET, ["v1", "events"]) => (list_events(inner, req), none()),
         (&Method::GET, ["v1", "events", id]) => match inner.events.get(*id) {
             Some(e) => (Answer::ok(e), none()),
             None => (Answer::missing("event", id, "id"), none()),
@@ -1644,6 +1650,36 @@ fn list_intents(inner: &Inner, req: &Request) -> Answer {
     })
 }
 
+fn list_events(inner: &Inner, req: &Request) -> Answer {
+    let f = &req.fields;
+    let limit =
+        match check_known(f, &["limit", "starting_after", "type"]).and_then(|()| limit_param(f)) {
+            Ok(l) => l,
+            Err(a) => return a,
+        };
+    // Ids are sequential and zero-padded: by id descending is newest first.
+    let mut all: Vec<&wire::Event> = inner
+        .events
+        .values()
+        .filter(|e| f.get("type").is_none_or(|t| e.kind == t))
+        .collect();
+    all.sort_by(|a, b| b.id.cmp(&a.id));
+    let start = match f.get("starting_after") {
+        None => 0,
+        Some(id) => match all.iter().position(|e| e.id == id) {
+            Some(p) => p + 1,
+            None => return Answer::missing("event", id, "starting_after"),
+        },
+    };
+    let rest = all.get(start..).unwrap_or_default();
+    Answer::ok(&wire::List {
+        object: "list".to_string(),
+        data: rest.iter().take(limit).map(|e| (*e).clone()).collect(),
+        has_more: rest.len() > limit,
+        url: "/v1/events".to_string(),
+    })
+}
+
 /// One search clause.
 #[derive(Debug, PartialEq, Eq)]
 enum Clause {
@@ -2009,6 +2045,36 @@ async fn deliver(
 async fn set_fault_http(State(shared): State<Arc<Shared>>, Json(fault): Json<Fault>) -> Response {
     shared.lock().fault = fault.clone();
     Json(fault).into_response()
+}
+
+/// `POST /_fake/settings`.
+#[derive(Debug, Deserialize)]
+struct Settings {
+    latency_ms: Option<u64>,
+    rate_limit: Option<u32>,
+}
+
+async fn settings_http(
+    State(shared): State<Arc<Shared>>,
+    Json(settings): Json<Settings>,
+) -> Response {
+    let mut inner = shared.lock();
+    if let Some(ms) = settings.latency_ms {
+        inner.config.latency = Duration::from_millis(ms);
+    }
+    if let Some(rate) = settings.rate_limit {
+        inner.config.rate_limit = (rate > 0).then_some(rate);
+        inner.buckets.clear();
+    }
+    Json(serde_json::json!({
+        "latency_ms": u64::try_from(inner.config.latency.as_millis()).unwrap_or(u64::MAX),
+        "rate_limit": inner.config.rate_limit,
+    }))
+    .into_response()
+}
+
+async fn stats_http(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.lock().stats).into_response()
 }
 
 async fn ledger_http(State(shared): State<Arc<Shared>>) -> Response {

@@ -476,3 +476,107 @@ async fn webhooks_are_signed_retried_and_can_be_duplicated_and_shuffled() {
         "20 deliveries spread over 300 ms arrived in order"
     );
 }
+
+#[tokio::test]
+async fn settings_stats_and_the_event_list_over_http() {
+    let fake = FakeStripe::start(FakeStripeConfig::default())
+        .await
+        .unwrap();
+    let settings: Value = http()
+        .post(format!("{}/_fake/settings", fake.url()))
+        .json(&serde_json::json!({"latency_ms": 150, "rate_limit": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        settings,
+        serde_json::json!({"latency_ms": 150, "rate_limit": 2})
+    );
+    let t = std::time::Instant::now();
+    assert_eq!(get_json(&fake, "/v1/balance").await.0, 200);
+    assert!(t.elapsed() >= Duration::from_millis(150));
+    assert_eq!(get_json(&fake, "/v1/balance").await.0, 200);
+    assert_eq!(get_json(&fake, "/v1/balance").await.0, 429);
+    http()
+        .post(format!("{}/_fake/settings", fake.url()))
+        .json(&serde_json::json!({"latency_ms": 0, "rate_limit": 0}))
+        .send()
+        .await
+        .unwrap();
+    for amount in [500, 600, 700] {
+        let body = format!("amount={amount}&currency=usd&payment_method=pm_card_visa&confirm=true");
+        assert_eq!(
+            post_form(&fake, "/v1/payment_intents", &body, None).await.0,
+            200
+        );
+    }
+    let declined = "amount=800&currency=usd&payment_method=pm_card_chargeDeclined&confirm=true";
+    assert_eq!(
+        post_form(&fake, "/v1/payment_intents", declined, None)
+            .await
+            .0,
+        402
+    );
+    let (_, page) = get_json(&fake, "/v1/events?type=payment_intent.succeeded&limit=2").await;
+    let amounts: Vec<i64> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["object"]["amount"].as_i64().unwrap())
+        .collect();
+    assert_eq!(amounts, vec![700, 600]);
+    assert_eq!(page["has_more"], true);
+    let last = page["data"][1]["id"].as_str().unwrap();
+    let (_, rest) = get_json(
+        &fake,
+        &format!("/v1/events?type=payment_intent.succeeded&starting_after={last}"),
+    )
+    .await;
+    assert_eq!(rest["data"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["data"][0]["data"]["object"]["amount"], 500);
+    let stats: Value = http()
+        .get(format!("{}/_fake/stats", fake.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["rate_limited"], 1);
+    assert_eq!(stats["declines"], 1);
+}
+
+#[tokio::test]
+async fn runs_standalone_until_shut_down() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(narwhal_fakes::stripe::run(
+        FakeStripeConfig::default(),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let resp = http()
+        .get(format!("{url}/v1/balance"))
+        .bearer_auth(DEFAULT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the fake stops on shutdown")
+        .unwrap()
+        .unwrap();
+    assert!(http()
+        .get(format!("{url}/v1/balance"))
+        .send()
+        .await
+        .is_err());
+}

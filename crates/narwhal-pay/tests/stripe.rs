@@ -313,7 +313,7 @@ async fn the_same_attempt_twice_is_one_charge() {
 #[tokio::test]
 async fn a_request_meeting_its_twin_in_flight_is_ambiguous() {
     let fake = fake().await;
-    fake.set_latency(Duration::from_millis(300));
+    fake.set_latency(Duration::from_millis(450));
     let p = Arc::new(processor(&fake));
     let r = request("att-inflight", 3000, "pm_card_visa");
     let first = {
