@@ -302,6 +302,13 @@ mod tests {
 
     proptest! {
         #[test]
+        fn any_body_decodes_or_errs_without_panicking(body in "\\PC{0,60}") {
+            if let Ok(f) = Fields::parse(&body) {
+                let _ = (f.hash("metadata"), f.array("expand"), f.top_level_keys());
+            }
+        }
+
+        #[test]
         fn round_trip(pairs in proptest::collection::vec(
             ("[a-z_]{1,8}(\\[[a-z_]{0,6}\\])?", "\\PC{0,20}"), 0..8)
         ) {

@@ -223,6 +223,32 @@ mod tests {
         assert_eq!(verify(Some(&header), BODY, SECRET, T, 300), Ok(()));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn what_is_signed_verifies_and_any_changed_byte_does_not(
+            secret in "[a-zA-Z0-9_]{1,40}",
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            t in 0i64..4_000_000_000,
+            flip in proptest::num::usize::ANY,
+        ) {
+            let header = sign(&secret, t, &payload);
+            proptest::prop_assert_eq!(verify(Some(&header), &payload, &secret, t, 300), Ok(()));
+            if !payload.is_empty() {
+                let mut changed = payload.clone();
+                changed[flip % payload.len()] ^= 1;
+                proptest::prop_assert_eq!(
+                    verify(Some(&header), &changed, &secret, t, 300),
+                    Err(WebhookError::NoMatch)
+                );
+            }
+        }
+
+        #[test]
+        fn any_header_is_answered_without_panicking(header in "\\PC{0,80}") {
+            let _ = verify(Some(&header), b"{}", "whsec", 0, 300);
+        }
+    }
+
     #[test]
     fn missing_and_malformed_headers_are_named() {
         assert_eq!(
