@@ -517,7 +517,7 @@ impl Donations {
             .people
             .submit(draft.normalize())
             .await
-            .map_err(DonationError::Unavailable)?;
+            .map_err(unavailable)?;
         let public_id = new_public_id();
         let mut candidates = self.router.candidates();
         if let Some(only) = &req.processor {
@@ -564,12 +564,7 @@ impl Donations {
             pledge_token_hash: pledge_hash,
             year: year_of_ms(now_ms()),
         };
-        let begun = self
-            .batches
-            .begin
-            .submit(new)
-            .await
-            .map_err(DonationError::Unavailable)?;
+        let begun = self.batches.begin.submit(new).await.map_err(unavailable)?;
         let id = match begun {
             Begun::Created { id, .. } => id,
             Begun::Existing(row) => return self.replay(*row),
@@ -760,7 +755,7 @@ impl Donations {
                 finish,
             })
             .await
-            .map_err(DonationError::Unavailable)?;
+            .map_err(unavailable)?;
         let donation = self.load(id).await?;
         let outcome = outcome_of(&donation.state);
         Ok(Taken {
@@ -858,6 +853,13 @@ impl Donations {
         }
         Ok(moved)
     }
+}
+
+/// A group commit failed: logged (store errors carry no donor data) and answered as
+/// "try again with the same key".
+fn unavailable(e: String) -> DonationError {
+    tracing::warn!(error = %e, "donation batch failed");
+    DonationError::Unavailable(e)
 }
 
 fn unreachable_ambiguous() -> Finish {

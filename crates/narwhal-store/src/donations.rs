@@ -16,6 +16,8 @@
 //! - States only move forward, by the table in [`allowed_from`]: every UPDATE names
 //!   the states it may leave in its WHERE clause.
 //! - Ledger postings are idempotent by `(txn, account)`, and each `txn` sums to zero.
+//!   A `txn` names the processor or our donation id with the processor's id, since two
+//!   processors may hand out the same ids (`charge:stripe-a:pi_1`, `refund:42:re_1`).
 
 use crate::error::{Result, StoreError};
 use crate::{now_ms, Backend, Store};
@@ -661,12 +663,12 @@ impl Store {
                         if res.rows_affected() == 1 {
                             let acct = format!("processor:{processor}");
                             let mut postings = vec![
-                                (format!("charge:{processor_ref}"), "charge", acct.clone(), *amount_cents),
-                                (format!("charge:{processor_ref}"), "charge", "contributions".to_string(), -*amount_cents),
+                                (format!("charge:{processor}:{processor_ref}"), "charge", acct.clone(), *amount_cents),
+                                (format!("charge:{processor}:{processor_ref}"), "charge", "contributions".to_string(), -*amount_cents),
                             ];
                             if let Some(fee) = fee_cents.filter(|f| *f > 0) {
-                                postings.push((format!("fee:{processor_ref}"), "fee", "fees".to_string(), fee));
-                                postings.push((format!("fee:{processor_ref}"), "fee", acct, -fee));
+                                postings.push((format!("fee:{processor}:{processor_ref}"), "fee", "fees".to_string(), fee));
+                                postings.push((format!("fee:{processor}:{processor_ref}"), "fee", acct, -fee));
                             }
                             post_ledger!(tx, c.donation_id, postings, now);
                         }
@@ -734,7 +736,9 @@ impl Store {
             let person_id: i64 = row.try_get("person_id")?;
             let allocations: String = row.try_get("allocations")?;
             let created_at: i64 = row.try_get("created_at")?;
-            let txn = format!("refund:{refund_ref}");
+            // Refund and dispute ids are the processor's: keyed with our donation id, two
+            // processors' ids can never collide.
+            let txn = format!("refund:{donation_id}:{refund_ref}");
             let seen: Option<i64> = sqlx::query_scalar("SELECT donation_id FROM ledger_entries WHERE txn = $1 LIMIT 1")
                 .bind(&txn)
                 .fetch_optional(&mut *tx)
@@ -1003,7 +1007,7 @@ impl Store {
         let now = now_ms();
         on_write!(self, p => {
             let mut tx = p.begin().await?;
-            let txn = format!("dispute:{dispute_ref}");
+            let txn = format!("dispute:{donation_id}:{dispute_ref}");
             let seen: Option<i64> = sqlx::query_scalar("SELECT donation_id FROM ledger_entries WHERE txn = $1 LIMIT 1")
                 .bind(&txn)
                 .fetch_optional(&mut *tx)

@@ -71,6 +71,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0013_reconciliations.sql"),
         include_str!("../migrations/postgres/0013_reconciliations.sql"),
     ),
+    (
+        14,
+        "processor_ref_per_processor",
+        include_str!("../migrations/sqlite/0014_processor_ref_per_processor.sql"),
+        include_str!("../migrations/postgres/0014_processor_ref_per_processor.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {

@@ -1,0 +1,418 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The donation service end to end against two fake Stripe accounts, on both backends:
+//! failover only when an attempt is known not to have charged, ambiguous attempts
+//! settled by a status query first, pledges when everything is down, idempotent
+//! replays, and limits under concurrency. Double charges are counted from the fakes'
+//! own ledgers, never from what Narwhal says about itself.
+
+use narwhal_fakes::stripe::{FakeStripe, FakeStripeConfig, Fault, DEFAULT_KEY};
+use narwhal_mail::Secret;
+use narwhal_pay::router::{BreakerConfig, Router};
+use narwhal_pay::service::{
+    Attestations, DonationError, DonationRequest, Donations, Donor, Outcome, PayConfig,
+};
+use narwhal_pay::stripe::{StripeConfig, StripeProcessor};
+use narwhal_pay::Processor;
+use narwhal_store::both_backends;
+use narwhal_store::test_support::TestDb;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Rig {
+    primary: FakeStripe,
+    backup: FakeStripe,
+    donations: Donations,
+    _db: TestDb,
+}
+
+async fn rig(db: TestDb) -> Rig {
+    let primary = FakeStripe::start(FakeStripeConfig {
+        ambiguous_hold: Duration::from_secs(3),
+        ..FakeStripeConfig::default()
+    })
+    .await
+    .unwrap();
+    let backup = FakeStripe::start(FakeStripeConfig::default())
+        .await
+        .unwrap();
+    let processor = |name: &str, url: String| -> Arc<dyn Processor> {
+        let mut cfg = StripeConfig::new(name, Secret::new(DEFAULT_KEY.to_string())).base_url(url);
+        cfg.request_timeout = Duration::from_millis(700);
+        cfg.max_requests_per_second = 1000;
+        cfg.burst = 100;
+        Arc::new(StripeProcessor::new(cfg).unwrap())
+    };
+    let router = Router::new(
+        vec![
+            processor("stripe-primary", primary.url()),
+            processor("stripe-backup", backup.url()),
+        ],
+        BreakerConfig::default(),
+    );
+    let config = PayConfig {
+        settle_timeout: Duration::from_secs(2),
+        settle_interval: Duration::from_millis(100),
+        abandoned_after: Duration::ZERO,
+        ..PayConfig::default()
+    };
+    Rig {
+        donations: Donations::new(db.store.clone(), Arc::new(router), config),
+        primary,
+        backup,
+        _db: db,
+    }
+}
+
+fn gift(key: &str, email: &str, cents: i64, pm: &str) -> DonationRequest {
+    DonationRequest {
+        idempotency_key: key.into(),
+        amount_cents: cents,
+        donor: Donor {
+            first_name: "Ada".into(),
+            last_name: "Lovelace".into(),
+            email: email.into(),
+            phone: None,
+            address1: "1 Main St".into(),
+            address2: None,
+            city: "Columbus".into(),
+            state: "OH".into(),
+            zip: "43215".into(),
+            employer: Some("Acme".into()),
+            occupation: Some("Engineer".into()),
+        },
+        attestations: Attestations {
+            own_funds: true,
+            citizen_or_resident: true,
+            not_contractor: true,
+            personal_card: true,
+        },
+        payment_method: Some(pm.into()),
+        save_method: false,
+        refcode: Some("email-0601".into()),
+        source: None,
+        channel: "api".into(),
+        client_ip: None,
+        plan_id: None,
+        recurring: None,
+        customer: None,
+        processor: None,
+    }
+}
+
+async fn a_gift_is_charged_once_and_a_replay_charges_nothing(db: TestDb) {
+    let r = rig(db).await;
+    let t = r
+        .donations
+        .take(gift("k1", "ada@example.org", 5_500, "pm_card_visa"))
+        .await
+        .unwrap();
+    assert_eq!(t.outcome, Outcome::Succeeded);
+    assert_eq!(t.donation.processor.as_deref(), Some("stripe-primary"));
+    assert_eq!(t.donation.card_last4.as_deref(), Some("4242"));
+    let again = r
+        .donations
+        .take(gift("k1", "ada@example.org", 5_500, "pm_card_visa"))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.donation.id, t.donation.id);
+    assert_eq!(r.primary.ledger().len(), 1);
+    assert!(r.backup.ledger().is_empty());
+    assert!(matches!(
+        r.donations
+            .take(gift("k1", "ada@example.org", 6_000, "pm_card_visa"))
+            .await,
+        Err(DonationError::KeyReused)
+    ));
+    let ledger = r.donations.store.ledger_of(t.donation.id).await.unwrap();
+    assert_eq!(ledger.iter().map(|e| e.amount_cents).sum::<i64>(), 0);
+    assert!(ledger
+        .iter()
+        .any(|e| e.account == "processor:stripe-primary" && e.amount_cents == 5_500));
+}
+
+async fn a_down_primary_fails_over_to_the_backup(db: TestDb) {
+    let r = rig(db).await;
+    r.primary.set_fault(Fault::Down);
+    let t = r
+        .donations
+        .take(gift("k2", "bob@example.org", 2_500, "pm_card_visa"))
+        .await
+        .unwrap();
+    assert_eq!(t.outcome, Outcome::Succeeded);
+    assert_eq!(t.donation.processor.as_deref(), Some("stripe-backup"));
+    assert!(r.primary.ledger().is_empty());
+    assert_eq!(r.backup.ledger().len(), 1);
+    let attempts = r
+        .donations
+        .store
+        .donation_attempts(t.donation.id)
+        .await
+        .unwrap();
+    let states: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.processor.as_str(), a.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("stripe-primary", "unavailable"),
+            ("stripe-backup", "succeeded")
+        ]
+    );
+}
+
+async fn an_ambiguous_charge_is_settled_by_a_status_query_not_retried_elsewhere(db: TestDb) {
+    let r = rig(db).await;
+    r.primary.set_fault(Fault::Ambiguous);
+    let t = r
+        .donations
+        .take(gift("k3", "cy@example.org", 10_000, "pm_card_visa"))
+        .await
+        .unwrap();
+    // The charge went through at the primary; the answer was lost; the lookup found it.
+    assert_eq!(t.outcome, Outcome::Succeeded, "{:?}", t.donation);
+    assert_eq!(t.donation.processor.as_deref(), Some("stripe-primary"));
+    assert_eq!(r.primary.ledger().len(), 1);
+    assert!(
+        r.backup.ledger().is_empty(),
+        "never failed over on an ambiguous attempt"
+    );
+    let attempts = r
+        .donations
+        .store
+        .donation_attempts(t.donation.id)
+        .await
+        .unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].state, "succeeded");
+}
+
+async fn an_unsettled_attempt_waits_for_the_processor_then_resumes(db: TestDb) {
+    let r = rig(db).await;
+    // A 500 is ambiguous to the client, and while the primary answers 500 to
+    // everything, the status query cannot settle it either: the donation waits.
+    r.primary.set_fault(Fault::Error500);
+    let t = r
+        .donations
+        .take(gift("k4", "di@example.org", 3_000, "pm_card_visa"))
+        .await
+        .unwrap();
+    assert_eq!(t.outcome, Outcome::Processing);
+    assert!(matches!(
+        r.donations
+            .take(gift("k4", "di@example.org", 3_000, "pm_card_visa"))
+            .await,
+        Err(DonationError::InFlight)
+    ));
+    assert!(
+        r.backup.ledger().is_empty(),
+        "nothing else happens until it is settled"
+    );
+    // The primary recovers; the settler's query shows no charge, and the route resumes.
+    r.primary.set_fault(Fault::None);
+    assert_eq!(r.donations.settle_unsettled().await.unwrap(), 1);
+    let d = r
+        .donations
+        .store
+        .donation_by_id(t.donation.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.state, "succeeded");
+    assert_eq!(r.primary.ledger().len() + r.backup.ledger().len(), 1);
+    let attempts = r
+        .donations
+        .store
+        .donation_attempts(t.donation.id)
+        .await
+        .unwrap();
+    assert_eq!(attempts[0].state, "not_charged");
+    assert_eq!(attempts[1].state, "succeeded");
+}
+
+async fn everything_down_makes_a_pledge_without_card_data(db: TestDb) {
+    let r = rig(db).await;
+    r.primary.set_fault(Fault::Down);
+    r.backup.set_fault(Fault::Down);
+    let t = r
+        .donations
+        .take(gift("k5", "ed@example.org", 5_000, "pm_card_visa"))
+        .await
+        .unwrap();
+    assert_eq!(t.outcome, Outcome::Pledged);
+    assert!(t.pledge_token.is_some());
+    assert_eq!(t.donation.state, "pledged");
+    assert!(t.donation.card_last4.is_none());
+    assert!(r.primary.ledger().is_empty() && r.backup.ledger().is_empty());
+}
+
+async fn a_decline_is_not_failed_over(db: TestDb) {
+    let r = rig(db).await;
+    let t = r
+        .donations
+        .take(gift(
+            "k6",
+            "fay@example.org",
+            5_000,
+            "pm_card_chargeDeclined",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(t.outcome, Outcome::Declined);
+    assert!(t.donation.error_code.is_some());
+    assert!(r.primary.ledger().is_empty() && r.backup.ledger().is_empty());
+    let attempts = r
+        .donations
+        .store
+        .donation_attempts(t.donation.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts.len(),
+        1,
+        "a decline is the card's answer, not a reason to fail over"
+    );
+}
+
+async fn simultaneous_gifts_from_one_donor_respect_the_limit(db: TestDb) {
+    let r = rig(db).await;
+    let d1 = r.donations.clone();
+    let d2 = r.donations.clone();
+    let (a, b) = tokio::join!(
+        tokio::spawn(async move {
+            d1.take(gift("k7a", "gus@example.org", 300_000, "pm_card_visa"))
+                .await
+        }),
+        tokio::spawn(async move {
+            d2.take(gift("k7b", "gus@example.org", 300_000, "pm_card_visa"))
+                .await
+        }),
+    );
+    let results = [a.unwrap(), b.unwrap()];
+    let ok = results
+        .iter()
+        .filter(|x| matches!(x, Ok(t) if t.outcome == Outcome::Succeeded))
+        .count();
+    let over = results
+        .iter()
+        .filter(|x| matches!(x, Err(DonationError::OverLimit(_))))
+        .count();
+    assert_eq!((ok, over), (1, 1), "{results:?}");
+    assert_eq!(r.primary.ledger().len(), 1);
+}
+
+async fn one_click_links_give_once_and_expire(db: TestDb) {
+    let r = rig(db).await;
+    let mut first = gift("k8", "hal@example.org", 2_500, "pm_card_visa");
+    first.save_method = true;
+    let t = r.donations.take(first).await.unwrap();
+    let method = t.saved_method_id.expect("the method was saved");
+    let person = narwhal_domain::PersonId(t.donation.person_id);
+    let token = r
+        .donations
+        .issue_one_click_link(person, method, 1_000, 3_600_000)
+        .await
+        .unwrap();
+    let offer = r.donations.one_click_offer(&token).await.unwrap();
+    assert_eq!(
+        (offer.amount_cents, offer.card_last4.as_deref()),
+        (1_000, Some("4242"))
+    );
+    let gave = r.donations.give_one_click(&token, None).await.unwrap();
+    assert_eq!(gave.outcome, Outcome::Succeeded);
+    assert_eq!(gave.donation.channel, "one_click");
+    assert_eq!(gave.donation.amount_cents, 1_000);
+    // A second tap is the same gift, not a second charge.
+    let again = r.donations.give_one_click(&token, None).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.donation.id, gave.donation.id);
+    assert_eq!(r.primary.ledger().len(), 2);
+    let code = |e: DonationError| match e {
+        DonationError::Invalid { code, .. } => code,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        code(r.donations.give_one_click("nope", None).await.unwrap_err()),
+        "unknown_link"
+    );
+    let stale = r
+        .donations
+        .issue_one_click_link(person, method, 1_000, -1)
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r.donations.give_one_click(&stale, None).await.unwrap_err()),
+        "expired_link"
+    );
+    assert_eq!(r.primary.ledger().len(), 2);
+}
+
+async fn recurring_plans_charge_each_installment_once_retry_and_cancel(db: TestDb) {
+    let r = rig(db).await;
+    let mut first = gift("k9", "ivy@example.org", 1_500, "pm_card_visa");
+    first.recurring = Some(narwhal_pay::service::Recurrence {
+        every: "month".into(),
+        ends_at: None,
+    });
+    let t = r.donations.take(first).await.unwrap();
+    let cancel = t.plan_cancel_token.clone().expect("a plan was started");
+    let day = 86_400_000i64;
+    let now = narwhal_store::now_ms();
+    // Nothing is due yet.
+    assert_eq!(r.donations.run_due_plans(now).await.unwrap().charged, 0);
+    // A month later: one installment, and running again charges nothing more.
+    let run = r.donations.run_due_plans(now + 32 * day).await.unwrap();
+    assert_eq!(run.charged, 1);
+    assert_eq!(
+        r.donations
+            .run_due_plans(now + 32 * day)
+            .await
+            .unwrap()
+            .charged,
+        0
+    );
+    assert_eq!(r.primary.ledger().len(), 2);
+    // The next month the card is declined: retried later, with the failure counted.
+    r.primary.set_fault(Fault::DeclineAll);
+    let run = r.donations.run_due_plans(now + 63 * day).await.unwrap();
+    assert_eq!((run.failed, run.retrying), (1, 1));
+    r.primary.set_fault(Fault::None);
+    let run = r.donations.run_due_plans(now + 65 * day).await.unwrap();
+    assert_eq!(run.charged, 1);
+    assert_eq!(r.primary.ledger().len(), 3);
+    // The donor cancels from the link: nothing more is charged.
+    assert!(r.donations.cancel_plan(&cancel).await.unwrap());
+    assert!(!r.donations.cancel_plan(&cancel).await.unwrap());
+    assert_eq!(
+        r.donations
+            .run_due_plans(now + 200 * day)
+            .await
+            .unwrap()
+            .charged,
+        0
+    );
+    assert_eq!(r.primary.ledger().len(), 3);
+    // Every installment was its own donation with its own key.
+    let mut keys: Vec<String> = r
+        .primary
+        .ledger()
+        .iter()
+        .filter_map(|c| c.idempotency_key.clone())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 3);
+}
+
+both_backends!(
+    one_click_links_give_once_and_expire,
+    recurring_plans_charge_each_installment_once_retry_and_cancel,
+    a_gift_is_charged_once_and_a_replay_charges_nothing,
+    a_down_primary_fails_over_to_the_backup,
+    an_ambiguous_charge_is_settled_by_a_status_query_not_retried_elsewhere,
+    an_unsettled_attempt_waits_for_the_processor_then_resumes,
+    everything_down_makes_a_pledge_without_card_data,
+    a_decline_is_not_failed_over,
+    simultaneous_gifts_from_one_donor_respect_the_limit,
+);
