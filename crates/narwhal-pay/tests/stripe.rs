@@ -311,11 +311,36 @@ async fn the_same_attempt_twice_is_one_charge() {
 }
 
 #[tokio::test]
-async fn a_request_meeting_its_twin_in_flight_is_ambiguous() {
+async fn a_request_meeting_its_twin_in_flight_waits_for_its_answer() {
     let fake = fake().await;
-    fake.set_latency(Duration::from_millis(450));
+    fake.set_latency(Duration::from_millis(300));
     let p = Arc::new(processor(&fake));
     let r = request("att-inflight", 3000, "pm_card_visa");
+    let first = {
+        let p = p.clone();
+        let r = r.clone();
+        tokio::spawn(async move { p.charge(&r).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The twin is told 409, retries with the same key, and gets the first's answer.
+    let ChargeOutcome::Succeeded(second) = p.charge(&r).await else {
+        panic!("expected the first request's success");
+    };
+    let ChargeOutcome::Succeeded(first) = first.await.unwrap() else {
+        panic!("expected success");
+    };
+    assert_eq!(first.processor_ref, second.processor_ref);
+    assert!(fake.stats().conflicts >= 1);
+    assert!(fake.stats().replayed >= 1);
+    assert_eq!(fake.ledger().len(), 1);
+}
+
+#[tokio::test]
+async fn a_twin_that_stays_in_flight_past_the_timeout_is_ambiguous() {
+    let fake = fake().await;
+    fake.set_latency(Duration::from_millis(1500));
+    let p = Arc::new(processor(&fake));
+    let r = request("att-slow-twin", 3000, "pm_card_visa");
     let first = {
         let p = p.clone();
         let r = r.clone();
@@ -327,8 +352,17 @@ async fn a_request_meeting_its_twin_in_flight_is_ambiguous() {
         matches!(second, ChargeOutcome::Ambiguous { .. }),
         "{second:?}"
     );
-    assert!(matches!(first.await.unwrap(), ChargeOutcome::Succeeded(_)));
-    assert_eq!(fake.stats().conflicts, 1);
+    assert!(matches!(
+        first.await.unwrap(),
+        ChargeOutcome::Ambiguous { .. }
+    ));
+    // The fake finishes the first request anyway: a later lookup finds one charge.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    fake.set_latency(Duration::ZERO);
+    assert!(matches!(
+        p.lookup("att-slow-twin").await,
+        LookupOutcome::Charged(_)
+    ));
     assert_eq!(fake.ledger().len(), 1);
 }
 

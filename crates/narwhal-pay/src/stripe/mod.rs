@@ -21,7 +21,7 @@
 //! | 200, `status=requires_payment_method` with `last_payment_error` | `Declined` |
 //! | 200, `processing`/`requires_capture` | `Ambiguous` (money may still move) |
 //! | 402 `card_error` | `Declined` with the `decline_code` (else `code`) |
-//! | 409 (the same key is still in flight, or a lock timed out) | `Ambiguous` |
+//! | 409 (the same key is still in flight, or a lock timed out) | retried with the same key for up to one request timeout, then `Ambiguous` |
 //! | 429, 503 | `Unavailable` (with `Retry-After` when given) |
 //! | other 4xx | `Invalid` |
 //! | could not connect | `Unavailable` |
@@ -32,6 +32,10 @@
 //!   about a minute to appear. A `lookup` that finds nothing is `NotCharged` only if it
 //!   is made long enough after the attempt; the router must wait that long before
 //!   trusting it against the real Stripe (the fake has no such lag).
+//! - After an `Ambiguous` outcome the first request may still be running at the
+//!   processor (its answer was only late): a lookup made before it finishes finds
+//!   nothing. Ask no sooner than one request timeout after the attempt, and treat
+//!   `NotCharged` from an earlier lookup as "not yet".
 //! - Every call waits its turn in the account's [`limiter::Pacer`] first; the time
 //!   spent queueing does not count against the request timeout.
 
@@ -362,16 +366,35 @@ impl StripeProcessor {
         }
     }
 
+    /// Sends the charge; a 409 (the same key still in flight, or a lock held) is
+    /// retried with the same key, which is safe, after 100 ms, 200 ms, ... for as long
+    /// as one request timeout: once the first request is done, the retry gets its
+    /// saved answer. Only a conflict that outlasts that is `Ambiguous`.
     async fn do_charge(&self, request: &ChargeRequest) -> ChargeOutcome {
         let body = Self::charge_form(request).encode();
-        let exchange = self
-            .exchange(
-                reqwest::Method::POST,
-                "/v1/payment_intents",
-                Some(body),
-                Some(&request.idempotency_key),
-            )
-            .await;
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let exchange = self
+                .exchange(
+                    reqwest::Method::POST,
+                    "/v1/payment_intents",
+                    Some(body.clone()),
+                    Some(&request.idempotency_key),
+                )
+                .await;
+            if matches!(exchange, Exchange::Answer { status: 409, .. })
+                && tokio::time::Instant::now() + pause < deadline
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            return self.classify_charge(exchange).await;
+        }
+    }
+
+    async fn classify_charge(&self, exchange: Exchange) -> ChargeOutcome {
         let (status, body, retry_after) = match exchange {
             Exchange::NotSent(reason) => {
                 return ChargeOutcome::Unavailable {
