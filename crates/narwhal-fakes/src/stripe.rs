@@ -56,7 +56,8 @@
 //! (no zero-decimal currencies); only automatic capture; no customers, payment
 //! method objects or setup intents (a `cus_...` id is accepted as existing); search
 //! is immediate (Stripe's lags up to a minute); webhooks retry within seconds, not
-//! days; ids are sequential, not random.
+//! days; ids are a random tag per fake (so two fakes, like two accounts, never
+//! share an id) followed by a sequence number, not wholly random.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -342,6 +343,8 @@ struct Inner {
     deliveries: Vec<Delivery>,
     stats: FakeStripeStats,
     next_id: u64,
+    /// Random per fake, in every id it hands out.
+    id_tag: String,
 }
 
 #[derive(Debug)]
@@ -435,6 +438,9 @@ fn new_shared(config: FakeStripeConfig) -> (Arc<Shared>, mpsc::UnboundedReceiver
             deliveries: Vec::new(),
             stats: FakeStripeStats::default(),
             next_id: 0,
+            id_tag: (0..8)
+                .map(|_| char::from(b'a' + rand::random::<u8>() % 26))
+                .collect(),
         }),
         events: tx,
     });
@@ -576,7 +582,7 @@ pub async fn run(
 
 fn next_id(inner: &mut Inner, prefix: &str) -> String {
     inner.next_id += 1;
-    format!("{prefix}_fake{:016}", inner.next_id)
+    format!("{prefix}_{}{:016}", inner.id_tag, inner.next_id)
 }
 
 fn mint(inner: &mut Inner, card: TestCard) -> String {

@@ -580,3 +580,18 @@ async fn runs_standalone_until_shut_down() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn two_fakes_never_hand_out_the_same_id() {
+    let a = FakeStripe::start(FakeStripeConfig::default())
+        .await
+        .unwrap();
+    let b = FakeStripe::start(FakeStripeConfig::default())
+        .await
+        .unwrap();
+    let body = "amount=500&currency=usd";
+    let (_, _, x) = post_form(&a, "/v1/payment_intents", body, None).await;
+    let (_, _, y) = post_form(&b, "/v1/payment_intents", body, None).await;
+    assert!(x["id"].as_str().unwrap().starts_with("pi_"));
+    assert_ne!(x["id"], y["id"]);
+}
