@@ -221,6 +221,11 @@ pub struct PayConfig {
     pub settle_interval: Duration,
     /// An attempt left `started` this long (its node died) is settled by the settler.
     pub abandoned_after: Duration,
+    /// How long after an attempt a "no charge found" answer is believed. A search can
+    /// lag behind a charge (Stripe's by up to about a minute), and an ambiguous request
+    /// may still be running at the processor: before this, "not found" means "not
+    /// yet", and the donation waits rather than fail over.
+    pub lookup_grace: Duration,
 }
 
 impl Default for PayConfig {
@@ -231,6 +236,7 @@ impl Default for PayConfig {
             settle_timeout: Duration::from_secs(5),
             settle_interval: Duration::from_millis(250),
             abandoned_after: Duration::from_secs(60),
+            lookup_grace: Duration::from_secs(60),
         }
     }
 }
@@ -773,11 +779,22 @@ impl Donations {
     }
 
     /// Asks processor `i` about an attempt until it answers or `settle_timeout` passes.
+    /// "Not charged" is believed only once `lookup_grace` has passed since the first
+    /// question; before that it counts as unknown.
     pub(crate) async fn settle(&self, i: usize, key: &str) -> LookupOutcome {
         let processor = self.router.processor(i).clone();
-        let deadline = tokio::time::Instant::now() + self.config.settle_timeout;
+        let began = tokio::time::Instant::now();
+        let deadline = began + self.config.settle_timeout;
         loop {
-            match processor.lookup(key).await {
+            let answer = match processor.lookup(key).await {
+                LookupOutcome::NotCharged if began.elapsed() < self.config.lookup_grace => {
+                    LookupOutcome::Unknown {
+                        reason: "no charge found yet; a search can lag behind a charge".into(),
+                    }
+                }
+                other => other,
+            };
+            match answer {
                 LookupOutcome::Unknown { reason } => {
                     if tokio::time::Instant::now() + self.config.settle_interval > deadline {
                         return LookupOutcome::Unknown { reason };
@@ -801,7 +818,15 @@ impl Donations {
             let Some((i, processor)) = self.router.by_name(&a.processor) else {
                 continue;
             };
-            match processor.lookup(&a.attempt_key).await {
+            let grace_ms = i64::try_from(self.config.lookup_grace.as_millis()).unwrap_or(60_000);
+            let answer = match processor.lookup(&a.attempt_key).await {
+                // Too soon to believe "not found" (see `lookup_grace`).
+                LookupOutcome::NotCharged if now_ms() - a.started_at < grace_ms => {
+                    continue;
+                }
+                other => other,
+            };
+            match answer {
                 LookupOutcome::Charged(c) => {
                     self.finish(
                         a.donation_id,

@@ -53,6 +53,7 @@ async fn rig(db: TestDb) -> Rig {
         settle_timeout: Duration::from_secs(2),
         settle_interval: Duration::from_millis(100),
         abandoned_after: Duration::ZERO,
+        lookup_grace: Duration::ZERO,
         ..PayConfig::default()
     };
     Rig {
@@ -231,6 +232,37 @@ async fn an_unsettled_attempt_waits_for_the_processor_then_resumes(db: TestDb) {
     assert_eq!(attempts[1].state, "succeeded");
 }
 
+async fn a_not_found_answer_too_soon_is_not_believed(db: TestDb) {
+    let mut r = rig(db).await;
+    let mut config = (*r.donations.config).clone();
+    config.lookup_grace = Duration::from_secs(3600);
+    config.settle_timeout = Duration::from_millis(300);
+    r.donations = Donations::new(
+        r.donations.store.clone(),
+        r.donations.router.clone(),
+        config,
+    );
+    r.primary.set_fault(Fault::Error500);
+    let t = r
+        .donations
+        .take(gift("k10", "jo@example.org", 3_000, "pm_card_visa"))
+        .await
+        .unwrap();
+    assert_eq!(t.outcome, Outcome::Processing);
+    r.primary.set_fault(Fault::None);
+    // The primary now says "no such charge", but too soon after the attempt to be sure.
+    assert_eq!(r.donations.settle_unsettled().await.unwrap(), 0);
+    assert!(r.backup.ledger().is_empty() && r.primary.ledger().is_empty());
+    let d = r
+        .donations
+        .store
+        .donation_by_id(t.donation.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.state, "processing");
+}
+
 async fn everything_down_makes_a_pledge_without_card_data(db: TestDb) {
     let r = rig(db).await;
     r.primary.set_fault(Fault::Down);
@@ -406,6 +438,7 @@ async fn recurring_plans_charge_each_installment_once_retry_and_cancel(db: TestD
 }
 
 both_backends!(
+    a_not_found_answer_too_soon_is_not_believed,
     one_click_links_give_once_and_expire,
     recurring_plans_charge_each_installment_once_retry_and_cancel,
     a_gift_is_charged_once_and_a_replay_charges_nothing,
