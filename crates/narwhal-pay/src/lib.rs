@@ -9,8 +9,10 @@
 //! (`pm_...`), and what comes back is a brand, the last 4 digits and an expiry.
 
 pub mod batch;
+pub mod compat;
 pub mod giving;
 pub mod processor;
+pub mod reconcile;
 pub mod router;
 pub mod service;
 pub mod stripe;

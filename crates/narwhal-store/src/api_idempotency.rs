@@ -156,6 +156,28 @@ impl Store {
         })
     }
 
+    /// Queues a job that no worker claims before `run_after_ms`: a webhook delivery's
+    /// retry after its backoff.
+    pub async fn enqueue_job_due(
+        &self,
+        kind: &str,
+        payload: &serde_json::Value,
+        run_after_ms: i64,
+    ) -> Result<i64> {
+        let now = now_ms();
+        on_write!(self, p => {
+            Ok(sqlx::query_scalar(
+                "INSERT INTO jobs (kind, payload, state, run_after, created_at, updated_at) VALUES ($1, $2, 'queued', $3, $4, $4) RETURNING id",
+            )
+            .bind(kind)
+            .bind(payload.to_string())
+            .bind(run_after_ms)
+            .bind(now)
+            .fetch_one(p)
+            .await?)
+        })
+    }
+
     /// Stores a new intent. `false` if one with this id exists already (its create was
     /// retried: the caller reads and answers that one).
     pub async fn create_compat_intent(
