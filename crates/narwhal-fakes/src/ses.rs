@@ -171,7 +171,9 @@ impl Limits {
                 .milli_tokens
                 .saturating_add(elapsed_ms.saturating_mul(u64::from(rate)))
                 .min(u64::from(rate) * 1000);
-            self.refilled = now;
+            // Only whole milliseconds are counted, so the fraction carries over to the
+            // next request (SES does not lose refill between requests).
+            self.refilled += Duration::from_millis(elapsed_ms);
         }
         while let Some(&(at, n)) = self.window.front() {
             if now.duration_since(at) >= DAY {

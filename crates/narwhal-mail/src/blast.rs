@@ -61,6 +61,14 @@ pub struct SendConfig {
     pub slice_lease_ms: i64,
     /// Transient failures on one account before failing over.
     pub max_attempts: u32,
+    /// The most recipients one slice claims (fewer when the account's bucket has less
+    /// room). A slice is sent as concurrent requests of the provider's batch size and
+    /// recorded in one transaction, so bigger slices mean fewer round trips.
+    pub slice_max: u32,
+    /// Slices one job keeps in flight at once (claiming, rendering, sending and
+    /// recording overlap). The duplicate window after a crash is at most
+    /// `lanes * slice_max` recipients per job.
+    pub lanes: usize,
     /// Footer, unsubscribe links and headers for every message.
     pub compose: Compose,
 }
@@ -80,13 +88,16 @@ pub struct Compose {
 }
 
 impl SendConfig {
-    /// Defaults: 60 s job lease, 60 s slice lease, 3 attempts.
+    /// Defaults: 60 s job lease, 30 s slice lease (twice SES's request timeout), 3
+    /// attempts, slices of up to 1,000 recipients, 4 in flight.
     pub fn new(node_id: impl Into<String>, compose: Compose) -> Self {
         Self {
             node_id: node_id.into(),
             job_lease_ms: 60_000,
-            slice_lease_ms: 60_000,
+            slice_lease_ms: 30_000,
             max_attempts: 3,
+            slice_max: 1_000,
+            lanes: 4,
             compose,
         }
     }
@@ -227,6 +238,11 @@ fn store_err(e: narwhal_store::StoreError) -> JobError {
 /// Runs one `blast.send` job: sends until the blast is done, paused or cancelled, or
 /// `shutdown` turns true (then it returns an error that is not permanent, so the job is
 /// retried).
+///
+/// The job runs [`SendConfig::lanes`] lanes at once, each a loop of grant, claim,
+/// render, send, record: while one lane waits for the provider, another renders or
+/// writes the ledger. Claims never overlap, so lanes need no coordination beyond the
+/// scheduler (which hands out tokens) and a shared cursor.
 pub async fn run_blast_job(
     sender: &BlastSender,
     job: &Job,
@@ -266,86 +282,214 @@ pub async fn run_blast_job(
         return Ok(serde_json::json!({ "paused": "no account" }));
     }
     let account_ids = sender.ids().await.map_err(store_err)?.clone();
-    let mut report = JobReport::default();
-    let mut cursor = None;
-    loop {
-        if *shutdown.borrow() {
-            return Err(("shutting down".into(), false));
+    let job_ctx = Arc::new(JobCtx {
+        sender: sender.clone(),
+        job: job.id,
+        blast: id,
+        from,
+        templates: Arc::new(templates),
+        account_ids,
+        shutdown: shutdown.clone(),
+        shared: Mutex::new(LaneShared::default()),
+        last_heartbeat: std::sync::atomic::AtomicI64::new(0),
+    });
+    let mut lanes = tokio::task::JoinSet::new();
+    for _ in 0..cfg.lanes.max(1) {
+        let c = job_ctx.clone();
+        lanes.spawn(async move { c.lane().await });
+    }
+    while let Some(r) = lanes.join_next().await {
+        if let Err(e) = r {
+            job_ctx.stop(Stop::Error((format!("lane: {e}"), false)));
         }
+    }
+    let shared = job_ctx.lock();
+    let report = shared.report;
+    match shared.stop.clone() {
+        Some(Stop::Done) => Ok(serde_json::json!({ "done": true, "report": report })),
+        Some(Stop::Paused(reason)) => Ok(serde_json::json!({ "paused": reason, "report": report })),
+        Some(Stop::Stopped(state)) => {
+            Ok(serde_json::json!({ "stopped": state.as_str(), "report": report }))
+        }
+        Some(Stop::Error(e)) => Err(e),
+        None => Err(("lanes ended without a reason".into(), false)),
+    }
+}
+
+/// Why a job's lanes stop.
+#[derive(Clone, Debug)]
+enum Stop {
+    Done,
+    Paused(String),
+    Stopped(BlastState),
+    Error(JobError),
+}
+
+#[derive(Default)]
+struct LaneShared {
+    report: JobReport,
+    /// The highest person id claimed so far (the next claim starts after it).
+    cursor: Option<narwhal_domain::PersonId>,
+    stop: Option<Stop>,
+}
+
+/// What a job's lanes share.
+struct JobCtx {
+    sender: BlastSender,
+    job: narwhal_domain::JobId,
+    blast: BlastId,
+    from: Email,
+    templates: Arc<Templates>,
+    account_ids: Vec<i32>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    shared: Mutex<LaneShared>,
+    /// When the job lease was last renewed (ms).
+    last_heartbeat: std::sync::atomic::AtomicI64,
+}
+
+impl JobCtx {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LaneShared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the first reason to stop; later ones are ignored.
+    fn stop(&self, why: Stop) {
+        let mut s = self.lock();
+        if s.stop.is_none() {
+            s.stop = Some(why);
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.lock().stop.is_some()
+    }
+
+    /// Renews the job lease if a third of it has passed since the last renewal (one
+    /// lane does it; the others go on). `false` if the lease was lost.
+    async fn heartbeat(&self) -> Result<bool, JobError> {
+        use std::sync::atomic::Ordering;
+        let cfg = &self.sender.config;
         let now = now_ms();
-        let done_so_far = report.sent + report.failed;
-        if !store
-            .heartbeat_job(job.id, &cfg.node_id, cfg.job_lease_ms, done_so_far, 0)
-            .await
-            .map_err(store_err)?
+        let last = self.last_heartbeat.load(Ordering::Acquire);
+        if now - last < cfg.job_lease_ms / 3
+            || self
+                .last_heartbeat
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
         {
-            return Err(("lost the job lease".into(), false));
+            return Ok(true);
         }
-        let state = store.blast(id).await.map_err(store_err)?.state;
-        if state != BlastState::Sending {
-            return Ok(serde_json::json!({ "stopped": state.as_str(), "report": report }));
-        }
-        let grant = sender.sched().grant(50, UnixMillis::now());
-        let (account, n) = match grant {
-            Grant::Send { account, n } => (account, n),
-            Grant::Wait { until } => {
-                let wait = until.as_millis().saturating_sub(now.max(0) as u64);
-                tokio::time::sleep(Duration::from_millis(wait.clamp(1, 500))).await;
-                continue;
-            }
+        let done = {
+            let s = self.lock();
+            s.report.sent + s.report.failed
         };
-        let provider = &sender.accounts[account].provider;
-        let n = n
-            .min(u32::try_from(provider.max_batch()).unwrap_or(u32::MAX))
-            .max(1);
-        let claim = store
-            .claim_recipients(id, cursor, i64::from(n), cfg.slice_lease_ms)
+        self.sender
+            .store
+            .heartbeat_job(self.job, &cfg.node_id, cfg.job_lease_ms, done, 0)
             .await
-            .map_err(store_err)?;
-        if claim.recipients.is_empty() {
-            if cursor.is_some() {
-                cursor = None;
+            .map_err(store_err)
+    }
+
+    async fn lane(&self) {
+        if let Err(e) = self.lane_loop().await {
+            self.stop(Stop::Error(e));
+        }
+    }
+
+    async fn lane_loop(&self) -> Result<(), JobError> {
+        let sender = &self.sender;
+        let store = &sender.store;
+        let cfg = &sender.config;
+        let id = self.blast;
+        loop {
+            if self.stopping() {
+                return Ok(());
+            }
+            if *self.shutdown.borrow() {
+                return Err(("shutting down".into(), false));
+            }
+            if !self.heartbeat().await? {
+                return Err(("lost the job lease".into(), false));
+            }
+            let state = store.blast(id).await.map_err(store_err)?.state;
+            if state != BlastState::Sending {
+                self.stop(Stop::Stopped(state));
+                return Ok(());
+            }
+            let grant = sender.sched().grant(cfg.slice_max.max(1), UnixMillis::now());
+            let (account, n) = match grant {
+                Grant::Send { account, n } => (account, n),
+                Grant::Wait { until } => {
+                    let wait = until.as_millis().saturating_sub(now_ms().max(0) as u64);
+                    tokio::time::sleep(Duration::from_millis(wait.clamp(1, 500))).await;
+                    continue;
+                }
+            };
+            let cursor = self.lock().cursor;
+            let claim = store
+                .claim_recipients(id, cursor, i64::from(n), cfg.slice_lease_ms)
+                .await
+                .map_err(store_err)?;
+            let unused = n.saturating_sub(u32::try_from(claim.recipients.len()).unwrap_or(n));
+            if unused > 0 {
+                sender.sched().give_back(account, unused, UnixMillis::now());
+            }
+            if claim.recipients.is_empty() {
+                if cursor.is_some() {
+                    let mut s = self.lock();
+                    if s.cursor == cursor {
+                        s.cursor = None;
+                    }
+                    continue;
+                }
+                if store
+                    .finish_blast_if_complete(id)
+                    .await
+                    .map_err(store_err)?
+                {
+                    tracing::info!(blast.id = %id, "blast done");
+                    self.stop(Stop::Done);
+                    return Ok(());
+                }
+                // Recipients waiting for a throttle or backoff, or in flight elsewhere.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            if store
-                .finish_blast_if_complete(id)
-                .await
-                .map_err(store_err)?
             {
-                tracing::info!(blast.id = %id, "blast done");
-                return Ok(serde_json::json!({ "done": true, "report": report }));
+                let mut s = self.lock();
+                s.cursor = s.cursor.max(claim.last);
             }
-            // Recipients waiting for a throttle or backoff, or in flight elsewhere.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        cursor = claim.last;
-        let outcomes = send_slice(
-            sender,
-            &claim,
-            account,
-            account_ids[account],
-            &from,
-            &templates,
-        )
-        .await;
-        let rec = store
-            .record_outcomes(&claim, &outcomes.outcomes)
-            .await
-            .map_err(store_err)?;
-        report.sent += rec.sent;
-        report.failed += rec.failed;
-        report.retried += rec.retried;
-        report.slices += 1;
-        if let Some(reason) = outcomes.account_refused {
-            if sender.sched().all_down(UnixMillis::now()) {
-                let reason = format!("no provider account can send: {reason}");
-                tracing::warn!(blast.id = %id, reason = %reason, "pausing blast");
-                store
-                    .pause_blast(id, Some(&reason))
-                    .await
-                    .map_err(store_err)?;
-                return Ok(serde_json::json!({ "paused": reason, "report": report }));
+            let outcomes = send_slice(
+                sender,
+                &claim,
+                account,
+                self.account_ids[account],
+                &self.from,
+                &self.templates,
+            )
+            .await;
+            let rec = store
+                .record_outcomes(&claim, &outcomes.outcomes)
+                .await
+                .map_err(store_err)?;
+            {
+                let mut s = self.lock();
+                s.report.sent += rec.sent;
+                s.report.failed += rec.failed;
+                s.report.retried += rec.retried;
+                s.report.slices += 1;
+            }
+            if let Some(reason) = outcomes.account_refused {
+                if sender.sched().all_down(UnixMillis::now()) {
+                    let reason = format!("no provider account can send: {reason}");
+                    tracing::warn!(blast.id = %id, reason = %reason, "pausing blast");
+                    // Another lane may have paused it already.
+                    if let Err(e) = store.pause_blast(id, Some(&reason)).await {
+                        tracing::debug!(error = %e, "pause");
+                    }
+                    self.stop(Stop::Paused(reason));
+                    return Ok(());
+                }
             }
         }
     }
@@ -356,6 +500,8 @@ struct SliceResult {
     account_refused: Option<String>,
 }
 
+/// Renders a slice and hands it to the account in requests of at most
+/// [`Provider::max_batch`] messages, all at once.
 async fn send_slice(
     sender: &BlastSender,
     claim: &Claim,
@@ -411,7 +557,7 @@ async fn send_slice(
         };
     }
     let provider = &sender.accounts[account].provider;
-    let results = provider.send_batch(&messages).await;
+    let results = send_chunks(provider, messages).await;
     let now = UnixMillis::now();
     let batch = summarize(&results);
     let other = {
@@ -498,6 +644,48 @@ async fn send_slice(
         outcomes,
         account_refused,
     }
+}
+
+/// Sends `messages` through `provider` in requests of at most its batch size, all at
+/// once; outcomes in the order of `messages`. A request whose task died counts as
+/// ambiguous (it may have gone out).
+async fn send_chunks(
+    provider: &Arc<dyn Provider>,
+    messages: Vec<OutgoingMessage>,
+) -> Vec<SendOutcome> {
+    let size = provider.max_batch().max(1);
+    if messages.len() <= size {
+        return provider.send_batch(&messages).await;
+    }
+    let mut sizes = Vec::new();
+    let mut set = tokio::task::JoinSet::new();
+    let mut rest = messages;
+    while !rest.is_empty() {
+        let tail = rest.split_off(size.min(rest.len()));
+        let chunk = std::mem::replace(&mut rest, tail);
+        let p = provider.clone();
+        let i = sizes.len();
+        sizes.push(chunk.len());
+        set.spawn(async move { (i, p.send_batch(&chunk).await) });
+    }
+    let mut parts: Vec<Option<Vec<SendOutcome>>> = vec![None; sizes.len()];
+    while let Some(r) = set.join_next().await {
+        if let Ok((i, o)) = r {
+            parts[i] = Some(o);
+        }
+    }
+    let mut out = Vec::with_capacity(sizes.iter().sum());
+    for (part, n) in parts.into_iter().zip(sizes) {
+        let mut o = part.unwrap_or_default();
+        o.resize(
+            n,
+            SendOutcome::Ambiguous {
+                reason: "the send task ended without an answer".into(),
+            },
+        );
+        out.extend(o);
+    }
+    out
 }
 
 /// One summary of a batch for the scheduler's health and throttle bookkeeping.

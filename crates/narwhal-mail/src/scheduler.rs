@@ -233,6 +233,14 @@ impl Scheduler {
         }
     }
 
+    /// Returns `n` of the tokens a grant on `account` took but did not use (fewer
+    /// recipients were left than granted).
+    pub fn give_back(&mut self, account: usize, n: u32, now: UnixMillis) {
+        if let Some(a) = self.accounts.get_mut(account) {
+            a.throttle.give_back(u64::from(n), now);
+        }
+    }
+
     /// Folds in how a batch on `account` went.
     pub fn report(&mut self, account: usize, report: &BatchReport, now: UnixMillis) {
         let Some(a) = self.accounts.get_mut(account) else {

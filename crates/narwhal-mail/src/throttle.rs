@@ -541,6 +541,31 @@ impl Throttle {
         self.push_window(now, n);
     }
 
+    /// Undoes `n` sends counted by [`Throttle::acquire`] that were never made: their
+    /// tokens go back to the bucket (never above its capacity) and they leave the
+    /// 24-hour window (newest minutes first).
+    pub fn give_back(&mut self, n: u64, now: UnixMillis) {
+        self.advance(now);
+        let back = u128::from(n).saturating_mul(self.unit());
+        self.scaled_tokens = self
+            .scaled_tokens
+            .saturating_add(back)
+            .min(Self::capacity(&self.spec));
+        let mut left = n;
+        while left > 0 {
+            let Some((_, count)) = self.window.back_mut() else {
+                break;
+            };
+            let k = (*count).min(left);
+            *count -= k;
+            self.window_total -= k;
+            left -= k;
+            if *count == 0 {
+                self.window.pop_back();
+            }
+        }
+    }
+
     /// Empties the bucket: the provider throttled us although we thought we had room
     /// (someone else shares the account), so back off for a refill.
     pub fn drain(&mut self, now: UnixMillis) {
@@ -739,6 +764,26 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn unused_grants_are_given_back() {
+        let mut t = Throttle::new(spec("10/s,daily=25"), T0);
+        assert_eq!(t.acquire(10, T0), Admission::Now);
+        t.give_back(4, T0);
+        assert_eq!(t.available(T0), 4);
+        assert_eq!(t.sent_last_24h(T0), 6);
+        // Never above the bucket's capacity, never below zero sent.
+        t.give_back(100, at(50));
+        assert_eq!(t.available(at(50)), 10);
+        assert_eq!(t.sent_last_24h(at(50)), 0);
+        // Across minutes: the newest sends leave first.
+        assert_eq!(t.acquire(10, at(60_000)), Admission::Now);
+        assert_eq!(t.acquire(10, at(120_000)), Admission::Now);
+        t.give_back(12, at(120_000));
+        assert_eq!(t.sent_last_24h(at(120_000)), 8);
+        assert_eq!(t.acquire(10, at(180_000)), Admission::Now);
+        assert_eq!(t.available(at(300_000)), 7);
     }
 
     #[test]

@@ -435,6 +435,34 @@ macro_rules! blast_from {
     }};
 }
 
+/// A [`ClaimedRecipient`] from a row with the person's columns, `suppressed` and
+/// `attempts`.
+macro_rules! claimed_from {
+    ($r:expr) => {{
+        let r = $r;
+        let consent: String = r.try_get("email_consent")?;
+        let suppressed: bool = r.try_get("suppressed")?;
+        let email: Option<String> = r.try_get("email")?;
+        let attempts: i64 = r
+            .try_get::<i64, _>("attempts")
+            .or_else(|_| r.try_get::<i16, _>("attempts").map(i64::from))?;
+        ClaimedRecipient {
+            person_id: PersonId(r.try_get("id")?),
+            eligible: email.is_some()
+                && !suppressed
+                && !matches!(consent.as_str(), "unsubscribed" | "bounced" | "complained"),
+            email,
+            first_name: r.try_get("first_name")?,
+            last_name: r.try_get("last_name")?,
+            city: r.try_get("city")?,
+            state: r.try_get("state")?,
+            zip: r.try_get("zip")?,
+            custom: r.try_get("custom")?,
+            attempts,
+        }
+    }};
+}
+
 /// The consent states that exclude a person from every blast.
 const EXCLUDED_CONSENT: &str = "('unsubscribed', 'bounced', 'complained')";
 
@@ -613,6 +641,10 @@ impl Store {
             sqlx::query("UPDATE blasts SET materialized_at = $1, total = $2, updated_at = $1 WHERE id = $3")
                 .bind(now).bind(inserted).bind(id.0).execute(&mut *tx).await?;
             tx.commit().await?;
+            if self.backend() == Backend::Postgres && inserted > 10_000 {
+                // Fresh statistics, so that claims plan as index lookups into a big ledger.
+                sqlx::query("ANALYZE blast_recipients").execute(p).await?;
+            }
             Ok(inserted)
         })
     }
@@ -631,23 +663,42 @@ impl Store {
         let now = now_ms();
         let lease = now + lease_ms.max(1);
         let after = after.map(|a| a.0).unwrap_or(0);
-        let lock = if self.backend() == Backend::Postgres {
-            "FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
-        let pick = format!(
-            "SELECT person_id, state FROM blast_recipients WHERE blast_id = $1 AND person_id > $2 \
+        let limit = limit.clamp(1, 10_000);
+        if let crate::db::Pools::Postgres(p) = &self.pools {
+            let rows = sqlx::query(CLAIM_PG)
+                .bind(id.0)
+                .bind(after)
+                .bind(now)
+                .bind(limit)
+                .bind(lease)
+                .fetch_all(p)
+                .await?;
+            let mut recipients = Vec::with_capacity(rows.len());
+            let mut reclaimed = 0usize;
+            for r in &rows {
+                let was: i16 = r.try_get("was")?;
+                reclaimed += usize::from(was == RecipientState::Sending.code());
+                recipients.push(claimed_from!(r));
+            }
+            let last = recipients.iter().map(|r| r.person_id).max();
+            return Ok(Claim {
+                blast_id: id,
+                lease,
+                recipients,
+                reclaimed,
+                last,
+            });
+        }
+        let pick = "SELECT person_id, state FROM blast_recipients WHERE blast_id = $1 AND person_id > $2 \
              AND ((state = 0 AND (not_before IS NULL OR not_before <= $3)) OR (state = 1 AND not_before < $3)) \
-             ORDER BY person_id LIMIT $4 {lock}"
-        );
+             ORDER BY person_id LIMIT $4";
         let people = "SELECT p.id, p.email, p.first_name, p.last_name, p.city, p.state, p.zip, p.custom, p.email_consent, \
              EXISTS (SELECT 1 FROM suppressions s WHERE s.email = p.email) AS suppressed, r.attempts \
              FROM blast_recipients r JOIN people p ON p.id = r.person_id \
              WHERE r.blast_id = $1 AND r.state = 1 AND r.not_before = $2 AND r.person_id >= $3 AND r.person_id <= $4 ORDER BY p.id";
         on_write!(self, p => {
             let mut tx = p.begin().await?;
-            let rows = sqlx::query(&pick).bind(id.0).bind(after).bind(now).bind(limit.clamp(1, 10_000)).fetch_all(&mut *tx).await?;
+            let rows = sqlx::query(pick).bind(id.0).bind(after).bind(now).bind(limit).fetch_all(&mut *tx).await?;
             if rows.is_empty() {
                 tx.rollback().await?;
                 return Ok(Claim { blast_id: id, lease, recipients: Vec::new(), reclaimed: 0, last: None });
@@ -680,22 +731,7 @@ impl Store {
             tx.commit().await?;
             let mut recipients = Vec::with_capacity(prs.len());
             for r in &prs {
-                let consent: String = r.try_get("email_consent")?;
-                let suppressed: bool = r.try_get("suppressed")?;
-                let email: Option<String> = r.try_get("email")?;
-                let attempts: i64 = r.try_get::<i64, _>("attempts").or_else(|_| r.try_get::<i16, _>("attempts").map(i64::from))?;
-                recipients.push(ClaimedRecipient {
-                    person_id: PersonId(r.try_get("id")?),
-                    eligible: email.is_some() && !suppressed && !matches!(consent.as_str(), "unsubscribed" | "bounced" | "complained"),
-                    email,
-                    first_name: r.try_get("first_name")?,
-                    last_name: r.try_get("last_name")?,
-                    city: r.try_get("city")?,
-                    state: r.try_get("state")?,
-                    zip: r.try_get("zip")?,
-                    custom: r.try_get("custom")?,
-                    attempts,
-                });
+                recipients.push(claimed_from!(r));
             }
             // A claimed row whose person was deleted since has no people row: skip it.
             let mut claim = Claim { blast_id: id, lease, reclaimed, last: Some(PersonId(hi)), recipients };
@@ -709,6 +745,26 @@ impl Store {
                 }
             }
             Ok(claim)
+        })
+    }
+
+    /// People after `after` (by id) as a claim would hand them to rendering, without
+    /// claiming anything: for previews and the bench's rendering baseline.
+    pub async fn recipients_page(
+        &self,
+        after: Option<PersonId>,
+        limit: i64,
+    ) -> Result<Vec<ClaimedRecipient>> {
+        let sql = "SELECT p.id, p.email, p.first_name, p.last_name, p.city, p.state, p.zip, p.custom, p.email_consent, \
+             EXISTS (SELECT 1 FROM suppressions s WHERE s.email = p.email) AS suppressed, CAST(0 AS BIGINT) AS attempts \
+             FROM people p WHERE p.id > $1 ORDER BY p.id LIMIT $2";
+        on_read!(self, p => {
+            let rows = sqlx::query(sql).bind(after.map_or(0, |a| a.0)).bind(limit.clamp(1, 100_000)).fetch_all(p).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                out.push(claimed_from!(r));
+            }
+            Ok(out)
         })
     }
 
@@ -764,13 +820,22 @@ impl Store {
             }
             crate::db::Pools::Sqlite { write, .. } => {
                 let mut tx = write.begin().await?;
-                let moved: Vec<i64> = sqlx::query_scalar(RECORD_SQLITE)
-                    .bind(rows.sqlite_json())
-                    .bind(id.0)
-                    .bind(claim.lease)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let moved: std::collections::HashSet<i64> = moved.into_iter().collect();
+                let mut moved = std::collections::HashSet::with_capacity(rows.pid.len());
+                for (key, pids) in rows.sqlite_groups() {
+                    let (st, inc, set_acc, acc, nb) = key;
+                    let done: Vec<i64> = sqlx::query_scalar(RECORD_SQLITE)
+                        .bind(st)
+                        .bind(inc)
+                        .bind(set_acc)
+                        .bind(acc)
+                        .bind(nb)
+                        .bind(id.0)
+                        .bind(json_ids(&pids))
+                        .bind(claim.lease)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    moved.extend(done);
+                }
                 let mut rec = Recorded::default();
                 let mut throttled = 0i64;
                 for (i, &pid) in rows.pid.iter().enumerate() {
@@ -1172,28 +1237,52 @@ impl LedgerWrite {
         w
     }
 
-    /// The ledger columns as one JSON array of rows, for SQLite's `json_each`.
-    fn sqlite_json(&self) -> String {
-        let mut s = String::with_capacity(self.pid.len() * 24 + 2);
-        s.push('[');
+    /// The rows grouped by what they become (state, attempts added, whether and how
+    /// the account is set, not_before): one UPDATE per group on SQLite, whose
+    /// `IN (json_each)` plans as primary-key lookups. A slice has few groups (its sends
+    /// share the account; its retries share a time).
+    #[allow(clippy::type_complexity)]
+    fn sqlite_groups(&self) -> Vec<((i16, i16, bool, Option<i16>, Option<i64>), Vec<i64>)> {
+        let mut groups: std::collections::BTreeMap<_, Vec<i64>> = std::collections::BTreeMap::new();
         for i in 0..self.pid.len() {
-            if i > 0 {
-                s.push(',');
-            }
-            let acc = self.acc[i].map_or("null".to_string(), |a| a.to_string());
-            let nb = self.not_before[i].map_or("null".to_string(), |t| t.to_string());
-            s.push_str(&format!(
-                "[{},{},{},{},{acc},{nb}]",
-                self.pid[i],
+            let key = (
                 self.st[i],
                 self.inc[i],
-                u8::from(self.set_acc[i])
-            ));
+                self.set_acc[i],
+                self.acc[i],
+                self.not_before[i],
+            );
+            groups.entry(key).or_default().push(self.pid[i]);
         }
-        s.push(']');
-        s
+        groups.into_iter().collect()
     }
 }
+
+/// A claim on PostgreSQL in one statement: pick due rows in person order, skipping
+/// rows another claim holds (`SKIP LOCKED`), lease them (the guard repeated; the ids
+/// bound as an array so that the plan is an index lookup whatever the statistics say),
+/// count takeovers of expired leases on the blast, and return each leased row with what
+/// rendering needs (`was`: the state before, 1 for a takeover). A person deleted since
+/// comes back without an address, so the caller skips them.
+const CLAIM_PG: &str = "WITH picked AS ( \
+      SELECT person_id, state FROM blast_recipients WHERE blast_id = $1 AND person_id > $2 \
+        AND ((state = 0 AND (not_before IS NULL OR not_before <= $3)) OR (state = 1 AND not_before < $3)) \
+      ORDER BY person_id LIMIT $4 FOR UPDATE SKIP LOCKED \
+    ), moved AS ( \
+      UPDATE blast_recipients r SET state = 1, not_before = $5 \
+      WHERE r.blast_id = $1 AND r.person_id = ANY(ARRAY(SELECT person_id FROM picked)) \
+        AND ((r.state = 0 AND (r.not_before IS NULL OR r.not_before <= $3)) OR (r.state = 1 AND r.not_before < $3)) \
+      RETURNING r.person_id, r.attempts \
+    ), bump AS ( \
+      UPDATE blasts SET reclaimed = reclaimed + (SELECT COUNT(*) FROM picked WHERE state = 1), updated_at = $3 \
+      WHERE id = $1 AND EXISTS (SELECT 1 FROM picked WHERE state = 1) \
+    ) \
+    SELECT m.person_id AS id, CAST(m.attempts AS BIGINT) AS attempts, k.state AS was, \
+      p.email, p.first_name, p.last_name, p.city, p.state, p.zip, COALESCE(p.custom, '{}') AS custom, \
+      COALESCE(p.email_consent, 'unknown') AS email_consent, \
+      EXISTS (SELECT 1 FROM suppressions s WHERE s.email = p.email) AS suppressed \
+    FROM moved m JOIN picked k ON k.person_id = m.person_id LEFT JOIN people p ON p.id = m.person_id \
+    ORDER BY m.person_id";
 
 /// One statement on PostgreSQL: move the slice's rows (only those still `sending`
 /// under this lease), keep message ids and failure reasons of the rows that moved, and
@@ -1228,13 +1317,11 @@ const RECORD_PG: &str = "WITH v AS ( \
     FROM c WHERE blasts.id = $1 \
     RETURNING c.sent, c.failed, c.ambiguous, c.skipped, c.retried";
 
-/// The slice's rows on SQLite, from one JSON array of `[person, state, attempts added,
-/// set account?, account, not_before]`; returns the rows that moved.
-const RECORD_SQLITE: &str = "UPDATE blast_recipients SET state = v.st, attempts = blast_recipients.attempts + v.inc, \
-      account = CASE WHEN v.sa THEN v.acc ELSE blast_recipients.account END, not_before = v.nb \
-    FROM (SELECT value ->> 0 AS pid, value ->> 1 AS st, value ->> 2 AS inc, value ->> 3 AS sa, value ->> 4 AS acc, value ->> 5 AS nb FROM json_each($1)) AS v \
-    WHERE blast_recipients.blast_id = $2 AND blast_recipients.person_id = v.pid \
-      AND blast_recipients.state = 1 AND blast_recipients.not_before = $3 \
+/// One group of a slice's rows on SQLite (see `LedgerWrite::sqlite_groups`), under the
+/// same forward-only lease guard; returns the rows that moved.
+const RECORD_SQLITE: &str = "UPDATE blast_recipients SET state = $1, attempts = attempts + $2, \
+      account = CASE WHEN $3 THEN $4 ELSE account END, not_before = $5 \
+    WHERE blast_id = $6 AND person_id IN (SELECT value FROM json_each($7)) AND state = 1 AND not_before = $8 \
     RETURNING person_id";
 
 fn hex(b: &[u8]) -> String {

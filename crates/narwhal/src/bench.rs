@@ -33,24 +33,40 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2012)]
         seed: u64,
     },
+    /// A personalized blast into the fake SES (mode email), and a run at a quota over
+    /// two accounts with one taken down halfway (mode email-quota).
+    ///
+    /// The PostgreSQL runs use --database when it is a postgres:// URL, else
+    /// postgres://postgres@127.0.0.1:5432/test, each inside a schema of its own that is
+    /// dropped afterwards. Progress goes to stderr; stdout has one JSON line per mode
+    /// and backend.
+    Email(crate::bench_email::EmailBenchArgs),
 }
 
 /// The PostgreSQL server benches use unless the global `--database` names one.
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
+/// The backends `--backend` names.
+pub(crate) fn backends(arg: &str) -> anyhow::Result<Vec<Backend>> {
+    Ok(match arg {
+        "sqlite" => vec![Backend::Sqlite],
+        "postgres" => vec![Backend::Postgres],
+        "both" => vec![Backend::Sqlite, Backend::Postgres],
+        other => anyhow::bail!("--backend: expected sqlite, postgres or both, got {other:?}"),
+    })
+}
+
 pub async fn run(settings: &crate::config::Settings, cmd: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Import { common, rows, seed } = cmd;
     // `--database URL` (global) picks the PostgreSQL server; a schema of its own is created and dropped.
     let pg_url = match &settings.database {
         DatabaseTarget::Postgres(u) => u.clone(),
         DatabaseTarget::SqliteDir(_) => DEFAULT_PG_URL.to_string(),
     };
-    let backends: Vec<Backend> = match common.backend.as_str() {
-        "sqlite" => vec![Backend::Sqlite],
-        "postgres" => vec![Backend::Postgres],
-        "both" => vec![Backend::Sqlite, Backend::Postgres],
-        other => anyhow::bail!("--backend: expected sqlite, postgres or both, got {other:?}"),
+    let (common, rows, seed) = match cmd {
+        BenchCommand::Import { common, rows, seed } => (common, rows, seed),
+        BenchCommand::Email(args) => return crate::bench_email::run(&pg_url, args).await,
     };
+    let backends = backends(&common.backend)?;
     let tmp = tempfile::tempdir()?;
     let file = tmp.path().join("voter-file.csv");
     eprintln!("generating {rows} rows x 70 columns...");
@@ -147,7 +163,7 @@ async fn run_import(
 }
 
 /// The process's peak resident memory (VmHWM), in MB.
-fn peak_rss_mb() -> f64 {
+pub(crate) fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
