@@ -902,6 +902,30 @@ impl Compat {
     }
 }
 
+/// Delivers queued events every `every` until `stop` turns true: what `narwhal serve`
+/// runs beside the API when a webhook endpoint is configured.
+pub fn spawn_webhook_worker(
+    compat: Compat,
+    owner: String,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = compat.deliver_webhooks(&owner).await {
+                tracing::warn!(error = %e, "webhook outbox: storage failed; will retry");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    })
+}
+
 fn now_secs() -> i64 {
     narwhal_store::now_ms() / 1000
 }
