@@ -26,6 +26,7 @@ pub mod jobs;
 pub mod bench;
 pub mod blasts;
 pub mod donations;
+pub mod gameday;
 pub mod giving;
 pub mod imports;
 pub mod inbound;
