@@ -6,6 +6,12 @@
 //! one transaction before anything counts as sent. Between slices it renews its job
 //! lease and re-reads the blast's state, so a pause or cancel stops it within one slice.
 //!
+//! Several nodes sending through one account share its limits on PostgreSQL: a grant of
+//! the node's [`Scheduler`] is narrowed to what the account's bucket in the database
+//! allows (`Store::take_send_tokens`, one round trip per slice), so together they stay
+//! within its rate and 24-hour quota. SQLite serves one node, whose scheduler alone
+//! limits.
+//!
 //! Several jobs (on one node or many) may run the same blast: claims never overlap. A
 //! job whose node dies leaves its claimed slice leased; when the lease expires another
 //! job claims those recipients again and the ledger counts them as `reclaimed`, the
@@ -36,6 +42,10 @@ use std::time::Duration;
 
 /// The job kinds this worker runs.
 pub const KINDS: &[&str] = &[BLAST_JOB_KIND];
+
+/// How long granted messages may take to reach the provider (claim, render, request)
+/// without the provider's bucket running short of ours.
+pub const GRANT_HEADROOM: Duration = Duration::from_millis(250);
 
 /// One configured sending account.
 #[derive(Clone)]
@@ -119,8 +129,12 @@ pub struct BlastSender {
 pub type JobError = (String, bool);
 
 impl BlastSender {
-    /// A sender over these accounts.
-    pub fn new(store: Store, accounts: Vec<Account>, config: SendConfig) -> Self {
+    /// A sender over these accounts. Their buckets keep [`GRANT_HEADROOM`] below the
+    /// providers' (see [`ThrottleSpec::with_headroom`]).
+    pub fn new(store: Store, mut accounts: Vec<Account>, config: SendConfig) -> Self {
+        for a in &mut accounts {
+            a.spec = a.spec.with_headroom(GRANT_HEADROOM);
+        }
         let specs = accounts
             .iter()
             .map(|a| AccountSpec {
@@ -160,6 +174,20 @@ impl BlastSender {
     /// Estimated time to finish `pending` messages with the accounts' rates.
     pub fn eta(&self, pending: u64) -> Option<Duration> {
         self.sched().eta(pending, UnixMillis::now())
+    }
+
+    /// The limits of `account` to share with other nodes through the database, when
+    /// the store is PostgreSQL and the account has limits at all.
+    fn shared_limits(&self, account: usize) -> Option<narwhal_store::throttles::SharedLimits> {
+        let spec = self.accounts.get(account)?.spec;
+        (self.store.shares_send_tokens() && !spec.is_unlimited()).then(|| {
+            narwhal_store::throttles::SharedLimits {
+                limit: spec.limit(),
+                period_ms: spec.period().millis(),
+                burst: spec.burst(),
+                daily: spec.daily(),
+            }
+        })
     }
 
     async fn ids(&self) -> Result<&Vec<i32>, narwhal_store::StoreError> {
@@ -390,6 +418,36 @@ impl JobCtx {
             .map_err(store_err)
     }
 
+    /// On PostgreSQL, narrows a grant of the node's scheduler to what the account's
+    /// shared bucket allows (other nodes draw from it too): one round trip per slice.
+    /// `None` when it allows nothing now; the account is then held until it has room.
+    async fn take_shared(&self, account: usize, n: u32) -> Result<Option<u32>, JobError> {
+        let sender = &self.sender;
+        let Some(limits) = sender.shared_limits(account) else {
+            return Ok(Some(n));
+        };
+        let name = sender.accounts[account].provider.name();
+        let g = sender
+            .store
+            .take_send_tokens(name, &limits, n, now_ms())
+            .await
+            .map_err(store_err)?;
+        if g.granted < n {
+            let mut s = sender.sched();
+            let now = UnixMillis::now();
+            s.give_back(account, n - g.granted, now);
+            if g.granted == 0 {
+                s.hold(
+                    account,
+                    UnixMillis::new(u64::try_from(g.retry_at).unwrap_or(0)),
+                    now,
+                );
+                return Ok(None);
+            }
+        }
+        Ok(Some(g.granted))
+    }
+
     async fn lane(&self) {
         if let Err(e) = self.lane_loop().await {
             self.stop(Stop::Error(e));
@@ -416,7 +474,9 @@ impl JobCtx {
                 self.stop(Stop::Stopped(state));
                 return Ok(());
             }
-            let grant = sender.sched().grant(cfg.slice_max.max(1), UnixMillis::now());
+            let grant = sender
+                .sched()
+                .grant(cfg.slice_max.max(1), UnixMillis::now());
             let (account, n) = match grant {
                 Grant::Send { account, n } => (account, n),
                 Grant::Wait { until } => {
@@ -424,6 +484,9 @@ impl JobCtx {
                     tokio::time::sleep(Duration::from_millis(wait.clamp(1, 500))).await;
                     continue;
                 }
+            };
+            let Some(n) = self.take_shared(account, n).await? else {
+                continue;
             };
             let cursor = self.lock().cursor;
             let claim = store
@@ -433,6 +496,13 @@ impl JobCtx {
             let unused = n.saturating_sub(u32::try_from(claim.recipients.len()).unwrap_or(n));
             if unused > 0 {
                 sender.sched().give_back(account, unused, UnixMillis::now());
+                if let Some(limits) = sender.shared_limits(account) {
+                    let name = sender.accounts[account].provider.name();
+                    store
+                        .give_back_send_tokens(name, &limits, unused, now_ms())
+                        .await
+                        .map_err(store_err)?;
+                }
             }
             if claim.recipients.is_empty() {
                 if cursor.is_some() {

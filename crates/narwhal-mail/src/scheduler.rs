@@ -56,6 +56,8 @@ struct AccountState {
     probing: bool,
     /// Why it is down (for status pages).
     down_reason: Option<String>,
+    /// No grant before this time: the limits shared with other nodes leave no room.
+    hold_until: Option<UnixMillis>,
 }
 
 /// What [`Scheduler::grant`] answers.
@@ -127,6 +129,7 @@ impl Scheduler {
                     cooldown: BASE_COOLDOWN,
                     probing: false,
                     down_reason: None,
+                    hold_until: None,
                 })
                 .collect(),
         }
@@ -172,6 +175,13 @@ impl Scheduler {
                     earliest = Some(earliest.map_or(t, |e| e.min(t)));
                 }
                 continue;
+            }
+            if let Some(t) = a.hold_until {
+                if now < t {
+                    earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                    continue;
+                }
+                a.hold_until = None;
             }
             let room = a.throttle.available(now);
             if room >= 1 {
@@ -230,6 +240,14 @@ impl Scheduler {
             Admission::Never { .. } => Grant::Wait {
                 until: UnixMillis::new(now.as_millis() + 1000),
             },
+        }
+    }
+
+    /// Grants nothing on `account` before `until` (the room it shares with other nodes
+    /// is used up); a time not after `now` clears the hold.
+    pub fn hold(&mut self, account: usize, until: UnixMillis, now: UnixMillis) {
+        if let Some(a) = self.accounts.get_mut(account) {
+            a.hold_until = (until > now).then_some(until);
         }
     }
 
@@ -530,6 +548,30 @@ mod tests {
             Grant::Wait { until } => assert!(until.as_millis() > T0 + 86_000_000),
             g => panic!("{g:?}"),
         }
+    }
+
+    #[test]
+    fn a_held_account_is_skipped_until_the_hold_ends() {
+        let mut s = Scheduler::new(vec![acct("a", 1, "100/s"), acct("b", 1, "100/s")], at(0));
+        s.hold(0, at(500), at(0));
+        for i in 0..10 {
+            match s.grant(10, at(i * 10)) {
+                Grant::Send { account, .. } => assert_eq!(account, 1),
+                g => panic!("{g:?}"),
+            }
+        }
+        // Both held: wait for the earlier hold.
+        s.hold(1, at(800), at(100));
+        assert_eq!(s.grant(10, at(100)), Grant::Wait { until: at(500) });
+        assert!(matches!(
+            s.grant(10, at(500)),
+            Grant::Send { account: 0, .. }
+        ));
+        // Given back tokens are granted again.
+        let mut s = Scheduler::new(vec![acct("a", 1, "10/s")], at(0));
+        assert_eq!(s.grant(10, at(0)), Grant::Send { account: 0, n: 10 });
+        s.give_back(0, 4, at(0));
+        assert_eq!(s.grant(10, at(0)), Grant::Send { account: 0, n: 4 });
     }
 
     #[test]

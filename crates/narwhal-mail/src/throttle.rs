@@ -294,6 +294,32 @@ impl ThrottleSpec {
         self.daily
     }
 
+    /// This spec with its bucket kept `headroom` worth of sending below the provider's
+    /// (one period's worth): at most `limit - limit * headroom / period`, never above the
+    /// configured burst, at least 1. Tokens are taken before the messages reach the
+    /// provider; while they travel, a provider bucket that is still full loses the
+    /// refill ours counts, so ours must start that much lower or the provider throttles
+    /// the first seconds of a run. The sustained rate is unchanged.
+    pub fn with_headroom(&self, headroom: std::time::Duration) -> Self {
+        if self.is_unlimited() {
+            return *self;
+        }
+        let ms = u64::try_from(headroom.as_millis()).unwrap_or(u64::MAX);
+        let margin = u64::from(self.limit).saturating_mul(ms) / self.period.millis();
+        let room = u64::from(self.limit).saturating_sub(margin).max(1);
+        let burst = u32::try_from(room).unwrap_or(u32::MAX).min(self.burst());
+        Self {
+            max_burst: Some(burst),
+            ..*self
+        }
+    }
+
+    /// No limit worth counting: the largest rate and no daily quota (what
+    /// [`ThrottleSpec::from_reported`] makes of SES's -1s).
+    pub fn is_unlimited(&self) -> bool {
+        self.limit == u32::MAX && self.daily.is_none()
+    }
+
     /// The sustained rate in messages per second (for estimates; not used for limiting).
     pub fn per_second(&self) -> f64 {
         f64::from(self.limit) * 1000.0 / self.period.millis() as f64
@@ -764,6 +790,28 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn headroom_lowers_the_burst_only() {
+        let h = std::time::Duration::from_millis(250);
+        assert_eq!(spec("500/s").with_headroom(h).burst(), 375);
+        assert_eq!(spec("500/s").with_headroom(h).limit(), 500);
+        assert_eq!(
+            spec("40/s,daily=9").with_headroom(h).to_string(),
+            "40/s,max_burst=30,daily=9"
+        );
+        // A burst set lower already stays; a slow rate keeps at least one.
+        assert_eq!(spec("1000/s,max_burst=10").with_headroom(h).burst(), 10);
+        assert_eq!(spec("2/s").with_headroom(h).burst(), 2);
+        assert_eq!(
+            spec("1/s")
+                .with_headroom(std::time::Duration::from_secs(5))
+                .burst(),
+            1
+        );
+        let unlimited = ThrottleSpec::from_reported(-1.0, -1.0).unwrap();
+        assert_eq!(unlimited.with_headroom(h), unlimited);
     }
 
     #[test]

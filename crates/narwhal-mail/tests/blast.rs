@@ -393,7 +393,44 @@ async fn wrong_credentials_pause_the_blast_with_a_reason_and_send_nothing(db: Te
     assert_eq!(counts, vec![(RecipientState::Pending, 10)]);
 }
 
+/// Two nodes send one blast through the same account (same name, same credentials),
+/// each configured with the account's whole rate. On PostgreSQL they draw from one
+/// bucket in the database, so together they stay within the rate: the fake SES, which
+/// enforces it, never throttles, and the blast takes as long as the rate says. (SQLite
+/// is one node by design; there the blast only has to complete.)
+async fn two_nodes_share_one_accounts_rate(db: TestDb) {
+    let store = &db.store;
+    let expected = seed(store, 200).await;
+    let a = FakeAccount::new("AKIDA", "secret-a").rate(40);
+    let fake = FakeSes::start(REGION, vec![a.clone()]).await.unwrap();
+    fake.set_fault(Fault::Latency(Duration::from_millis(20)));
+    let id = new_blast(store).await;
+    store.schedule_blast(id, now_ms(), 2).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let n1 = start(store, vec![account(&fake, &a, "shared", "40/s")], "n1");
+    let n2 = start(store, vec![account(&fake, &a, "shared", "40/s")], "n2");
+    wait_for(store, id, 60, |b| b.state == BlastState::Done).await;
+    let secs = t0.elapsed().as_secs_f64();
+    n1.stop().await;
+    n2.stop().await;
+    assert_eq!(received(&fake), once_each(&expected));
+    if store.backend() == narwhal_store::Backend::Postgres {
+        assert_eq!(fake.stats().throttled, 0, "a healthy account throttled us");
+        assert_eq!(store.blast(id).await.unwrap().counts.throttled, 0);
+        // 200 at 40/s, starting with a full bucket of 40: at least 4 s.
+        assert!(secs >= 3.9, "{secs} s: faster than the account allows");
+        assert_eq!(
+            store
+                .shared_sends_last_24h("shared", now_ms())
+                .await
+                .unwrap(),
+            200
+        );
+    }
+}
+
 narwhal_store::both_backends!(
+    two_nodes_share_one_accounts_rate,
     every_eligible_recipient_exactly_once,
     throttling_is_requeued_and_the_blast_completes,
     an_outage_fails_over_to_the_second_account,

@@ -37,6 +37,7 @@ pub mod reconciliations;
 pub mod segments;
 #[allow(clippy::expect_used, clippy::panic)]
 pub mod test_support;
+pub mod throttles;
 pub mod turnout;
 pub mod turnout_live;
 

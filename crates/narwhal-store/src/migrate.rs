@@ -66,6 +66,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/postgres/0011_live_turnout.sql"),
     ),
     (
+        12,
+        "shared_throttles",
+        include_str!("../migrations/sqlite/0012_shared_throttles.sql"),
+        include_str!("../migrations/postgres/0012_shared_throttles.sql"),
+    ),
+    (
         13,
         "reconciliations",
         include_str!("../migrations/sqlite/0013_reconciliations.sql"),
