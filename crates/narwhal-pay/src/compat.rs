@@ -758,12 +758,7 @@ impl Compat {
                     created: now_secs(),
                 };
                 if let Ok(Some(after)) = store.donation_by_id(d.id).await {
-                    self.enqueue_event(
-                        "charge.refunded",
-                        &format!("{}:{}", refund.id, after.refunded_cents),
-                        charge_json(&intent, &after),
-                    )
-                    .await;
+                    self.note_events(&intent, &after).await;
                 }
                 Reply::ok(serde_json::to_value(refund).unwrap_or(Value::Null))
             }
@@ -774,7 +769,8 @@ impl Compat {
         }
     }
 
-    /// Puts the events a donation's state calls for in the outbox, once each.
+    /// Puts the events a donation's state calls for in the outbox, once each (event
+    /// ids follow from the donation and what happened to it).
     async fn note_events(&self, intent: &CompatIntentRow, d: &DonationRow) {
         match outcome_of(&d.state) {
             Outcome::Succeeded => {
@@ -795,6 +791,37 @@ impl Compat {
             }
             _ => {}
         }
+        if d.refunded_cents > 0 {
+            self.enqueue_event(
+                "charge.refunded",
+                &format!("{}:{}", d.public_id, d.refunded_cents),
+                charge_json(intent, d),
+            )
+            .await;
+        }
+    }
+
+    /// Notes the events of compatible-API donations that moved since `since_ms` by
+    /// any path (the settler settling an ambiguous charge, a refund by staff or by a
+    /// processor webhook). Returns how many donations were looked at.
+    pub async fn sweep_events(&self, since_ms: i64) -> Result<usize, StoreError> {
+        if self.config.webhook.is_none() {
+            return Ok(0);
+        }
+        let store = &self.donations.store;
+        let ids = store.compat_donations_moved_since(since_ms, 1_000).await?;
+        for id in &ids {
+            let Some(d) = store.donation_by_id(*id).await? else {
+                continue;
+            };
+            let Some(pi) = intent_of_donation(&d.idempotency_key) else {
+                continue;
+            };
+            if let Some(intent) = store.compat_intent(pi).await? {
+                self.note_events(&intent, &d).await;
+            }
+        }
+        Ok(ids.len())
     }
 
     /// Writes one event to the outbox unless its id was written before.
@@ -911,7 +938,15 @@ pub fn spawn_webhook_worker(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // Donations that moved while no worker ran are found by the first sweep.
+        let mut since = narwhal_store::now_ms() - 24 * 3_600_000;
         loop {
+            let started = narwhal_store::now_ms();
+            match compat.sweep_events(since).await {
+                // A little overlap: a commit racing the sweep is seen next time.
+                Ok(_) => since = started - 5_000,
+                Err(e) => tracing::warn!(error = %e, "webhook outbox: sweep failed; will retry"),
+            }
             if let Err(e) = compat.deliver_webhooks(&owner).await {
                 tracing::warn!(error = %e, "webhook outbox: storage failed; will retry");
             }

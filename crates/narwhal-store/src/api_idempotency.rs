@@ -178,6 +178,27 @@ impl Store {
         })
     }
 
+    /// Ids of the compatible API's donations (keys `compat:...`) updated at or after
+    /// `since_ms` in a state that calls for an event, oldest first: what the webhook
+    /// sweep looks at.
+    pub async fn compat_donations_moved_since(
+        &self,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>> {
+        on_read!(self, p => {
+            Ok(sqlx::query_scalar(
+                "SELECT id FROM donations WHERE channel = 'compat' AND updated_at >= $1 \
+                 AND state IN ('succeeded', 'declined', 'failed', 'partially_refunded', 'refunded') \
+                 ORDER BY updated_at LIMIT $2",
+            )
+            .bind(since_ms)
+            .bind(limit)
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
     /// Stores a new intent. `false` if one with this id exists already (its create was
     /// retried: the caller reads and answers that one).
     pub async fn create_compat_intent(

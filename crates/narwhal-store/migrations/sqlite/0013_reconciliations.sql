@@ -2,7 +2,8 @@
 -- payment it classified, so the console can show the latest. And the PaymentIntents
 -- of the Stripe-compatible API (`/v1/payment_intents`): an intent exists before it
 -- is confirmed; each confirmation is a donation (`donations.idempotency_key` is
--- `compat:{intent}:{n}`), so an intent can never be charged twice.
+-- `compat:{intent}:{n}`), so an intent can never be charged twice; the webhook sweep
+-- finds that API's donations by when they last moved.
 
 CREATE TABLE reconciliation_runs (
     id INTEGER PRIMARY KEY,
@@ -42,3 +43,4 @@ CREATE TABLE compat_intents (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
+CREATE INDEX donations_compat_moved ON donations (updated_at) WHERE channel = 'compat';
