@@ -44,6 +44,9 @@ impl Role {
                 AuditRead,
                 MailRead,
                 MailSend,
+                DonationsRead,
+                DonationsWrite,
+                DonationsRefund,
                 Admin,
             ],
             Self::Staff => &[
@@ -56,6 +59,9 @@ impl Role {
                 AuditRead,
                 MailRead,
                 MailSend,
+                DonationsRead,
+                DonationsWrite,
+                DonationsRefund,
             ],
             Self::Volunteer => &[],
         }
@@ -82,12 +88,21 @@ pub enum Scope {
     MailRead,
     #[serde(rename = "mail:send")]
     MailSend,
+    /// Read donations, donors' totals and the processors' health.
+    #[serde(rename = "donations:read")]
+    DonationsRead,
+    /// Take donations (server-to-server callers; the public page needs no scope).
+    #[serde(rename = "donations:write")]
+    DonationsWrite,
+    /// Refund donations (staff).
+    #[serde(rename = "donations:refund")]
+    DonationsRefund,
     #[serde(rename = "admin")]
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 10] = [
+    pub const ALL: [Scope; 13] = [
         Self::PeopleRead,
         Self::PeopleWrite,
         Self::ListsRead,
@@ -97,6 +112,9 @@ impl Scope {
         Self::AuditRead,
         Self::MailRead,
         Self::MailSend,
+        Self::DonationsRead,
+        Self::DonationsWrite,
+        Self::DonationsRefund,
         Self::Admin,
     ];
 
@@ -111,6 +129,9 @@ impl Scope {
             Self::AuditRead => "audit:read",
             Self::MailRead => "mail:read",
             Self::MailSend => "mail:send",
+            Self::DonationsRead => "donations:read",
+            Self::DonationsWrite => "donations:write",
+            Self::DonationsRefund => "donations:refund",
             Self::Admin => "admin",
         }
     }

@@ -47,10 +47,13 @@
 #![recursion_limit = "512"]
 #![warn(missing_docs)]
 
+pub mod abuse;
 pub mod audit;
 pub mod auth;
 pub mod blasts;
 pub mod console;
+pub mod donate;
+pub mod donations;
 pub mod error;
 pub mod imports;
 pub mod inbound;
@@ -129,6 +132,9 @@ pub struct AppState {
     /// The mail side (blasts, previews, unsubscribe links); `None` when the node has no
     /// mail settings, and then those routes answer 503 `mail_not_configured`.
     pub mail: Option<blasts::MailEdge>,
+    /// Donations (API, page, webhooks); `None` when the node has no `[donations]`
+    /// settings, and then those routes answer 503 `donations_not_configured`.
+    pub donations: Option<donations::DonationsEdge>,
 }
 
 impl AppState {
@@ -141,7 +147,14 @@ impl AppState {
             metrics: Arc::new(metrics::Metrics::default()),
             templates: Arc::new(console::environment()),
             mail: None,
+            donations: None,
         }
+    }
+
+    /// With the donation side.
+    pub fn with_donations(mut self, donations: donations::DonationsEdge) -> Self {
+        self.donations = Some(donations);
+        self
     }
 
     /// With the mail side.
@@ -162,6 +175,9 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(unsubscribe::router())
         .merge(watch::router())
         .merge(sms::router())
+        .merge(donations::router())
+        .merge(donate::router())
+        .merge(console::donations::router())
         .fallback(requests::not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
@@ -172,12 +188,16 @@ pub fn router(state: AppState) -> axum::Router {
 }
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests and returns.
+/// Handlers see the peer's address (`ConnectInfo`), for the donation abuse limits.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

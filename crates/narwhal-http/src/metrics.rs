@@ -22,6 +22,7 @@ struct Histogram {
 struct Inner {
     requests: BTreeMap<(String, String, u16), u64>,
     durations: BTreeMap<String, Histogram>,
+    counters: BTreeMap<&'static str, u64>,
 }
 
 /// The process's HTTP metrics. Shared through `AppState`.
@@ -49,13 +50,23 @@ impl Metrics {
         h.count += 1;
     }
 
+    /// Adds one to a plain counter (`donation_declines_total`, ...).
+    pub fn count(&self, name: &'static str) {
+        if let Ok(mut m) = self.inner.lock() {
+            *m.counters.entry(name).or_default() += 1;
+        }
+    }
+
     /// The text exposition format, with job queue depths appended.
     pub fn render(&self, jobs: &[(String, String, i64)]) -> String {
         let mut out = String::new();
-        let (requests, durations) = match self.inner.lock() {
-            Ok(m) => (m.requests.clone(), m.durations.clone()),
+        let (requests, durations, counters) = match self.inner.lock() {
+            Ok(m) => (m.requests.clone(), m.durations.clone(), m.counters.clone()),
             Err(_) => Default::default(),
         };
+        for (name, n) in &counters {
+            let _ = writeln!(out, "# TYPE {name} counter\n{name} {n}");
+        }
         out.push_str("# HELP http_requests_total HTTP requests by method, route and status.\n# TYPE http_requests_total counter\n");
         for ((method, route, status), n) in &requests {
             let _ = writeln!(

@@ -3,7 +3,7 @@
 //! [`schemas`], beside it.
 
 use crate::auth::{self, require};
-use crate::{audit, blasts, imports, inbound, lists, people, segments, turnout, uploads, AppState};
+use crate::{audit, blasts, donations, imports, inbound, lists, people, segments, turnout, uploads, AppState};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use narwhal_domain::Scope;
 use serde_json::{json, Map, Value};
@@ -138,6 +138,10 @@ pub const ROUTES: &[Route] = routes! {
     GET "/api/v1/blasts/{id}/failures" Scoped(MailRead), 200, "Who failed and why (after, limit)", NO_BODY, Some("FailurePage") => blasts::failures;
     POST "/api/v1/blasts/{id}/resend-failed" Scoped(MailSend), 201, "A new draft blast to the recipients this one failed", NO_BODY, Some("Created") => blasts::resend_failed;
     GET "/api/v1/suppressions" Scoped(MailRead), 200, "The suppression list (after, limit)", NO_BODY, Some("SuppressionPage") => blasts::suppressions;
+    POST "/api/v1/donations" Scoped(DonationsWrite), 201, "Take a donation (Idempotency-Key header or body field; 200 on a replay, 202 while an ambiguous charge is confirmed; 402 declined, 422 over_limit, 409 idempotency_in_flight, 429 card-testing limits)", Json("NewDonation"), Some("Donation") => donations::create;
+    GET "/api/v1/donations" Scoped(DonationsRead), 200, "Search donations (state, refcode, email, since, until, before, limit), newest first", NO_BODY, Some("DonationPage") => donations::index;
+    GET "/api/v1/donations/{public_id}" Scoped(DonationsRead), 200, "One donation", NO_BODY, Some("Donation") => donations::show;
+    POST "/api/v1/donations/{public_id}/refund" Scoped(DonationsRefund), 200, "Refund all or part of a donation at its processor, and record it", Json("RefundRequest"), Some("Donation") => donations::refund;
 };
 
 fn filter(method: &str) -> MethodFilter {
@@ -263,7 +267,7 @@ pub fn schemas() -> Value {
     let custom_key = "^[a-z][a-z0-9_]{0,63}$";
     let timestamp = json!({"type": "integer", "description": "Unix time in milliseconds"});
     let id = json!({"type": "integer", "minimum": 1});
-    json!({
+    let mut all = json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message", "request_id"],
             "properties": {
@@ -521,7 +525,11 @@ pub fn schemas() -> Value {
             "universe": {"type": "integer"}, "voted": {"type": "integer"},
             "precincts": {"type": "array", "items": schema_ref("PrecinctTurnout")},
             "polling_places": {"type": "array", "items": schema_ref("PollingPlace")}}}
-    })
+    });
+    if let Some(o) = all.as_object_mut() {
+        o.extend(crate::donations::schemas());
+    }
+    all
 }
 
 #[cfg(test)]

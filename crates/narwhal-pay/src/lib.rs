@@ -11,6 +11,8 @@
 pub mod batch;
 pub mod compat;
 pub mod giving;
+pub mod events;
+pub mod pledge;
 pub mod processor;
 pub mod reconcile;
 pub mod router;

@@ -25,6 +25,7 @@ pub mod people;
 pub mod jobs;
 pub mod bench;
 pub mod blasts;
+pub mod donation_reports;
 pub mod donations;
 pub mod gameday;
 pub mod giving;

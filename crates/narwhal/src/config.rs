@@ -32,6 +32,7 @@ struct FileSettings {
     log_format: Option<String>,
     listen: Option<String>,
     mail: Option<narwhal_mail::accounts::MailSettings>,
+    donations: Option<crate::donations_setup::DonationSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +44,8 @@ pub struct Settings {
     pub listen: String,
     /// `[mail]`: sender, unsubscribe links, sending accounts (checked at load).
     pub mail: narwhal_mail::accounts::MailSettings,
+    /// `[donations]`: processors, limits, abuse limits, the page (built by `serve`).
+    pub donations: crate::donations_setup::DonationSettings,
 }
 
 impl Settings {
@@ -110,6 +113,7 @@ impl Settings {
             log_format,
             listen,
             mail,
+            donations: file.donations.unwrap_or_default(),
         })
     }
 

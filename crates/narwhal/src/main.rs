@@ -6,6 +6,7 @@ mod bench_email;
 mod blast;
 mod config;
 mod demo;
+mod donations_setup;
 mod import;
 mod serve;
 

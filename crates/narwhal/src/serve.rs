@@ -71,6 +71,20 @@ pub async fn serve_store(
     let mail = mail_sender(settings, &store, &node_id, &addr.to_string()).await?;
     let blast_worker = narwhal_mail::blast::spawn(mail.sender.clone(), stop_rx_blasts);
     let state = AppState::new(store.clone(), config).with_mail(mail);
+    // `[donations]`: the service, the page, webhooks, and the settler beside them.
+    let (state, settler) = if settings.donations.enabled() {
+        let edge = settings
+            .donations
+            .build(&store, &|n| std::env::var(n).ok())?;
+        let settler = crate::donations_setup::spawn_settler(
+            edge.service.clone(),
+            settings.donations.settle_every(),
+            stop_tx.subscribe(),
+        );
+        (state.with_donations(edge), Some(settler))
+    } else {
+        (state, None)
+    };
     narwhal_http::serve(listener, state, async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
@@ -79,6 +93,9 @@ pub async fn serve_store(
     let _ = stop_tx.send(true);
     let _ = worker.await;
     let _ = blast_worker.await;
+    if let Some(s) = settler {
+        let _ = s.await;
+    }
     store.close().await;
     Ok(())
 }

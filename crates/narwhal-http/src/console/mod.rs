@@ -17,6 +17,7 @@ use minijinja::{context, Environment, Value};
 use narwhal_domain::{MergeId, PersonId, Scope};
 use serde::Deserialize;
 
+pub(crate) mod donations;
 mod imports;
 mod lists;
 mod people;

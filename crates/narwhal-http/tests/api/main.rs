@@ -9,6 +9,7 @@ mod blasts;
 mod browser;
 mod console;
 mod console_forms;
+mod donations;
 mod errors;
 mod imports;
 mod inbound;
