@@ -55,6 +55,7 @@ pub mod console;
 pub mod donate;
 pub mod donations;
 pub mod error;
+pub mod feedback;
 pub mod imports;
 pub mod inbound;
 pub mod lists;
@@ -100,6 +101,9 @@ pub struct HttpConfig {
     /// The SMS provider's auth token that signs inbound SMS webhooks ([`sms`]); by
     /// default from `NARWHAL_TWILIO_AUTH_TOKEN`. Without it the webhook refuses all.
     pub sms_auth_token: Option<sms::SmsAuthToken>,
+    /// How SES bounce and complaint notifications (through SNS) are verified and
+    /// applied ([`feedback`]).
+    pub ses_feedback: feedback::SesFeedbackConfig,
 }
 
 impl Default for HttpConfig {
@@ -112,6 +116,7 @@ impl Default for HttpConfig {
             max_upload_bytes: 2 * 1024 * 1024 * 1024,
             upload_timeout: Duration::from_secs(60 * 60),
             sms_auth_token: sms::SmsAuthToken::from_env(),
+            ses_feedback: feedback::SesFeedbackConfig::default(),
         }
     }
 }
@@ -175,6 +180,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(unsubscribe::router())
         .merge(watch::router())
         .merge(sms::router())
+        .merge(feedback::router())
         .merge(donations::router())
         .merge(donate::router())
         .merge(console::donations::router())

@@ -3,7 +3,10 @@
 //! [`schemas`], beside it.
 
 use crate::auth::{self, require};
-use crate::{audit, blasts, donations, imports, inbound, lists, people, segments, turnout, uploads, AppState};
+use crate::{
+    audit, blasts, donations, feedback, imports, inbound, lists, people, segments, turnout,
+    uploads, AppState,
+};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use narwhal_domain::Scope;
 use serde_json::{json, Map, Value};
@@ -138,6 +141,8 @@ pub const ROUTES: &[Route] = routes! {
     GET "/api/v1/blasts/{id}/failures" Scoped(MailRead), 200, "Who failed and why (after, limit)", NO_BODY, Some("FailurePage") => blasts::failures;
     POST "/api/v1/blasts/{id}/resend-failed" Scoped(MailSend), 201, "A new draft blast to the recipients this one failed", NO_BODY, Some("Created") => blasts::resend_failed;
     GET "/api/v1/suppressions" Scoped(MailRead), 200, "The suppression list (after, limit)", NO_BODY, Some("SuppressionPage") => blasts::suppressions;
+    GET "/api/v1/blasts/{id}/feedback" Scoped(MailRead), 200, "Bounced, complained and delivered recipients of a blast (from provider feedback)", NO_BODY, Some("BlastFeedback") => feedback::blast_feedback;
+    POST "/api/v1/mail/dsn" Scoped(MailSend), 200, "Ingest one delivery status notification (the raw message/rfc822): bounces update consent and suppressions", Raw, Some("FeedbackIngested") => feedback::dsn;
     POST "/api/v1/donations" Scoped(DonationsWrite), 201, "Take a donation (Idempotency-Key header or body field; 200 on a replay, 202 while an ambiguous charge is confirmed; 402 declined, 422 over_limit, 409 idempotency_in_flight, 429 card-testing limits)", Json("NewDonation"), Some("Donation") => donations::create;
     GET "/api/v1/donations" Scoped(DonationsRead), 200, "Search donations (state, refcode, email, since, until, before, limit), newest first", NO_BODY, Some("DonationPage") => donations::index;
     GET "/api/v1/donations/{public_id}" Scoped(DonationsRead), 200, "One donation", NO_BODY, Some("Donation") => donations::show;
@@ -521,6 +526,19 @@ pub fn schemas() -> Value {
         "SuppressionPage": {"type": "object", "required": ["suppressions", "next_after"], "properties": {
             "suppressions": {"type": "array", "items": schema_ref("Suppression")},
             "next_after": {"type": ["string", "null"]}}},
+        "BlastFeedback": {"type": "object", "required": ["blast_id", "bounced", "transient_bounced", "complained", "delivered", "rejected"], "properties": {
+            "blast_id": id,
+            "bounced": {"type": "integer", "description": "recipients with a permanent bounce"},
+            "transient_bounced": {"type": "integer", "description": "recipients with a transient or undetermined bounce"},
+            "complained": {"type": "integer"}, "delivered": {"type": "integer"}, "rejected": {"type": "integer"}}},
+        "FeedbackIngested": {"type": "object", "required": ["id", "kind", "duplicate", "state"], "properties": {
+            "id": id, "kind": {"type": "string", "examples": ["dsn"]},
+            "duplicate": {"type": "boolean", "description": "already processed: nothing changed"},
+            "state": {"type": "string", "enum": ["received", "processed", "rejected"]},
+            "applied": {"type": ["object", "null"], "properties": {
+                "recorded": {"type": "integer"}, "duplicates": {"type": "integer"}, "consent_changed": {"type": "integer"},
+                "suppressed": {"type": "integer"}, "matched_blast": {"type": "integer"}}},
+            "note": {"type": ["string", "null"]}}},
         "TurnoutSummary": {"type": "object", "required": ["universe", "voted", "precincts", "polling_places"], "properties": {
             "universe": {"type": "integer"}, "voted": {"type": "integer"},
             "precincts": {"type": "array", "items": schema_ref("PrecinctTurnout")},

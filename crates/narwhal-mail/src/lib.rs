@@ -13,6 +13,7 @@
 //! - [`mime`]: the RFC 5322 message with quoted-printable parts.
 //! - [`scheduler`]: routes slices over accounts by weight and room, never over a limit.
 //! - [`blast`]: the `blast.send` worker: claim, render, send, record in the ledger.
+//! - [`feedback`]: bounces, complaints and deliveries (SES through SNS, SMTP replies, DSNs).
 //! - [`smtp`]: an SMTP provider with STARTTLS or implicit TLS, pipelining, AUTH PLAIN, a
 //!   connection pool, and DKIM signing when the account has a key.
 //! - [`dkim`]: DKIM signatures (RFC 6376; `rsa-sha256`, `ed25519-sha256`), relaxed/relaxed.
@@ -27,6 +28,7 @@
 pub mod accounts;
 pub mod blast;
 pub mod dkim;
+pub mod feedback;
 pub mod mime;
 pub mod outbox;
 pub mod provider;

@@ -27,6 +27,7 @@ pub mod bench;
 pub mod blasts;
 pub mod donation_reports;
 pub mod donations;
+pub mod feedback;
 pub mod gameday;
 pub mod giving;
 pub mod imports;

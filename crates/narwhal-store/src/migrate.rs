@@ -54,6 +54,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/postgres/0008_geo_consent_index.sql"),
     ),
     (
+        10,
+        "mail_feedback",
+        include_str!("../migrations/sqlite/0010_mail_feedback.sql"),
+        include_str!("../migrations/postgres/0010_mail_feedback.sql"),
+    ),
+    (
         9,
         "donations",
         include_str!("../migrations/sqlite/0009_donations.sql"),

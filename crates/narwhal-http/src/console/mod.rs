@@ -17,6 +17,7 @@ use minijinja::{context, Environment, Value};
 use narwhal_domain::{MergeId, PersonId, Scope};
 use serde::Deserialize;
 
+mod blasts;
 pub(crate) mod donations;
 mod imports;
 mod lists;
@@ -71,6 +72,9 @@ pub fn environment() -> Environment<'static> {
         ("imports.html", include_str!("templates/imports.html")),
         ("import.html", include_str!("templates/import.html")),
         ("audit.html", include_str!("templates/audit.html")),
+        ("blasts.html", include_str!("templates/blasts.html")),
+        ("blast.html", include_str!("templates/blast.html")),
+        ("blast_new.html", include_str!("templates/blast_new.html")),
         ("message.html", include_str!("templates/message.html")),
         (
             "turnout_bulk.html",
@@ -132,6 +136,15 @@ pub fn router() -> Router<AppState> {
         .route("/imports/{id}", get(imports::show))
         .route("/audit", get(audit))
         .route("/turnout/bulk", get(turnout::page).post(turnout::submit))
+        .route("/blasts", get(blasts::index))
+        .route("/blasts/new", get(blasts::new_page).post(blasts::create))
+        .route("/blasts/{id}", get(blasts::show))
+        .route("/blasts/{id}/preview", post(blasts::preview))
+        .route("/blasts/{id}/test", post(blasts::test))
+        .route("/blasts/{id}/schedule", post(blasts::act))
+        .route("/blasts/{id}/pause", post(blasts::act))
+        .route("/blasts/{id}/resume", post(blasts::act))
+        .route("/blasts/{id}/cancel", post(blasts::act))
 }
 
 /// A console failure, shown as a small HTML page.

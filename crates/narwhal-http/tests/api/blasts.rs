@@ -18,7 +18,7 @@ crate::api_tests!(
     blast_routes_need_their_scopes,
 );
 
-async fn a_list_of(app: &TestApp, people: &[Value]) -> i64 {
+pub(crate) async fn a_list_of(app: &TestApp, people: &[Value]) -> i64 {
     let (s, v) = app
         .send_json(Method::POST, "/api/v1/lists", json!({"name": "GOTV"}))
         .await;

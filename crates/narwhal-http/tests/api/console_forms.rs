@@ -13,14 +13,14 @@ crate::api_tests!(
 );
 
 /// A logged-in console session.
-struct Console<'a> {
+pub(crate) struct Console<'a> {
     app: &'a TestApp,
     cookie: String,
     csrf: String,
 }
 
 impl<'a> Console<'a> {
-    async fn login(app: &'a TestApp) -> Console<'a> {
+    pub(crate) async fn login(app: &'a TestApp) -> Console<'a> {
         let r = app
             .client
             .post(app.url("/login"))
@@ -52,7 +52,7 @@ impl<'a> Console<'a> {
     }
 
     /// GETs a page; `/` escaped as `&#x2f;` (minijinja does, in values) is read back.
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         let r = self
             .app
             .client
@@ -66,13 +66,17 @@ impl<'a> Console<'a> {
     }
 
     /// Posts a form with the session's CSRF token; returns status, Location and body.
-    async fn post(&self, path: &str, fields: &[(&str, &str)]) -> (u16, String, String) {
+    pub(crate) async fn post(&self, path: &str, fields: &[(&str, &str)]) -> (u16, String, String) {
         let mut form: Vec<(&str, &str)> = vec![("csrf", self.csrf.as_str())];
         form.extend_from_slice(fields);
         self.post_raw(path, &form).await
     }
 
-    async fn post_raw(&self, path: &str, form: &[(&str, &str)]) -> (u16, String, String) {
+    pub(crate) async fn post_raw(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (u16, String, String) {
         let r = self
             .app
             .client

@@ -11,6 +11,7 @@ mod console;
 mod console_forms;
 mod donations;
 mod errors;
+mod feedback;
 mod imports;
 mod inbound;
 mod lists;
