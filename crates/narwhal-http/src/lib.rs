@@ -51,6 +51,7 @@ pub mod abuse;
 pub mod audit;
 pub mod auth;
 pub mod blasts;
+pub mod compat;
 pub mod console;
 pub mod donate;
 pub mod donations;
@@ -140,6 +141,9 @@ pub struct AppState {
     /// Donations (API, page, webhooks); `None` when the node has no `[donations]`
     /// settings, and then those routes answer 503 `donations_not_configured`.
     pub donations: Option<donations::DonationsEdge>,
+    /// The Stripe-compatible API (`/v1/...`, [`compat`]); `None` when the node takes no
+    /// donations, and then those routes answer 503.
+    pub compat: Option<narwhal_pay::compat::Compat>,
 }
 
 impl AppState {
@@ -153,12 +157,19 @@ impl AppState {
             templates: Arc::new(console::environment()),
             mail: None,
             donations: None,
+            compat: None,
         }
     }
 
     /// With the donation side.
     pub fn with_donations(mut self, donations: donations::DonationsEdge) -> Self {
         self.donations = Some(donations);
+        self
+    }
+
+    /// With the Stripe-compatible API.
+    pub fn with_compat(mut self, compat: narwhal_pay::compat::Compat) -> Self {
+        self.compat = Some(compat);
         self
     }
 
@@ -180,6 +191,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(unsubscribe::router())
         .merge(watch::router())
         .merge(sms::router())
+        .merge(compat::router())
         .merge(feedback::router())
         .merge(donations::router())
         .merge(donate::router())

@@ -2,11 +2,11 @@
 
 mod admin;
 mod bench;
-mod bench_donations;
 mod bench_email;
 mod blast;
 mod config;
 mod demo;
+mod donations_cmd;
 mod donations_setup;
 mod import;
 mod serve;
@@ -46,6 +46,9 @@ pub enum Command {
     /// Administration: users, tokens, backups, configuration.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Donations: reconcile [--since T] [--json] against the processors' records.
+    #[command(subcommand)]
+    Donations(donations_cmd::DonationsCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,6 +88,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(c) => bench::run(&settings, c).await,
             Command::Admin(c) => admin::run(&settings, c).await,
             Command::Blast(c) => blast::run(&settings, c).await,
+            Command::Donations(c) => donations_cmd::run(&settings, c).await,
         }
     });
     match result {

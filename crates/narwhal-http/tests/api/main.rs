@@ -6,6 +6,7 @@ mod helpers;
 
 mod auth;
 mod blasts;
+mod compat;
 mod browser;
 mod console;
 mod console_forms;
