@@ -635,6 +635,38 @@ async fn immediate_smtp_rejections_apply_once(db: TestDb) {
     assert_eq!((counts.bounced, counts.transient_bounced), (1, 1));
 }
 
+async fn a_bounce_mid_blast_skips_the_person_in_the_running_blast(db: TestDb) {
+    let store = &db.store;
+    let fake = FakeSns::start().await;
+    let f = service(store, &fake, TransientPolicy::default());
+    let ids = people(store, &["early@example.com", "late@example.com"]).await;
+    let blast = volunteer_blast(store, true).await;
+    assert_eq!(store.materialize_recipients(blast).await.unwrap(), 2);
+    // The second recipient bounces (from an earlier campaign) before its slice is claimed.
+    let body = fake.notification(
+        "mid-1",
+        TOPIC,
+        &ses_bounce(
+            "Permanent",
+            "older-message",
+            "late@example.com",
+            "2026-11-26T11:00:00.000Z",
+        ),
+        2,
+    );
+    f.ingest_sns(body.as_bytes()).await.unwrap();
+    let claim = store
+        .claim_recipients(blast, None, 10, 60_000)
+        .await
+        .unwrap();
+    let eligible: Vec<(PersonId, bool)> = claim
+        .recipients
+        .iter()
+        .map(|r| (r.person_id, r.eligible))
+        .collect();
+    assert_eq!(eligible, vec![(ids[0], true), (ids[1], false)]);
+}
+
 narwhal_store::both_backends!(
     forged_unsigned_and_untrusted_are_refused,
     bounces_and_complaints_flip_consent_suppress_and_count_on_the_blast,
@@ -643,4 +675,5 @@ narwhal_store::both_backends!(
     subscriptions_are_confirmed_only_at_trusted_urls,
     dsns_bounce_and_count_like_ses_feedback,
     immediate_smtp_rejections_apply_once,
+    a_bounce_mid_blast_skips_the_person_in_the_running_blast,
 );

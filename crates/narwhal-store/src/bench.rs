@@ -7,6 +7,29 @@ use crate::{Backend, Store};
 const COLS: usize = 24;
 
 impl Store {
+    /// Durable single-row commits, one after another, for `seconds`: the baseline of
+    /// the donations bench. Returns commits per second.
+    pub async fn bench_durable_commits(&self, seconds: f64) -> Result<f64> {
+        on_write!(self, p => {
+            sqlx::query("CREATE TABLE IF NOT EXISTS bench_commits (id BIGINT PRIMARY KEY, at BIGINT NOT NULL)")
+                .execute(p)
+                .await?;
+            let start = std::time::Instant::now();
+            let mut n: i64 = 0;
+            while start.elapsed().as_secs_f64() < seconds {
+                let mut tx = p.begin().await?;
+                sqlx::query("INSERT INTO bench_commits (id, at) VALUES ($1, $2)")
+                    .bind(n)
+                    .bind(crate::now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                n += 1;
+            }
+            Ok(n as f64 / start.elapsed().as_secs_f64())
+        })
+    }
+
     /// Inserts `rows` rows of `COLS` text columns produced by `row` into a scratch table.
     pub async fn bench_baseline_insert(
         &self,

@@ -41,6 +41,11 @@ pub enum BenchCommand {
     /// dropped afterwards. Progress goes to stderr; stdout has one JSON line per mode
     /// and backend.
     Email(crate::bench_email::EmailBenchArgs),
+    /// Donations end to end over HTTP (request, durable commit, processor call, final
+    /// state) against two fake Stripe accounts answering in 100 ms, with the primary
+    /// down for the middle third of the run. Lost donations and double charges are
+    /// checked against the fakes' own ledgers. One JSON line per backend.
+    Donations(crate::bench_donations::DonationsBenchArgs),
 }
 
 /// The PostgreSQL server benches use unless the global `--database` names one.
@@ -65,6 +70,7 @@ pub async fn run(settings: &crate::config::Settings, cmd: BenchCommand) -> anyho
     let (common, rows, seed) = match cmd {
         BenchCommand::Import { common, rows, seed } => (common, rows, seed),
         BenchCommand::Email(args) => return crate::bench_email::run(&pg_url, args).await,
+        BenchCommand::Donations(args) => return crate::bench_donations::run(&pg_url, args).await,
     };
     let backends = backends(&common.backend)?;
     let tmp = tempfile::tempdir()?;

@@ -227,7 +227,8 @@ impl DonationSettings {
 }
 
 /// Every `every`: settle attempts left unsettled (a node died mid-call, a processor
-/// never answered) and check the processors' health, until `stop` turns true.
+/// never answered), check the processors' health and charge recurring installments
+/// that are due, until `stop` turns true.
 pub fn spawn_settler(
     service: Donations,
     every: Duration,
@@ -247,6 +248,19 @@ pub fn spawn_settler(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(moved = n, "donations: settled unsettled attempts"),
                 Err(e) => tracing::warn!(error = %e, "donations: settling failed; will retry"),
+            }
+            // Recurring installments due now (claimed per plan, so several nodes can
+            // run this at once without charging one installment twice).
+            match service.run_due_plans(narwhal_store::now_ms()).await {
+                Ok(run) if run.charged + run.failed + run.ended > 0 => tracing::info!(
+                    charged = run.charged,
+                    failed = run.failed,
+                    retrying = run.retrying,
+                    ended = run.ended,
+                    "donations: recurring plans run"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "donations: recurring run failed; will retry"),
             }
         }
     })

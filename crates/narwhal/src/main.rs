@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_donations;
 mod bench_email;
 mod blast;
 mod config;

@@ -412,6 +412,29 @@ mod tests {
         assert_eq!(classify_smtp_reply("999 x"), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(raw in ".{0,400}", ct in "[a-z/;= \"-]{0,40}", bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = classify_smtp_reply(&raw);
+            let _ = EnhancedStatus::parse(&raw);
+            let _ = parse_dsn(raw.as_bytes());
+            let _ = parse_dsn(&bytes);
+            let shaped = format!("Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n--b\nContent-Type: {ct}\n\n{raw}\n--b--\n");
+            let _ = parse_dsn(shaped.as_bytes());
+        }
+
+        #[test]
+        fn a_reply_is_classified_by_its_class(code in 200u16..600, subject in 0u16..8, detail in 0u16..20) {
+            let class = code / 100;
+            let v = classify_smtp_reply(&format!("{code} {class}.{subject}.{detail} text")).unwrap();
+            match class {
+                2 | 3 => proptest::prop_assert_eq!(v.kind, FeedbackKind::Delivery),
+                4 => proptest::prop_assert_eq!(v.kind, FeedbackKind::TransientBounce),
+                _ => proptest::prop_assert!(v.kind != FeedbackKind::Delivery),
+            }
+        }
+    }
+
     #[test]
     fn multipart_splitting() {
         let body = "preamble\n--b\nA: 1\n\none\n--b\n\ntwo\n--b--\nepilogue";

@@ -579,6 +579,18 @@ mod tests {
         assert_eq!(SnsError::BadSignature.code(), "bad_signature");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400), text in ".{0,200}") {
+            let _ = parse(&bytes);
+            let _ = parse(text.as_bytes());
+            let _ = rsa_key_from_der(&bytes, 0);
+            let _ = rsa_key_from_pem(format!("-----BEGIN CERTIFICATE-----\n{text}\n-----END CERTIFICATE-----").as_bytes(), 0);
+            let _ = CertHosts::Aws.allows(&text);
+            let _ = super::super::ses::parse(&text, "k", 0, None);
+        }
+    }
+
     #[test]
     fn der_reader_refuses_junk() {
         for junk in [

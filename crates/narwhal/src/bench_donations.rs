@@ -1,0 +1,439 @@
+//! `narwhal bench donations`: donations end to end over HTTP for a fixed time, with the
+//! primary processor down for the middle third, on SQLite and PostgreSQL.
+//!
+//! Each run starts two fake Stripe accounts (primary and backup, answering in 100 ms
+//! with no binding rate limit), a real Narwhal HTTP server on loopback with the
+//! donation service routed over both, and `--clients` concurrent clients posting
+//! `POST /api/v1/donations` with fresh idempotency keys. Every donation takes the full
+//! path: HTTP request, durable commit, processor call, durable final state, answer.
+//!
+//! Figures, one JSON line per backend:
+//! - `donations_per_s`: acknowledged donations (succeeded or pledged) per second;
+//! - `p99_ms_excl_processor`: the 99th percentile of server-side time per request, minus
+//!   the time spent waiting for processors (measured around each processor call in the
+//!   request's own task);
+//! - `baseline_commits_per_s`: durable single-row commits per second on the same
+//!   database in the same run;
+//! - `lost`: acknowledged donations not durably in the state we answered, plus charges
+//!   in a fake's ledger that no succeeded donation records;
+//! - `double_charges`: extra charges for one donation across both fakes' own ledgers;
+//! - `via_backup` and `pledges`: donations that took the backup processor or became
+//!   pledges (from the database).
+
+use crate::bench::{backends, peak_rss_mb};
+use anyhow::Context;
+use narwhal_fakes::stripe::{FakeStripe, FakeStripeConfig, Fault, DEFAULT_KEY};
+use narwhal_http::abuse::{AbuseConfig, Guard};
+use narwhal_http::donations::DonationsEdge;
+use narwhal_http::{AppState, HttpConfig};
+use narwhal_mail::provider::BoxFuture;
+use narwhal_mail::Secret;
+use narwhal_pay::processor::{
+    Cents, ChargeOutcome, ChargeRequest, LookupOutcome, ProcessorPayment, RefundOutcome,
+};
+use narwhal_pay::router::{BreakerConfig, Router};
+use narwhal_pay::service::{Donations, PayConfig};
+use narwhal_pay::stripe::{StripeConfig, StripeProcessor};
+use narwhal_pay::Processor;
+use narwhal_store::{Backend, DatabaseTarget, Store};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `narwhal bench donations` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DonationsBenchArgs {
+    #[command(flatten)]
+    pub common: crate::bench::BenchArgs,
+    /// How long donations run, in seconds (the primary is down for the middle third).
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 400)]
+    pub clients: usize,
+    /// The fake processors' answer time, in ms.
+    #[arg(long, default_value_t = 100)]
+    pub processor_ms: u64,
+}
+
+tokio::task_local! {
+    /// Microseconds this request spent waiting for processors.
+    static PROCESSOR_US: Arc<AtomicU64>;
+}
+
+/// A processor that adds the time of each call to the request's [`PROCESSOR_US`].
+struct Timed(Arc<dyn Processor>);
+
+impl Timed {
+    async fn time<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        let start = Instant::now();
+        let out = f.await;
+        let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let _ = PROCESSOR_US.try_with(|c| c.fetch_add(us, Ordering::Relaxed));
+        out
+    }
+}
+
+impl Processor for Timed {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn charge<'a>(&'a self, request: &'a ChargeRequest) -> BoxFuture<'a, ChargeOutcome> {
+        Box::pin(self.time(self.0.charge(request)))
+    }
+    fn lookup<'a>(&'a self, key: &'a str) -> BoxFuture<'a, LookupOutcome> {
+        Box::pin(self.time(self.0.lookup(key)))
+    }
+    fn refund<'a>(
+        &'a self,
+        processor_ref: &'a str,
+        amount: Cents,
+        key: &'a str,
+    ) -> BoxFuture<'a, RefundOutcome> {
+        Box::pin(self.time(self.0.refund(processor_ref, amount, key)))
+    }
+    fn health(&self) -> BoxFuture<'_, Result<(), String>> {
+        self.0.health()
+    }
+    fn list_payments(&self, since: i64) -> BoxFuture<'_, Result<Vec<ProcessorPayment>, String>> {
+        self.0.list_payments(since)
+    }
+}
+
+/// Server-side time minus processor time, per request, in microseconds.
+type Samples = Arc<Mutex<Vec<u64>>>;
+
+async fn timing(
+    axum::extract::State(samples): axum::extract::State<Samples>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let start = Instant::now();
+    let proc_us = Arc::new(AtomicU64::new(0));
+    let resp = PROCESSOR_US.scope(proc_us.clone(), next.run(req)).await;
+    let total = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let own = total.saturating_sub(proc_us.load(Ordering::Relaxed));
+    if let Ok(mut s) = samples.lock() {
+        s.push(own);
+    }
+    resp
+}
+
+pub async fn run(pg_url: &str, args: DonationsBenchArgs) -> anyhow::Result<()> {
+    for backend in backends(&args.common.backend)? {
+        let line = run_one(backend, pg_url, &args)
+            .await
+            .with_context(|| format!("donations bench on {}", backend.as_str()))?;
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn stripe(name: &str, url: String) -> anyhow::Result<Arc<dyn Processor>> {
+    let mut cfg = StripeConfig::new(name, Secret::new(DEFAULT_KEY.to_string())).base_url(url);
+    cfg.request_timeout = Duration::from_secs(5);
+    cfg.max_requests_per_second = 100_000;
+    cfg.burst = 10_000;
+    Ok(Arc::new(Timed(Arc::new(StripeProcessor::new(cfg)?))))
+}
+
+async fn run_one(
+    backend: Backend,
+    pg_url: &str,
+    args: &DonationsBenchArgs,
+) -> anyhow::Result<serde_json::Value> {
+    let tmp = tempfile::tempdir()?;
+    let schema = format!("bench_don_{}", std::process::id());
+    let store = match backend {
+        Backend::Sqlite => Store::open(&DatabaseTarget::SqliteDir(tmp.path().join("db"))).await?,
+        Backend::Postgres => Store::open_postgres_schema(pg_url, &schema).await?,
+    };
+    store.migrate().await?;
+    let result = measure(&store, backend, args).await;
+    store.close().await;
+    if backend == Backend::Postgres {
+        Store::drop_postgres_schema(pg_url, &schema).await?;
+    }
+    result
+}
+
+async fn measure(
+    store: &Store,
+    backend: Backend,
+    args: &DonationsBenchArgs,
+) -> anyhow::Result<serde_json::Value> {
+    eprintln!("[{}] baseline: durable single-row commits for 3 s...", backend.as_str());
+    let baseline = store.bench_durable_commits(3.0).await?;
+
+    let latency = Duration::from_millis(args.processor_ms);
+    let fake = |latency| FakeStripeConfig {
+        latency,
+        rate_limit: None,
+        ..FakeStripeConfig::default()
+    };
+    let primary = Arc::new(FakeStripe::start(fake(latency)).await?);
+    let backup = FakeStripe::start(fake(latency)).await?;
+    let router = Arc::new(Router::new(
+        vec![
+            stripe("stripe-primary", primary.url())?,
+            stripe("stripe-backup", backup.url())?,
+        ],
+        BreakerConfig {
+            open_after: 3,
+            cooldown: Duration::from_secs(1),
+            max_cooldown: Duration::from_secs(4),
+        },
+    ));
+    let service = Donations::new(store.clone(), router.clone(), PayConfig::default());
+    let mut edge = DonationsEdge::new(service.clone());
+    // One loopback address sends everything: the card-testing limits would (rightly)
+    // stop the bench, so they are set out of reach here.
+    edge.guard = Arc::new(Guard::new(AbuseConfig {
+        per_ip: u32::MAX,
+        per_email: u32::MAX,
+        per_card: u32::MAX,
+        ..AbuseConfig::default()
+    }));
+    let state = AppState::new(store.clone(), HttpConfig::default()).with_donations(edge);
+    let (token, hash) = narwhal_http::auth::new_token();
+    store
+        .create_token(
+            "bench",
+            &hash,
+            &[narwhal_domain::Scope::DonationsWrite],
+            "bench",
+        )
+        .await?;
+    let samples: Samples = Arc::new(Mutex::new(Vec::new()));
+    let app = narwhal_http::router(state).layer(axum::middleware::from_fn_with_state(
+        samples.clone(),
+        timing,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.changed().await;
+        })
+        .await
+    });
+    let health = {
+        let router = router.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                router.check_health().await;
+            }
+        })
+    };
+
+    let seconds = args.seconds.max(3);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let url = format!("http://{addr}/api/v1/donations");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    eprintln!(
+        "[{}] {} clients for {seconds} s; the primary processor is down from {} s to {} s...",
+        backend.as_str(),
+        args.clients,
+        seconds / 3,
+        2 * seconds / 3
+    );
+    let faults = {
+        let primary_fault = primary.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(seconds / 3)).await;
+            primary_fault.set_fault(Fault::Down);
+            tokio::time::sleep(Duration::from_secs(seconds / 3)).await;
+            primary_fault.set_fault(Fault::None);
+        })
+    };
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.clients);
+    for c in 0..args.clients {
+        let client = client.clone();
+        let url = url.clone();
+        let token = token.clone();
+        let acked = acked.clone();
+        let errors = errors.clone();
+        let sent = sent.clone();
+        let tag = backend.as_str();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                sent.fetch_add(1, Ordering::Relaxed);
+                let key = format!("bench-{tag}-{c}-{n}");
+                let body = serde_json::json!({
+                    "amount_cents": 5_500,
+                    "donor": {
+                        "first_name": "Bench",
+                        "last_name": format!("Donor{c}"),
+                        "email": format!("d{c}x{n}@bench.example.org"),
+                        "address1": "1 Main St",
+                        "city": "Columbus",
+                        "state": "OH",
+                        "zip": "43215",
+                        "employer": "Acme",
+                        "occupation": "Engineer"
+                    },
+                    "attestations": {"own_funds": true, "citizen_or_resident": true, "not_contractor": true},
+                    "payment_method": "pm_card_visa",
+                    "refcode": format!("bench-{}", c % 7),
+                });
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("idempotency-key", &key)
+                    .json(&body)
+                    .send()
+                    .await;
+                let ok = match resp {
+                    Ok(r) if !r.status().is_success() => {
+                        let status = r.status().as_u16();
+                        let text = r.text().await.unwrap_or_default();
+                        if errors.load(Ordering::Relaxed) < 5 {
+                            eprintln!("  error {status}: {}", text.chars().take(300).collect::<String>());
+                        }
+                        false
+                    }
+                    Err(e) => {
+                        if errors.load(Ordering::Relaxed) < 5 {
+                            eprintln!("  request failed: {e}");
+                        }
+                        false
+                    }
+                    Ok(r) => match r.json::<serde_json::Value>().await {
+                        Ok(v) => {
+                            let id = v["id"].as_str().unwrap_or_default().to_string();
+                            let outcome = v["outcome"].as_str().unwrap_or_default().to_string();
+                            if let Ok(mut a) = acked.lock() {
+                                a.insert(id, outcome);
+                            }
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                };
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let progress = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let n = acked.lock().map(|a| a.len()).unwrap_or(0);
+                eprintln!("  {:>4.0} s: {n} acknowledged", started.elapsed().as_secs_f64());
+            }
+        })
+    };
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    progress.abort();
+    faults.abort();
+    primary.set_fault(Fault::None);
+    health.abort();
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+
+    // Verification from the database and the fakes' own ledgers.
+    let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
+    let rows = store.donations_since(0, i64::MAX).await?;
+    let by_id: HashMap<&str, &narwhal_store::donations::DonationRow> =
+        rows.iter().map(|r| (r.public_id.as_str(), r)).collect();
+    let mut lost = 0u64;
+    let mut acked_ok = 0u64;
+    for (id, outcome) in &acked {
+        let stored = by_id.get(id.as_str()).map(|r| r.state.as_str());
+        let good = match outcome.as_str() {
+            "succeeded" => stored == Some("succeeded"),
+            "pledged" => stored == Some("pledged"),
+            _ => true,
+        };
+        if outcome == "succeeded" || outcome == "pledged" {
+            acked_ok += 1;
+        }
+        if !good {
+            lost += 1;
+        }
+    }
+    let acked_mismatch = lost;
+    let mut charges: HashMap<String, u64> = HashMap::new();
+    let mut charged_refs: HashSet<String> = HashSet::new();
+    for fake in [primary.as_ref(), &backup] {
+        for c in fake.ledger() {
+            let donation = c
+                .metadata
+                .get("narwhal_donation")
+                .cloned()
+                .unwrap_or_else(|| c.payment_intent.clone());
+            *charges.entry(donation).or_default() += 1;
+            charged_refs.insert(c.payment_intent.clone());
+        }
+    }
+    let double_charges: u64 = charges.values().map(|n| n.saturating_sub(1)).sum();
+    let succeeded: Vec<_> = rows.iter().filter(|r| r.state == "succeeded").collect();
+    // Money taken that no succeeded donation records, or a success with no charge.
+    let recorded: HashSet<&str> = succeeded.iter().filter_map(|r| r.processor_ref.as_deref()).collect();
+    lost += charged_refs.iter().filter(|r| !recorded.contains(r.as_str())).count() as u64;
+    lost += recorded.iter().filter(|r| !charged_refs.contains(**r)).count() as u64;
+    if lost > 0 {
+        let states: HashMap<&str, usize> = rows.iter().fold(HashMap::new(), |mut m, r| {
+            *m.entry(r.state.as_str()).or_default() += 1;
+            m
+        });
+        eprintln!(
+            "  LOST: {acked_mismatch} acknowledged but not so stored, {} charged but not recorded, {} recorded without a charge; states {states:?}",
+            charged_refs.iter().filter(|r| !recorded.contains(r.as_str())).count(),
+            recorded.iter().filter(|r| !charged_refs.contains(**r)).count(),
+        );
+    }
+    let via_backup = succeeded
+        .iter()
+        .filter(|r| r.processor.as_deref() == Some("stripe-backup"))
+        .count();
+    let pledges = rows.iter().filter(|r| r.state == "pledged").count();
+    let mut own: Vec<u64> = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    own.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if own.is_empty() {
+            return 0.0;
+        }
+        let i = ((own.len() as f64 * p).ceil() as usize).clamp(1, own.len()) - 1;
+        (own[i] as f64 / 100.0).round() / 10.0
+    };
+    Ok(serde_json::json!({
+        "bench": "donations",
+        "backend": backend.as_str(),
+        "seconds": (elapsed * 10.0).round() / 10.0,
+        "clients": args.clients,
+        "donations_per_s": (acked_ok as f64 / elapsed).round(),
+        "p50_ms_excl_processor": pct(0.50),
+        "p99_ms_excl_processor": pct(0.99),
+        "baseline_commits_per_s": baseline.round(),
+        "acknowledged": acked_ok,
+        "errors": errors.load(Ordering::Relaxed),
+        "lost": lost,
+        "double_charges": double_charges,
+        "via_backup": via_backup,
+        "pledges": pledges,
+        "peak_rss_mb": peak_rss_mb(),
+    }))
+}
