@@ -67,6 +67,7 @@ pub mod requests;
 pub mod routes;
 pub mod segments;
 pub mod sms;
+pub mod tls;
 pub mod turnout;
 pub mod unsubscribe;
 pub mod uploads;
@@ -138,6 +139,8 @@ pub struct AppState {
     /// The mail side (blasts, previews, unsubscribe links); `None` when the node has no
     /// mail settings, and then those routes answer 503 `mail_not_configured`.
     pub mail: Option<blasts::MailEdge>,
+    /// Election day: the live turnout figures and the ingest's own pool.
+    pub turnout: turnout::TurnoutEdge,
     /// Donations (API, page, webhooks); `None` when the node has no `[donations]`
     /// settings, and then those routes answer 503 `donations_not_configured`.
     pub donations: Option<donations::DonationsEdge>,
@@ -151,6 +154,7 @@ impl AppState {
     pub fn new(store: narwhal_store::Store, config: HttpConfig) -> Self {
         Self {
             hub: narwhal_people::Hub::new(store.clone()),
+            turnout: turnout::TurnoutEdge::new(&store),
             store,
             config: Arc::new(config),
             metrics: Arc::new(metrics::Metrics::default()),

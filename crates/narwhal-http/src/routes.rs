@@ -129,6 +129,17 @@ pub const ROUTES: &[Route] = routes! {
     GET "/api/v1/turnout/list" Watcher, 200, "The watcher's polling place's supporters not yet voted, with voter codes (after, limit)", NO_BODY, Some("TurnoutList") => turnout::list;
     POST "/api/v1/turnout/reports" Watcher, 200, "Report voters as voted (or undo), idempotent by report_id; each item gets its own outcome", Json("ReportBatch"), Some("BatchResult") => turnout::reports;
     GET "/api/v1/turnout/summary" Scoped(ListsRead), 200, "Turnout per precinct and polling place against the GOTV universe", NO_BODY, Some("TurnoutSummary") => turnout::summary;
+    GET "/api/v1/turnout/dashboard" Scoped(ListsRead), 200, "Live turnout per state, county, polling place and precinct, hour by hour against the expected curve", NO_BODY, Some("TurnoutDashboard") => turnout::dashboard;
+    GET "/api/v1/turnout/live" Scoped(ListsRead), 200, "The dashboard as server-sent events (text/event-stream, event turnout), within 1 s of a report on any node", NO_BODY, NONE => turnout::live;
+    GET "/api/v1/turnout/me/live" Watcher, 200, "The watcher's polling place figures as server-sent events (event place)", NO_BODY, NONE => turnout::my_live;
+    GET "/api/v1/turnout/curve" Scoped(ListsRead), 200, "The expected turnout curve", NO_BODY, Some("ExpectedCurve") => turnout::curve;
+    PUT "/api/v1/turnout/curve" Scoped(ListsWrite), 200, "Set the expected turnout curve for every node", Json("ExpectedCurve"), Some("ExpectedCurve") => turnout::set_curve;
+    GET "/api/v1/turnout/lists" Scoped(ListsRead), 200, "Canvass turfs and call lists with what remains of them", NO_BODY, Some("GotvLists") => turnout::lists;
+    POST "/api/v1/turnout/lists" Scoped(ListsWrite), 201, "Create a turf or call list from a segment, a polling place or a precinct", Json("NewGotvList"), Some("GotvList") => turnout::create_list;
+    GET "/api/v1/turnout/lists/{id}" Scoped(ListsRead), 200, "A turf or call list and a page of its members not yet voted (after, limit)", NO_BODY, Some("GotvListPage") => turnout::list_remaining;
+    POST "/api/v1/turnout/lists/{id}/members" Scoped(ListsWrite), 200, "Assign supporters to a turf or call list", Json("GotvAssign"), Some("Added") => turnout::assign;
+    GET "/api/v1/turnout/lists/{id}/export.csv" Scoped(Export), 200, "Who remains: a walk sheet in address order (turf) or a call sheet with phones (calls)", NO_BODY, NONE => turnout::export_list;
+    POST "/api/v1/turnout/early-vote" Scoped(ImportsWrite), 200, "Import an early-vote or absentee file from the upload directory; pre-flushes the lists", Json("NewEarlyVote"), Some("EarlyVoteCounts") => turnout::early_vote;
     POST "/api/v1/blasts" Scoped(MailSend), 201, "Create a blast (a draft); templates are checked first (422 invalid_template names part, line and column)", Json("NewBlast"), Some("Created") => blasts::create;
     GET "/api/v1/blasts" Scoped(MailRead), 200, "Recent blasts with their progress", NO_BODY, Some("Blasts") => blasts::index;
     GET "/api/v1/blasts/{id}" Scoped(MailRead), 200, "A blast's progress: sent, failed, throttled-waiting, pending, ETA", NO_BODY, Some("BlastStatus") => blasts::show;
@@ -545,6 +556,7 @@ pub fn schemas() -> Value {
             "polling_places": {"type": "array", "items": schema_ref("PollingPlace")}}}
     });
     if let Some(o) = all.as_object_mut() {
+        o.extend(crate::turnout::schemas());
         o.extend(crate::donations::schemas());
     }
     all

@@ -181,8 +181,9 @@ async fn twilio(
         .enumerate()
         .map(|(n, c)| sms_item(sid, n, c))
         .collect();
-    let res = t
-        .ingest(&Reporter::Watcher(w), Channel::Sms, &items)
+    let res = s
+        .turnout
+        .report(&Reporter::Watcher(w), Channel::Sms, &items)
         .await?;
     let mut msg = format!(
         "Recorded {} of {}.",

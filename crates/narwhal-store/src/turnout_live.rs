@@ -335,3 +335,43 @@ impl Store {
         Ok(out)
     }
 }
+
+impl Store {
+    /// A blast-like write load (for the capacity test and benches): one transaction
+    /// rewriting every person whose id is `k` modulo `m`. Returns the rows touched.
+    pub async fn bench_touch_people(&self, k: i64, m: i64) -> Result<u64> {
+        Ok(
+            on_write!(self, p => sqlx::query("UPDATE people SET updated_at = updated_at + 1 WHERE id % $1 = $2")
+            .bind(m.max(1)).bind(k).execute(p).await.map(|r| r.rows_affected()))?,
+        )
+    }
+
+    /// For `narwhal bench turnout`: `people` synthetic supporters spread over
+    /// `places` polling places (one precinct each, county `BENCH`), all in the GOTV
+    /// universe. Returns the polling-place codes.
+    pub async fn bench_seed_universe(&self, people: i64, places: i64) -> Result<Vec<String>> {
+        let now = now_ms();
+        let places = places.max(1);
+        let codes: Vec<String> = (1..=places).map(|i| format!("B{i:05}")).collect();
+        let new: Vec<crate::turnout::NewPollingPlace> = codes
+            .iter()
+            .map(|c| crate::turnout::NewPollingPlace {
+                code: c.clone(),
+                name: format!("Bench place {c}"),
+                address: String::new(),
+                precincts: vec![("BENCH".into(), c.clone())],
+            })
+            .collect();
+        self.upsert_polling_places(&new).await?;
+        let insert = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < $1)
+            INSERT INTO people (first_name, last_name, addr_line1, city, state, county, precinct, created_at, updated_at)
+            SELECT 'Voter', 'N' || CAST(i AS TEXT), CAST(i AS TEXT) || ' Main St', 'Columbus', 'OH', 'BENCH',
+                   'B' || SUBSTR('00000' || CAST((i % $2) + 1 AS TEXT), LENGTH(CAST((i % $2) + 1 AS TEXT)) + 1, 5), $3, $3
+            FROM s";
+        on_write!(self, p => sqlx::query(insert).bind(people).bind(places).bind(now).execute(p).await.map(|r| r.rows_affected()))?;
+        let f = SegmentFilter::parse(&serde_json::json!({"county": "BENCH"}))
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.build_universe(&f).await?;
+        Ok(codes)
+    }
+}

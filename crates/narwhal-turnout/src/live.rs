@@ -21,6 +21,8 @@ use tokio::sync::{watch, Notify};
 pub const POLL: Duration = Duration::from_millis(250);
 /// Figures are recomputed at least this often (the expected curve moves with time).
 pub const REFRESH: Duration = Duration::from_secs(10);
+/// And at most this often: under a stream of reports one computation covers many.
+pub const MIN_GAP: Duration = Duration::from_millis(100);
 /// The settings key of the curve.
 const CURVE_KEY: &str = "expected_curve";
 const HOUR_MS: i64 = 3_600_000;
@@ -362,6 +364,7 @@ async fn run(store: Store, tx: watch::Sender<Latest>, wake: Arc<Notify>) {
                         last_seq = Some(seq);
                         last_at = tokio::time::Instant::now();
                         tx.send_replace(Some(Arc::new(d)));
+                        tokio::time::sleep(MIN_GAP).await;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "live turnout: computing the figures failed")

@@ -46,6 +46,12 @@ pub enum BenchCommand {
     /// down for the middle third of the run. Lost donations and double charges are
     /// checked against the fakes' own ledgers. One JSON line per backend.
     Donations(crate::bench_donations::DonationsBenchArgs),
+    /// Election day: watcher clients posting batches of 100 over HTTP, each retried
+    /// once, against a real server on loopback (mode turnout: reports/s, p99 from
+    /// accepted to visible, lost and duplicates from the database), and 10,000 watcher
+    /// clients holding a keep-alive connection and a live stream (mode
+    /// turnout-connections: peak RSS, errors). One JSON line per mode and backend.
+    Turnout(crate::bench_turnout::TurnoutBenchArgs),
 }
 
 /// The PostgreSQL server benches use unless the global `--database` names one.
@@ -69,6 +75,7 @@ pub async fn run(settings: &crate::config::Settings, cmd: BenchCommand) -> anyho
     };
     let (common, rows, seed) = match cmd {
         BenchCommand::Import { common, rows, seed } => (common, rows, seed),
+        BenchCommand::Turnout(args) => return crate::bench_turnout::run(&pg_url, args).await,
         BenchCommand::Email(args) => return crate::bench_email::run(&pg_url, args).await,
         BenchCommand::Donations(args) => return crate::bench_donations::run(&pg_url, args).await,
     };

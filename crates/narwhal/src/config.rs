@@ -32,7 +32,41 @@ struct FileSettings {
     log_format: Option<String>,
     listen: Option<String>,
     mail: Option<narwhal_mail::accounts::MailSettings>,
+    http: Option<HttpSettings>,
     donations: Option<crate::donations_setup::DonationSettings>,
+}
+
+/// `[http]`: HTTPS terminated by Narwhal, and the SMS webhook's secret.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// PEM certificate chain (e.g. fullchain.pem). With `tls_key`, `serve` speaks
+    /// HTTPS on `https_listen` and `listen` only redirects to it.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (e.g. privkey.pem).
+    pub tls_key: Option<PathBuf>,
+    /// Where HTTPS listens (default 0.0.0.0:443).
+    pub https_listen: Option<String>,
+    /// The port redirects send browsers to (default: the port HTTPS listens on; set it
+    /// when a port mapping puts HTTPS on another public port).
+    pub https_port: Option<u16>,
+    /// The environment variable holding the SMS provider's auth token, which signs the
+    /// inbound SMS webhook (default NARWHAL_TWILIO_AUTH_TOKEN).
+    pub sms_auth_token_env: Option<String>,
+}
+
+impl HttpSettings {
+    /// Whether HTTPS is on.
+    pub fn tls(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
+
+    /// The name of the variable holding the SMS auth token.
+    pub fn sms_token_var(&self) -> &str {
+        self.sms_auth_token_env
+            .as_deref()
+            .unwrap_or("NARWHAL_TWILIO_AUTH_TOKEN")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +78,8 @@ pub struct Settings {
     pub listen: String,
     /// `[mail]`: sender, unsubscribe links, sending accounts (checked at load).
     pub mail: narwhal_mail::accounts::MailSettings,
+    /// `[http]`: TLS certificate and key, the HTTPS listener, the SMS webhook secret.
+    pub http: HttpSettings,
     /// `[donations]`: processors, limits, abuse limits, the page (built by `serve`).
     pub donations: crate::donations_setup::DonationSettings,
 }
@@ -107,12 +143,34 @@ impl Settings {
         // Fail fast, naming the key: build once with a throwaway signing key.
         mail.build(&data_dir, "http://127.0.0.1/u/", &[0u8; 32], &env_var)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut http = file.http.unwrap_or_default();
+        for (var, field) in [
+            ("NARWHAL_TLS_CERT", &mut http.tls_cert),
+            ("NARWHAL_TLS_KEY", &mut http.tls_key),
+        ] {
+            if let Ok(v) = std::env::var(var) {
+                *field = Some(PathBuf::from(v));
+            }
+        }
+        if let Ok(v) = std::env::var("NARWHAL_HTTPS_LISTEN") {
+            http.https_listen = Some(v);
+        }
+        if let Ok(v) = std::env::var("NARWHAL_HTTPS_PORT") {
+            http.https_port = Some(
+                v.parse()
+                    .map_err(|_| anyhow::anyhow!("NARWHAL_HTTPS_PORT: expected a port number"))?,
+            );
+        }
+        if http.tls_cert.is_some() != http.tls_key.is_some() {
+            bail!("http.tls_cert and http.tls_key: give both (PEM certificate chain and private key) or neither");
+        }
         Ok(Self {
             database,
             data_dir,
             log_format,
             listen,
             mail,
+            http,
             donations: file.donations.unwrap_or_default(),
         })
     }
@@ -126,6 +184,14 @@ impl Settings {
             self.log_format,
             self.listen,
             self.mail.describe(&env_var)
+        ) + &format!(
+            "[http]\ntls_cert = {:?}\ntls_key = {:?}\nhttps_listen = {:?}\nhttps_port = {:?}\nsms_auth_token_env = {:?} ({})\n",
+            self.http.tls_cert.as_ref().map(|p| p.display().to_string()),
+            self.http.tls_key.as_ref().map(|p| p.display().to_string()),
+            self.http.https_listen,
+            self.http.https_port,
+            self.http.sms_token_var(),
+            if env_var(self.http.sms_token_var()).is_some() { "set, hidden" } else { "not set" },
         )
     }
 

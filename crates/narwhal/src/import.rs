@@ -24,15 +24,52 @@ pub enum ImportCommand {
         #[arg(long, default_value_t = 5000)]
         batch: usize,
     },
+    /// Import a state's early-vote or absentee file: the supporters it names leave every
+    /// turf and call list. Re-importing counts no one twice; unreadable rows go to
+    /// FILE.rejects.csv with line and reason.
+    EarlyVote {
+        /// The CSV file.
+        file: PathBuf,
+        /// The mapping: [source] name, [columns] voter_id and (optional) voted_on.
+        #[arg(long)]
+        mapping: PathBuf,
+    },
+}
+
+async fn early_vote(settings: &Settings, file: PathBuf, mapping: PathBuf) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&mapping)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", mapping.display()))?;
+    let m = narwhal_turnout::early::EarlyVoteMapping::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", mapping.display()))?;
+    let store = open_store(settings).await?;
+    let c = narwhal_turnout::Turnout::new(store)
+        .import_early_vote(&file, &m)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "early vote {}: {} rows: {} supporters off the lists, {} already reported, {} not in the universe, {} unknown voter ids, {} rejected",
+        file.display(), c.rows, c.reported, c.already, c.not_in_universe, c.unknown_voter, c.rejected
+    );
+    if c.rejected > 0 {
+        if let Some(p) = c.rejects_path {
+            println!("rejected rows, with line numbers and reasons: {p}");
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(settings: &Settings, cmd: ImportCommand) -> anyhow::Result<()> {
-    let ImportCommand::People {
-        file,
-        mapping,
-        rejects,
-        batch,
-    } = cmd;
+    let (file, mapping, rejects, batch) = match cmd {
+        ImportCommand::People {
+            file,
+            mapping,
+            rejects,
+            batch,
+        } => (file, mapping, rejects, batch),
+        ImportCommand::EarlyVote { file, mapping } => {
+            return early_vote(settings, file, mapping).await
+        }
+    };
     let text = std::fs::read_to_string(&mapping)
         .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", mapping.display()))?;
     let m = Mapping::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", mapping.display()))?;

@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_turnout;
 mod bench_donations;
 mod bench_email;
 mod blast;
@@ -11,6 +12,7 @@ mod donations_cmd;
 mod donations_setup;
 mod import;
 mod serve;
+mod turnout;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +46,9 @@ pub enum Command {
     /// A blast's progress and controls: status [--watch], pause, resume, cancel.
     #[command(subcommand)]
     Blast(blast::BlastCommand),
+    /// Election day setup: polling places, the GOTV universe, watcher logins and phones, the expected curve.
+    #[command(subcommand)]
+    Turnout(turnout::TurnoutCommand),
     /// Administration: users, tokens, backups, configuration.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -88,6 +93,7 @@ fn main() -> std::process::ExitCode {
             Command::Import(c) => import::run(&settings, c).await,
             Command::Bench(c) => bench::run(&settings, c).await,
             Command::Admin(c) => admin::run(&settings, c).await,
+            Command::Turnout(c) => turnout::run(&settings, c).await,
             Command::Blast(c) => blast::run(&settings, c).await,
             Command::Donations(c) => donations_cmd::run(&settings, c).await,
         }

@@ -19,7 +19,21 @@ pub struct ServeArgs {
     /// Mark the session cookie Secure (set when served over HTTPS).
     #[arg(long, env = "NARWHAL_COOKIE_SECURE")]
     pub cookie_secure: bool,
+    /// PEM certificate chain: serve HTTPS (with --tls-key), and redirect --listen to it.
+    #[arg(long)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Where HTTPS listens when TLS is on (default [http] https_listen, else 0.0.0.0:443).
+    #[arg(long)]
+    pub https_listen: Option<String>,
 }
+
+/// Connections of the pool background bulk work (imports, blasts) runs on, apart from
+/// the pool that serves requests: a big import or a blast never takes the
+/// connections election-day reports and logins need.
+pub const BULK_POOL: u32 = 4;
 
 pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(settings).await?;
@@ -48,27 +62,63 @@ pub async fn serve_store(
     let upload_dir = settings.data_dir.join("uploads");
     std::fs::create_dir_all(&upload_dir)
         .with_context(|| format!("cannot create {}", upload_dir.display()))?;
+    let mut http = settings.http.clone();
+    if args.tls_cert.is_some() || args.tls_key.is_some() {
+        http.tls_cert = args.tls_cert.clone();
+        http.tls_key = args.tls_key.clone();
+    }
+    if let Some(l) = &args.https_listen {
+        http.https_listen = Some(l.clone());
+    }
+    let tls = match http.tls() {
+        Some((cert, key)) => Some(narwhal_http::tls::load(cert, key)?),
+        None if args.tls_cert.is_some() || args.tls_key.is_some() => {
+            anyhow::bail!("--tls-cert and --tls-key: give both or neither")
+        }
+        None => None,
+    };
     let config = HttpConfig {
-        cookie_secure: args.cookie_secure,
+        cookie_secure: args.cookie_secure || tls.is_some(),
         upload_dir,
+        sms_auth_token: narwhal_http::sms::SmsAuthToken::new(
+            std::env::var(http.sms_token_var()).unwrap_or_default(),
+        ),
         ..HttpConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_blasts = stop_rx.clone();
+    let bulk = store.dedicated(BULK_POOL);
     let worker = narwhal_people::worker::spawn(
-        store.clone(),
+        bulk.clone(),
         node_id.clone(),
         i64::from(args.job_lease_secs.max(1)) * 1000,
         stop_rx,
     );
-    println!(
-        "Narwhal is serving on http://{addr} (node {node_id}, {})",
-        settings.database.redacted()
-    );
+    let https = match &tls {
+        Some(_) => {
+            let l = http.https_listen.as_deref().unwrap_or("0.0.0.0:443");
+            let listener = tokio::net::TcpListener::bind(l)
+                .await
+                .with_context(|| format!("cannot listen on {l} (https_listen)"))?;
+            Some(listener)
+        }
+        None => None,
+    };
+    match &https {
+        Some(h) => println!(
+            "Narwhal is serving on https://{} (node {node_id}, {}); http://{addr} redirects to it",
+            h.local_addr()?,
+            settings.database.redacted()
+        ),
+        None => println!(
+            "Narwhal is serving on http://{addr} (node {node_id}, {})",
+            settings.database.redacted()
+        ),
+    }
     if let Some(b) = banner {
         println!("{b}");
     }
-    let mail = mail_sender(settings, &store, &node_id, &addr.to_string()).await?;
+    let mail = mail_sender(settings, &bulk, &node_id, &addr.to_string()).await?;
     let blast_worker = narwhal_mail::blast::spawn(mail.sender.clone(), stop_rx_blasts);
     let state = AppState::new(store.clone(), config).with_mail(mail);
     // `[donations]`: the service, the page, webhooks, and the settler beside them.
@@ -81,25 +131,34 @@ pub async fn serve_store(
             settings.donations.settle_every(),
             stop_tx.subscribe(),
         );
-        // The Stripe-compatible `/v1` API over the same service, and its event sender.
-        let compat = settings
-            .donations
-            .build_compat(edge.service.clone(), &|n| std::env::var(n).ok())?;
-        let _events = narwhal_pay::compat::spawn_webhook_worker(
-            compat.clone(),
-            node_id.clone(),
-            std::time::Duration::from_secs(5),
-            stop_tx.subscribe(),
-        );
-        (state.with_donations(edge).with_compat(compat), Some(settler))
+        (state.with_donations(edge), Some(settler))
     } else {
         (state, None)
     };
-    narwhal_http::serve(listener, state, async {
+    let (quit_tx, quit_rx) = tokio::sync::watch::channel(false);
+    let quit = move || {
+        let mut rx = quit_rx.clone();
+        async move {
+            let _ = rx.wait_for(|q| *q).await;
+        }
+    };
+    let signal = tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
-    })
-    .await?;
+        let _ = quit_tx.send(true);
+    });
+    match (https, tls) {
+        (Some(https), Some(tls)) => {
+            let port = http.https_port.unwrap_or(https.local_addr()?.port());
+            let redirect = narwhal_http::tls::serve_redirect(listener, port, quit());
+            let app = narwhal_http::tls::serve_tls(https, tls, narwhal_http::router(state), quit());
+            let (a, b) = tokio::join!(app, redirect);
+            a?;
+            b?;
+        }
+        _ => narwhal_http::serve(listener, state, quit()).await?,
+    }
+    signal.abort();
     let _ = stop_tx.send(true);
     let _ = worker.await;
     let _ = blast_worker.await;

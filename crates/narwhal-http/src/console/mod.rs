@@ -23,6 +23,7 @@ mod imports;
 mod lists;
 mod people;
 mod turnout;
+mod turnout_live;
 
 const CSS: &str = include_str!("templates/console.css");
 
@@ -80,6 +81,22 @@ pub fn environment() -> Environment<'static> {
             "turnout_bulk.html",
             include_str!("templates/turnout_bulk.html"),
         ),
+        (
+            "turnout_dashboard.html",
+            include_str!("templates/turnout_dashboard.html"),
+        ),
+        (
+            "turnout_lists.html",
+            include_str!("templates/turnout_lists.html"),
+        ),
+        (
+            "turnout_list.html",
+            include_str!("templates/turnout_list.html"),
+        ),
+        (
+            "turnout_early.html",
+            include_str!("templates/turnout_early.html"),
+        ),
     ] {
         if let Err(e) = env.add_template(name, src) {
             tracing::error!(template = name, error = %e, "console template does not parse");
@@ -136,6 +153,18 @@ pub fn router() -> Router<AppState> {
         .route("/imports/{id}", get(imports::show))
         .route("/audit", get(audit))
         .route("/turnout/bulk", get(turnout::page).post(turnout::submit))
+        .route("/turnout", get(turnout_live::dashboard))
+        .route(
+            "/turnout/lists",
+            get(turnout_live::lists).post(turnout_live::create),
+        )
+        .route("/turnout/lists/{id}", get(turnout_live::show))
+        .route(
+            "/turnout/early-vote",
+            get(turnout_live::early_page)
+                .post(turnout_live::early_submit)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .route("/blasts", get(blasts::index))
         .route("/blasts/new", get(blasts::new_page).post(blasts::create))
         .route("/blasts/{id}", get(blasts::show))

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use minijinja::{context, Value};
 use narwhal_domain::Scope;
 use narwhal_turnout::fallback::{csv_file, pasted};
-use narwhal_turnout::{BulkLine, Turnout};
+use narwhal_turnout::BulkLine;
 
 /// The largest pasted text or uploaded file the form takes.
 const MAX_FIELD: usize = 16 * 1024 * 1024;
@@ -94,10 +94,13 @@ pub(super) async fn submit(
     if lines.is_empty() && error.is_none() {
         error = Some("paste voter codes or choose a CSV file".into());
     }
-    let results = Turnout::new(s.store.clone())
+    let results = s
+        .turnout
+        .ingest()
         .ingest_bulk(&lines)
         .await
         .map_err(ApiError::from)?;
+    s.turnout.live.nudge();
     let count = |o: &str| results.iter().filter(|r| r.outcome == o).count();
     let (accepted, duplicates, rejected) =
         (count("accepted"), count("duplicate"), count("rejected"));

@@ -21,6 +21,8 @@ mod ops;
 mod people;
 mod segments;
 mod turnout;
+mod turnout_capacity;
 mod turnout_fallback;
+mod turnout_live;
 mod uploads;
 mod watch_browser;
