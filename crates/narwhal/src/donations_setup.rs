@@ -72,6 +72,10 @@ pub struct DonationSettings {
     /// Processor accounts in order of preference.
     #[serde(default)]
     pub processors: Vec<ProcessorSettings>,
+    /// Where the Stripe-compatible API (`/v1/...`) posts its signed events, if anywhere.
+    pub compat_webhook_url: Option<String>,
+    /// The environment variable holding that endpoint's signing secret (`whsec_...`).
+    pub compat_webhook_secret_env: Option<String>,
 }
 
 /// `[donations.abuse]`.
@@ -112,6 +116,39 @@ impl DonationSettings {
     /// Whether donations are configured (at least one processor).
     pub fn enabled(&self) -> bool {
         !self.processors.is_empty()
+    }
+
+    /// Builds the Stripe-compatible API over the donation service, with its webhook
+    /// endpoint when `compat_webhook_url` is set (its secret is then required).
+    pub fn build_compat(
+        &self,
+        service: Donations,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<narwhal_pay::compat::Compat> {
+        use narwhal_pay::compat::{Compat, CompatConfig, WebhookEndpoint};
+        let webhook = match &self.compat_webhook_url {
+            None => None,
+            Some(url) => {
+                let Some(var) = &self.compat_webhook_secret_env else {
+                    bail!("donations.compat_webhook_secret_env: required with compat_webhook_url");
+                };
+                let Some(secret) = env(var).filter(|v| !v.is_empty()) else {
+                    bail!("donations.compat_webhook_secret_env: the variable {var} is not set");
+                };
+                Some(WebhookEndpoint {
+                    url: url.clone(),
+                    secret: Secret::new(secret),
+                })
+            }
+        };
+        Compat::new(
+            service,
+            CompatConfig {
+                webhook,
+                ..CompatConfig::default()
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("donations compatible API: {e}"))
     }
 
     /// Checks the settings and builds the donation edge; names the key at fault.

@@ -131,7 +131,17 @@ pub async fn serve_store(
             settings.donations.settle_every(),
             stop_tx.subscribe(),
         );
-        (state.with_donations(edge), Some(settler))
+        // The Stripe-compatible `/v1` API over the same service, and its event sender.
+        let compat = settings
+            .donations
+            .build_compat(edge.service.clone(), &|n| std::env::var(n).ok())?;
+        let _events = narwhal_pay::compat::spawn_webhook_worker(
+            compat.clone(),
+            node_id.clone(),
+            std::time::Duration::from_secs(5),
+            stop_tx.subscribe(),
+        );
+        (state.with_donations(edge).with_compat(compat), Some(settler))
     } else {
         (state, None)
     };
