@@ -10,6 +10,8 @@ mod config;
 mod demo;
 mod donations_cmd;
 mod donations_setup;
+mod fake_cmd;
+mod gameday;
 mod import;
 mod serve;
 mod turnout;
@@ -55,6 +57,13 @@ pub enum Command {
     /// Donations: reconcile [--since T] [--json] against the processors' records.
     #[command(subcommand)]
     Donations(donations_cmd::DonationsCommand),
+    /// Game days: run SCENARIO.toml against a local multi-node deployment (or a target)
+    /// under load and faults, and verify from the data that nothing was lost.
+    #[command(subcommand)]
+    Gameday(gameday::GamedayCommand),
+    /// Run a fake outside service as a process: stripe, ses or smtp --listen ADDR.
+    #[command(subcommand)]
+    Fake(fake_cmd::FakeCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,6 +105,8 @@ fn main() -> std::process::ExitCode {
             Command::Turnout(c) => turnout::run(&settings, c).await,
             Command::Blast(c) => blast::run(&settings, c).await,
             Command::Donations(c) => donations_cmd::run(&settings, c).await,
+            Command::Gameday(c) => gameday::run(&settings, c).await,
+            Command::Fake(c) => fake_cmd::run(c).await,
         }
     });
     match result {
