@@ -43,6 +43,9 @@ use std::time::Duration;
 /// The job kinds this worker runs.
 pub const KINDS: &[&str] = &[BLAST_JOB_KIND];
 
+/// The longest wait before retrying a transient failure while another account is up.
+const OTHER_ACCOUNT_RETRY: Duration = Duration::from_millis(100);
+
 /// How long granted messages may take to reach the provider (claim, render, request)
 /// without the provider's bucket running short of ours.
 pub const GRANT_HEADROOM: Duration = Duration::from_millis(250);
@@ -658,8 +661,10 @@ async fn send_slice(
                 attempt: false,
                 throttled: false,
             },
+            // With another account up, the retry need not wait out this account's
+            // backoff: the scheduler routes it wherever there is room.
             (Decision::RetrySame { after: d }, _) => Outcome::Retry {
-                not_before: after(d),
+                not_before: after(if other { d.min(OTHER_ACCOUNT_RETRY) } else { d }),
                 attempt: true,
                 throttled: false,
             },

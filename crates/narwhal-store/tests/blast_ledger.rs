@@ -201,33 +201,16 @@ async fn a_slice_is_recorded_at_once_and_only_forward(db: TestDb) {
     let got: Vec<PersonId> = next.recipients.iter().map(|r| r.person_id).collect();
     assert_eq!(got, vec![p[6]]);
     // The first claim's lease no longer holds p[6]: its late outcome is fenced.
-    let late = store
-        .record_outcomes(
-            &claim,
-            &[(
-                p[6],
-                Outcome::Sent {
-                    account: acc,
-                    message_id: None,
-                },
-            )],
-        )
-        .await
-        .unwrap();
+    let sent_p6 = [(
+        p[6],
+        Outcome::Sent {
+            account: acc,
+            message_id: None,
+        },
+    )];
+    let late = store.record_outcomes(&claim, &sent_p6).await.unwrap();
     assert_eq!((late.sent, late.fenced), (0, 1));
-    let fresh = store
-        .record_outcomes(
-            &next,
-            &[(
-                p[6],
-                Outcome::Sent {
-                    account: acc,
-                    message_id: None,
-                },
-            )],
-        )
-        .await
-        .unwrap();
+    let fresh = store.record_outcomes(&next, &sent_p6).await.unwrap();
     assert_eq!((fresh.sent, fresh.fenced), (1, 0));
     assert_eq!(
         state(6).await.unwrap(),

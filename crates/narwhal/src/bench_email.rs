@@ -388,11 +388,11 @@ async fn quota_mode(
     store.schedule_blast(id, now_ms(), 1).await?;
     let (stop, task) = start_worker(sender);
     let half = i64::try_from(n / 2)?;
-    let mut down_at: Option<f64> = None;
+    let mut down_at: Option<i64> = None;
     let waited = wait_done(&store, b, id, t0, |sent| {
         if down_at.is_none() && sent >= half {
             fake.set_account_fault("AKIDQUOTAB", Fault::Down);
-            down_at = Some(t0.elapsed().as_secs_f64());
+            down_at = Some(now_ms());
             eprintln!("[{}] account quota-b is down", b.as_str());
         }
     })
@@ -403,11 +403,18 @@ async fn quota_mode(
     waited?;
     let blast = store.blast(id).await?;
     let (lost, dups) = lost_and_duplicates(&fake, n);
-    let down = down_at.unwrap_or(secs);
-    // The quota the accounts offered over the run: each starts with a full bucket (one
+    // The quota the accounts offered while the blast was sending (from the fake's first
+    // acceptance to its last, by its own clock): each starts with a full bucket (one
     // second's worth) and refills at its rate while it is up.
+    let (first, last) = fake.ledger().iter().fold((u64::MAX, 0), |(f, l), a| {
+        (f.min(a.at.as_millis()), l.max(a.at.as_millis()))
+    });
+    let sending = (last.saturating_sub(first) as f64 / 1000.0).max(1e-3);
+    let down = down_at.map_or(sending, |ms: i64| {
+        ((ms as f64 - first as f64) / 1000.0).clamp(0.0, sending)
+    });
     let r = f64::from(rate);
-    let available = (r + r * secs) + (r + r * down);
+    let available = (r + r * sending) + (r + r * down);
     let stats = fake.stats();
     Ok(serde_json::json!({
         "bench": "email-quota",
@@ -417,8 +424,9 @@ async fn quota_mode(
         "accounts": 2,
         "down_after_s": (down * 10.0).round() / 10.0,
         "seconds": (secs * 10.0).round() / 10.0,
-        "available_rate": (available / secs).round(),
-        "achieved_rate": (blast.counts.sent as f64 / secs).round(),
+        "sending_seconds": (sending * 10.0).round() / 10.0,
+        "available_rate": (available / sending).round(),
+        "achieved_rate": (blast.counts.sent as f64 / sending).round(),
         "ratio": ((blast.counts.sent as f64 / available) * 1000.0).round() / 1000.0,
         "throttle_errors": stats.throttled,
         "lost": lost,
