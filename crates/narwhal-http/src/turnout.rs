@@ -191,10 +191,11 @@ pub async fn summary(State(s): State<AppState>) -> ApiResult<Json<serde_json::Va
 pub struct TurnoutEdge {
     /// The live figures every dashboard and watcher stream of this node shares.
     pub live: narwhal_turnout::live::LiveTurnout,
-    /// A pool of the ingest's own ([`INGEST_POOL`] connections on PostgreSQL), so a
-    /// blast, an import or a flood of staff queries holding the shared pool cannot
-    /// take election day's connections.
-    ingest: narwhal_store::Store,
+    /// The ingest service, on a pool of its own ([`INGEST_POOL`] connections on
+    /// PostgreSQL) so that a blast, an import or a flood of staff queries holding the
+    /// shared pool cannot take election day's connections, and with this node's
+    /// group commit.
+    service: Turnout,
 }
 
 /// Connections of the ingest's own pool (PostgreSQL).
@@ -205,13 +206,13 @@ impl TurnoutEdge {
     pub fn new(store: &narwhal_store::Store) -> Self {
         Self {
             live: narwhal_turnout::live::LiveTurnout::new(store.clone()),
-            ingest: store.dedicated(INGEST_POOL),
+            service: Turnout::with_group_commit(store.dedicated(INGEST_POOL)),
         }
     }
 
-    /// The service over the ingest's pool.
+    /// The service over the ingest's pool (batches share transactions).
     pub fn ingest(&self) -> Turnout {
-        Turnout::new(self.ingest.clone())
+        self.service.clone()
     }
 
     /// Ingests a batch and wakes this node's live figures when something changed.

@@ -138,6 +138,42 @@ pub struct RemainingVoter {
     pub precinct: String,
 }
 
+/// One batch of a group commit: who reports (the polling place a watcher is limited
+/// to, their watcher row), on which channel, and the items.
+#[derive(Debug, Clone, Copy)]
+pub struct ReportGroup<'a> {
+    pub place: Option<&'a str>,
+    pub watcher_id: Option<i64>,
+    pub channel: &'a str,
+    pub items: &'a [ReportIn],
+}
+
+/// Repeats within a batch are duplicates of their first (or share its rejection).
+fn resolve_repeats(items: &[ReportIn], out: Vec<Option<Outcome>>) -> Result<Vec<Outcome>> {
+    let mut first: HashMap<(&str, bool), Outcome> = HashMap::new();
+    let mut result = Vec::with_capacity(items.len());
+    for (item, o) in items.iter().zip(out) {
+        let key = (item.report_id.as_str(), item.undo);
+        let o = match o {
+            Some(o) => {
+                first.entry(key).or_insert(o);
+                o
+            }
+            None => match first.get(&key) {
+                Some(Outcome::Accepted(p)) | Some(Outcome::Duplicate(p)) => Outcome::Duplicate(*p),
+                Some(r) => *r,
+                None => {
+                    return Err(StoreError::Corrupt(
+                        "a batch item was left unresolved".into(),
+                    ))
+                }
+            },
+        };
+        result.push(o);
+    }
+    Ok(result)
+}
+
 /// What a batch changes for each voter: live reports added (or, negative, undone)
 /// and the earliest new voted time.
 #[derive(Default)]
@@ -386,14 +422,30 @@ impl Store {
         channel: &str,
         items: &[ReportIn],
     ) -> Result<Vec<Outcome>> {
-        // A deadlock or serialization failure rolled everything back: the batch is
-        // idempotent, so running it again is safe.
+        let group = ReportGroup {
+            place,
+            watcher_id,
+            channel,
+            items,
+        };
+        let mut out = self.ingest_report_groups(&[group]).await?;
+        out.pop()
+            .ok_or_else(|| StoreError::Corrupt("a batch had no outcome".into()))
+    }
+
+    /// Stores several batches (from several requests) in one transaction: the group
+    /// commit that lets one durable sync serve many watchers. Each batch keeps its own
+    /// polling place check and gets its outcomes, in order. Batches later in the list
+    /// see the earlier ones, so a report id sent twice is stored once.
+    pub async fn ingest_report_groups(
+        &self,
+        groups: &[ReportGroup<'_>],
+    ) -> Result<Vec<Vec<Outcome>>> {
+        // A deadlock or serialization failure rolled everything back: the batches are
+        // idempotent, so running them again is safe.
         let mut tries = 0;
         loop {
-            match self
-                .ingest_reports_once(place, watcher_id, channel, items)
-                .await
-            {
+            match self.ingest_groups_once(groups).await {
                 Err(StoreError::Database(sqlx::Error::Database(e)))
                     if tries < 5 && matches!(e.code().as_deref(), Some("40P01" | "40001")) =>
                 {
@@ -405,19 +457,16 @@ impl Store {
         }
     }
 
-    async fn ingest_reports_once(
-        &self,
-        place: Option<&str>,
-        watcher_id: Option<i64>,
-        channel: &str,
-        items: &[ReportIn],
-    ) -> Result<Vec<Outcome>> {
+    async fn ingest_groups_once(&self, groups: &[ReportGroup<'_>]) -> Result<Vec<Vec<Outcome>>> {
         let backend = self.backend();
         let now = now_ms();
-        let mut out: Vec<Option<Outcome>> = vec![None; items.len()];
+        let mut outs: Vec<Vec<Option<Outcome>>> =
+            groups.iter().map(|g| vec![None; g.items.len()]).collect();
         let mut deltas = Deltas::default();
         on_write!(self, p => {
             let mut tx = p.begin().await?;
+            for (g, out) in groups.iter().zip(outs.iter_mut()) {
+            let (place, watcher_id, channel, items) = (g.place, g.watcher_id, g.channel, g.items);
             // 1. Who each item is about, and where they vote.
             let mut codes: Vec<i64> = items.iter().filter_map(|i| match i.target { Target::Code(c) => Some(c), _ => None }).collect();
             let mut ids: Vec<i64> = items.iter().filter_map(|i| match i.target { Target::Person(p) => Some(p.0), _ => None }).collect();
@@ -524,6 +573,7 @@ impl Store {
                     _ => Outcome::Duplicate(*pid),
                 });
             }
+            }
             // 5. Each voter's live count and voted time, under the row lock.
             let changed = !deltas.0.is_empty();
             for chunk in deltas.sorted().chunks(CHUNK) {
@@ -567,31 +617,11 @@ impl Store {
             }
             Ok::<_, StoreError>(())
         })?;
-        // Repeats within the batch are duplicates of their first (or share its rejection).
-        let mut first: HashMap<(&str, bool), Outcome> = HashMap::new();
-        let mut result = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let key = (item.report_id.as_str(), item.undo);
-            let o = match out[i] {
-                Some(o) => {
-                    first.entry(key).or_insert(o);
-                    o
-                }
-                None => match first.get(&key) {
-                    Some(Outcome::Accepted(p)) | Some(Outcome::Duplicate(p)) => {
-                        Outcome::Duplicate(*p)
-                    }
-                    Some(r) => *r,
-                    None => {
-                        return Err(StoreError::Corrupt(
-                            "a batch item was left unresolved".into(),
-                        ))
-                    }
-                },
-            };
-            result.push(o);
-        }
-        Ok(result)
+        groups
+            .iter()
+            .zip(outs)
+            .map(|(g, out)| resolve_repeats(g.items, out))
+            .collect()
     }
 
     /// Turnout of every precinct with a GOTV universe: supporters and how many voted.

@@ -10,6 +10,7 @@
 //!   one node's copy of them kept current from the store's change clock.
 //! - [`lists`]: canvass turfs and call lists, what remains of them, their exports.
 //! - [`early`]: early-vote and absentee files, which pre-flush the lists.
+//! - [`group`]: the group commit that stores concurrent batches in one transaction.
 //!
 //! Invariants: a report is counted once per report id whatever the channel or the
 //! number of retries (the store's `UNIQUE` constraint decides, not memory); a batch is
@@ -21,6 +22,7 @@
 pub mod code;
 pub mod early;
 pub mod fallback;
+pub mod group;
 pub mod lists;
 pub mod live;
 pub mod places;

@@ -142,6 +142,8 @@ pub struct ListedVoter {
 #[derive(Debug, Clone)]
 pub struct Turnout {
     store: Store,
+    /// When set, batches go through this node's group commit.
+    group: Option<crate::group::GroupCommit>,
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -163,7 +165,16 @@ fn rejected(id: &str, reason: &'static str, message: impl Into<String>) -> ItemR
 
 impl Turnout {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self { store, group: None }
+    }
+
+    /// The service with batches stored through a group commit (see [`crate::group`]):
+    /// for a node serving many watchers at once.
+    pub fn with_group_commit(store: Store) -> Self {
+        Self {
+            group: Some(crate::group::GroupCommit::new(store.clone())),
+            store,
+        }
     }
 
     /// The store this service reads and writes.
@@ -459,10 +470,14 @@ impl Turnout {
             Reporter::Staff => (None, None),
         };
         let ins: Vec<ReportIn> = good.iter().map(|(_, r)| r.clone()).collect();
-        let outcomes = self
-            .store
-            .ingest_reports(place, watcher_id, channel.as_str(), &ins)
-            .await?;
+        let outcomes = match &self.group {
+            Some(g) => g.ingest(place, watcher_id, channel.as_str(), ins).await?,
+            None => {
+                self.store
+                    .ingest_reports(place, watcher_id, channel.as_str(), &ins)
+                    .await?
+            }
+        };
         for ((i, r), o) in good.iter().zip(outcomes) {
             results[*i] = Some(match o {
                 Outcome::Accepted(p) | Outcome::Duplicate(p) => ItemResult {

@@ -383,10 +383,64 @@ async fn a_report_on_another_node_is_seen_within_a_second(db: TestDb) {
     drop(t);
 }
 
+async fn group_commit_gives_each_batch_its_own_outcomes(db: TestDb) {
+    // Twenty batches at once through one group commit: each report id is accepted
+    // once across all of them, and a watcher's batch keeps its polling place check.
+    let (_, p) = setup(&db).await;
+    let t = Turnout::with_group_commit(db.store.clone());
+    let issued = t
+        .issue_watcher("w-p2", "P2", narwhal_turnout::LoginKind::Link, None)
+        .await
+        .unwrap();
+    let w = t.login_link(issued.secret.expose()).await.unwrap().unwrap();
+    let mut tasks = Vec::new();
+    for k in 0..20 {
+        let t = t.clone();
+        let (reporter, items) = if k == 7 {
+            // A P2 watcher reporting a (P1) and d (P2).
+            (
+                Reporter::Watcher(w.clone()),
+                vec![mark("w7-a", p["a"], false), mark("w7-d", p["d"], false)],
+            )
+        } else {
+            // Every other batch sends the same two reports.
+            (
+                Reporter::Staff,
+                vec![mark("same-b", p["b"], false), mark("same-e", p["e"], false)],
+            )
+        };
+        tasks.push(tokio::spawn(async move {
+            (k, t.ingest(&reporter, Channel::App, &items).await.unwrap())
+        }));
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        let (k, r) = task.await.unwrap();
+        if k == 7 {
+            let o: Vec<_> = r.results.iter().map(|x| (x.outcome, x.reason)).collect();
+            assert_eq!(
+                o,
+                [
+                    ("rejected", Some("other_polling_place")),
+                    ("accepted", None)
+                ]
+            );
+        } else {
+            assert_eq!(r.rejected, 0);
+            assert_eq!(r.accepted + r.duplicates, 2);
+            accepted += r.accepted;
+        }
+    }
+    assert_eq!(accepted, 2, "each report id is accepted once");
+    assert_eq!(db.store.report_rows().await.unwrap(), 3);
+    assert_eq!(voted(&t).await, 3);
+}
+
 both_backends!(
     voted_follows_reports_undo_and_the_clock,
     concurrent_batches_keep_counts_exact,
     lists_flush_and_export,
     early_vote_pre_flushes_once,
     a_report_on_another_node_is_seen_within_a_second,
+    group_commit_gives_each_batch_its_own_outcomes,
 );
