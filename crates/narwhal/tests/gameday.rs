@@ -70,6 +70,7 @@ nodes = 3
 voters = 6000
 places = 6
 report_batch = 10
+dashboards = 3
 
 [load.weights]
 donate_page = 1
@@ -116,7 +117,7 @@ fn bad_scenarios_are_refused_with_their_line() {
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(
-        e.contains("impossible.toml:23:") && e.contains("rate"),
+        e.contains("impossible.toml:24:") && e.contains("rate"),
         "{e}"
     );
 
@@ -125,7 +126,7 @@ fn bad_scenarios_are_refused_with_their_line() {
     let p = write(dir.path(), "kill.toml", &kill);
     let e = stderr(&gameday(&p, &dir.path().join("out"), &[]));
     assert!(
-        e.contains("kill.toml:36:") && e.contains("only 3 nodes"),
+        e.contains("kill.toml:37:") && e.contains("only 3 nodes"),
         "{e}"
     );
 }
@@ -202,6 +203,15 @@ async fn three_nodes_one_killed_mid_donations_and_blast_lose_nothing() {
     assert_eq!(
         report["verdict"]["recoveries"][0]["fault"],
         "node_kill (node 1)"
+    );
+    // The dashboard on the killed node reconnected elsewhere and kept receiving.
+    assert!(
+        report["verdict"]["dashboard_events"].as_u64().unwrap() > 10,
+        "{report}"
+    );
+    assert!(
+        report["verdict"]["dashboard_reconnects"].as_u64().unwrap() >= 1,
+        "{report}"
     );
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("**Verdict: PASS**"), "{md}");

@@ -101,6 +101,10 @@ pub struct Recorded {
     pub refused: AtomicU64,
     pub resets: AtomicU64,
     pub shed_without_retry_after: AtomicU64,
+    /// Live-stream events received: (dashboard, seconds from the start of load).
+    pub dashboard_events: Mutex<Vec<(usize, f64)>>,
+    /// Times a dashboard's stream ended or could not be opened.
+    pub dashboard_reconnects: AtomicU64,
     pub donations: Mutex<Vec<DonationAck>>,
     pub reports: Mutex<Vec<String>>,
 }
@@ -137,6 +141,16 @@ pub async fn run(
     let in_flight = Arc::new(AtomicUsize::new(0));
     let seq = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut streams = tokio::task::JoinSet::new();
+    for k in 0..load.dashboards {
+        streams.spawn(dashboard(
+            target.clone(),
+            recorded.clone(),
+            k,
+            start,
+            start + duration,
+        ));
+    }
     let mut t = 0.0f64;
     let end = duration.as_secs_f64();
     loop {
@@ -194,7 +208,44 @@ pub async fn run(
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
+    while streams.join_next().await.is_some() {}
     Ok(())
+}
+
+/// A staff dashboard: holds `/api/v1/turnout/live` until `end`, counting the events
+/// that arrive; when the stream ends or fails it reconnects to the next node.
+async fn dashboard(t: Arc<Target>, rec: Arc<Recorded>, k: usize, start: Instant, end: Instant) {
+    let Ok(http) = reqwest::Client::builder().build() else {
+        return;
+    };
+    let mut node = k;
+    let held = async {
+        loop {
+            let base = &t.urls[node % t.urls.len()];
+            node += 1;
+            let resp = http
+                .get(format!("{base}/api/v1/turnout/live"))
+                .bearer_auth(&t.token)
+                .send()
+                .await;
+            if let Ok(mut r) = resp.and_then(|r| r.error_for_status()) {
+                while let Ok(Some(chunk)) = r.chunk().await {
+                    let events = chunk.windows(6).filter(|w| w == b"event:").count();
+                    if events > 0 {
+                        let at = start.elapsed().as_secs_f64();
+                        let mut e = rec
+                            .dashboard_events
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        e.extend(std::iter::repeat_n((k, at), events));
+                    }
+                }
+            }
+            rec.dashboard_reconnects.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let _ = tokio::time::timeout_at(end.into(), held).await;
 }
 
 fn record(r: &Recorded, at_ms: u64, workload: Workload, latency_ms: f64, outcome: Outcome) {

@@ -177,6 +177,7 @@ async fn drive(
         bound,
         &s.verify,
         duration_s,
+        s.load.dashboards,
     )
     .await?;
 

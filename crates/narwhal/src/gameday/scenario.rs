@@ -69,6 +69,10 @@ pub struct Load {
     /// The fake processors' answer time.
     #[serde(default = "default_processor_latency")]
     pub processor_latency: Span,
+    /// Staff dashboards holding the live turnout stream (`/api/v1/turnout/live`)
+    /// for the whole run, reconnecting to another node when dropped.
+    #[serde(default)]
+    pub dashboards: usize,
 }
 
 fn default_in_flight() -> usize {
@@ -430,6 +434,12 @@ pub fn parse(file: &str, stem: &str, text: &str) -> Result<Scenario, ScenarioErr
         return Err(err(
             key_line("voters").or(key_line("places")),
             "load.voters and load.places: at least 1 each, no more places than voters".into(),
+        ));
+    }
+    if s.load.dashboards > 1000 {
+        return Err(err(
+            key_line("dashboards"),
+            "load.dashboards: at most 1000".into(),
         ));
     }
     if s.load.report_batch == 0 || s.load.report_batch > 500 {

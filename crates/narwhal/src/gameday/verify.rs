@@ -41,6 +41,11 @@ pub struct Verdict {
     pub blast_in_flight_bound: i64,
     pub acked_donations: usize,
     pub acked_reports: usize,
+    /// Live-stream events received by all dashboards, and their reconnects.
+    pub dashboard_events: usize,
+    pub dashboard_reconnects: u64,
+    /// The longest time any dashboard went without an event, in seconds.
+    pub dashboard_longest_gap_s: f64,
 }
 
 impl Verdict {
@@ -79,6 +84,7 @@ pub async fn verify(
     blast_bound: i64,
     limits: &VerifyLimits,
     duration_s: f64,
+    dashboards: usize,
 ) -> anyhow::Result<Verdict> {
     let mut v = Verdict::default();
 
@@ -326,6 +332,49 @@ pub async fn verify(
                 } else {
                     slow.join(", ")
                 }
+            ),
+        );
+    }
+    if dashboards > 0 {
+        let events = rec
+            .dashboard_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        v.dashboard_events = events.len();
+        v.dashboard_reconnects = rec
+            .dashboard_reconnects
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut worst = (0usize, 0.0f64);
+        for k in 0..dashboards {
+            let mut times: Vec<f64> = events
+                .iter()
+                .filter(|(d, _)| *d == k)
+                .map(|(_, t)| *t)
+                .collect();
+            times.sort_by(|a, b| a.total_cmp(b));
+            // From the start, between events, and from the last event to the end.
+            let mut prev = 0.0;
+            let mut gap = 0.0f64;
+            for t in times.iter().chain(std::iter::once(&duration_s)) {
+                gap = gap.max(t - prev);
+                prev = *t;
+            }
+            if gap > worst.1 {
+                worst = (k, gap);
+            }
+        }
+        v.dashboard_longest_gap_s = worst.1;
+        v.check(
+            "every dashboard stream kept delivering live turnout (reconnecting when its node died)",
+            worst.1 <= limits.recover_within.secs(),
+            format!(
+                "{dashboards} dashboards, {} events, {} reconnects; longest gap {:.1} s (dashboard {}); limit {:.0} s",
+                v.dashboard_events,
+                v.dashboard_reconnects,
+                worst.1,
+                worst.0,
+                limits.recover_within.secs()
             ),
         );
     }
