@@ -163,7 +163,10 @@ async fn measure(
     backend: Backend,
     args: &DonationsBenchArgs,
 ) -> anyhow::Result<serde_json::Value> {
-    eprintln!("[{}] baseline: durable single-row commits for 3 s...", backend.as_str());
+    eprintln!(
+        "[{}] baseline: durable single-row commits for 3 s...",
+        backend.as_str()
+    );
     let baseline = store.bench_durable_commits(3.0).await?;
 
     let latency = Duration::from_millis(args.processor_ms);
@@ -338,7 +341,10 @@ async fn measure(
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let n = acked.lock().map(|a| a.len()).unwrap_or(0);
-                eprintln!("  {:>4.0} s: {n} acknowledged", started.elapsed().as_secs_f64());
+                eprintln!(
+                    "  {:>4.0} s: {n} acknowledged",
+                    started.elapsed().as_secs_f64()
+                );
             }
         })
     };
@@ -391,9 +397,18 @@ async fn measure(
     let double_charges: u64 = charges.values().map(|n| n.saturating_sub(1)).sum();
     let succeeded: Vec<_> = rows.iter().filter(|r| r.state == "succeeded").collect();
     // Money taken that no succeeded donation records, or a success with no charge.
-    let recorded: HashSet<&str> = succeeded.iter().filter_map(|r| r.processor_ref.as_deref()).collect();
-    lost += charged_refs.iter().filter(|r| !recorded.contains(r.as_str())).count() as u64;
-    lost += recorded.iter().filter(|r| !charged_refs.contains(**r)).count() as u64;
+    let recorded: HashSet<&str> = succeeded
+        .iter()
+        .filter_map(|r| r.processor_ref.as_deref())
+        .collect();
+    lost += charged_refs
+        .iter()
+        .filter(|r| !recorded.contains(r.as_str()))
+        .count() as u64;
+    lost += recorded
+        .iter()
+        .filter(|r| !charged_refs.contains(**r))
+        .count() as u64;
     if lost > 0 {
         let states: HashMap<&str, usize> = rows.iter().fold(HashMap::new(), |mut m, r| {
             *m.entry(r.state.as_str()).or_default() += 1;
