@@ -118,7 +118,8 @@ pub async fn serve_store(
     if let Some(b) = banner {
         println!("{b}");
     }
-    let mail = mail_sender(settings, &bulk, &node_id, &addr.to_string()).await?;
+    let job_lease_ms = i64::from(args.job_lease_secs.max(1)) * 1000;
+    let mail = mail_sender(settings, &bulk, &node_id, &addr.to_string(), job_lease_ms).await?;
     let blast_worker = narwhal_mail::blast::spawn(mail.sender.clone(), stop_rx_blasts);
     let state = AppState::new(store.clone(), config).with_mail(mail);
     // `[donations]`: the service, the page, webhooks, and the settler beside them.
@@ -187,6 +188,7 @@ async fn mail_sender(
     store: &narwhal_store::Store,
     node_id: &str,
     addr: &str,
+    job_lease_ms: i64,
 ) -> anyhow::Result<narwhal_http::blasts::MailEdge> {
     let key = match settings.mail.unsubscribe_secret_env {
         Some(_) => Vec::new(),
@@ -211,7 +213,12 @@ async fn mail_sender(
     let sender = narwhal_mail::blast::BlastSender::new(
         store.clone(),
         setup.accounts,
-        narwhal_mail::blast::SendConfig::new(node_id, setup.compose),
+        narwhal_mail::blast::SendConfig {
+            // `--job-lease-secs` holds for blast jobs too: a dead node's blast is taken over
+            // after it.
+            job_lease_ms,
+            ..narwhal_mail::blast::SendConfig::new(node_id, setup.compose)
+        },
     );
     Ok(narwhal_http::blasts::MailEdge {
         sender,
