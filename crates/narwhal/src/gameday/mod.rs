@@ -118,6 +118,14 @@ async fn run_scenario(settings: &crate::config::Settings, args: RunArgs) -> anyh
     Ok(())
 }
 
+/// The 1-minute load average, where the system reports one.
+fn machine_load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Seeds, offers the load with its faults, verifies and reports; returns the number
 /// of failed invariants.
 async fn drive(
@@ -144,6 +152,7 @@ async fn drive(
     );
     let rec = Arc::new(load::Recorded::default());
     let obs = Arc::new(timeline::Observed::default());
+    let machine_before = machine_load();
     let start = Instant::now();
     let faults = tokio::spawn(timeline::run(
         d.clone(),
@@ -154,6 +163,14 @@ async fn drive(
     ));
     load::run(target, &s.load, s.duration.0, start, rec.clone()).await?;
     let _ = faults.await;
+    obs.notes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(format!(
+            "machine: {} cores; load average (1 min) {machine_before} at the start, {} at the end of load (everything shares these cores: nodes, PostgreSQL, fakes, the generator, and anything else running)",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            machine_load()
+        ));
 
     eprintln!("gameday {}: load done; letting open work settle...", s.name);
     settle(&d, blast, &s.verify).await;
