@@ -251,3 +251,68 @@ async fn a_node_acknowledging_without_committing_fails_the_reports_invariant() {
     );
     assert!(stderr(&o).contains("invariant(s) FAILED"));
 }
+
+/// A fake started as a process prints where it listens and answers there.
+fn fake_process(args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_narwhal"))
+        .arg("fake")
+        .args(args)
+        .env_remove("NARWHAL_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line)
+}
+
+#[tokio::test]
+async fn fakes_run_as_processes() {
+    let (mut stripe, line) = fake_process(&["stripe", "--listen", "127.0.0.1:0"]);
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let stats: serde_json::Value = reqwest::get(format!("{url}/_fake/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["requests"], 0, "{stats}");
+    let r = reqwest::Client::new()
+        .post(format!("{url}/_fake/faults"))
+        .json(&serde_json::json!({"fault": "down"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let down = reqwest::Client::new()
+        .get(format!("{url}/v1/payment_intents/pi_x"))
+        .bearer_auth("sk_test_narwhal")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), 503, "the fault set over HTTP applies");
+    stripe.kill().unwrap();
+    stripe.wait().unwrap();
+
+    let (mut ses, line) = fake_process(&["ses", "--listen", "127.0.0.1:0"]);
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    // Unsigned: SES refuses it, which shows the fake (not something else) answers.
+    let r = reqwest::get(format!("{url}/v2/email/account"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    ses.kill().unwrap();
+    ses.wait().unwrap();
+}
