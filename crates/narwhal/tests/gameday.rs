@@ -91,8 +91,11 @@ recipients = 3000
 rate = 300
 at = "1s"
 
+# CI machines are shared: latency is judged loosely here (the correctness invariants,
+# which do not depend on the machine, are judged exactly).
 [verify]
 recover_within = "10s"
+p99_limit_ms = 10000
 "#;
 
 /// The blast section of [`SHORT`], for scenarios that leave it out.
@@ -126,7 +129,7 @@ fn bad_scenarios_are_refused_with_their_line() {
     let p = write(dir.path(), "kill.toml", &kill);
     let e = stderr(&gameday(&p, &dir.path().join("out"), &[]));
     assert!(
-        e.contains("kill.toml:37:") && e.contains("only 3 nodes"),
+        e.contains("kill.toml:40:") && e.contains("only 3 nodes"),
         "{e}"
     );
 }
@@ -183,7 +186,8 @@ async fn three_nodes_one_killed_mid_donations_and_blast_lose_nothing() {
     let out = dir.path().join("out");
     let o = gameday(&p, &out, &[]);
     let v = summary(&o);
-    assert!(o.status.success(), "{v}\n{}", stderr(&o));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap_or_default();
+    assert!(o.status.success(), "{v}\n{md}\n{}", stderr(&o));
     assert_eq!(v["invariants_failed"], 0, "{v}");
     assert_eq!(v["lost"], 0);
     assert_eq!(v["double_charges"], 0);
@@ -213,7 +217,6 @@ async fn three_nodes_one_killed_mid_donations_and_blast_lose_nothing() {
         report["verdict"]["dashboard_reconnects"].as_u64().unwrap() >= 1,
         "{report}"
     );
-    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("**Verdict: PASS**"), "{md}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(
