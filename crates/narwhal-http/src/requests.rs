@@ -90,6 +90,16 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(REQUEST_ID, v);
     }
+    // Shed load says when to come back: every 503 carries Retry-After, so clients back
+    // off instead of hammering a node that is already short of database.
+    if status == StatusCode::SERVICE_UNAVAILABLE
+        && !res.headers().contains_key(axum::http::header::RETRY_AFTER)
+    {
+        res.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
+    }
     let secs = started.elapsed().as_secs_f64();
     state
         .metrics

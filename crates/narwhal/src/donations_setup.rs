@@ -10,6 +10,7 @@
 //! excess = "refuse"                     # or "designate_to_next_election"
 //! client_ip_header = "x-forwarded-for"  # only behind a proxy you trust
 //! settle_every_secs = 10
+//! settle_timeout_ms = 2000             # then 202 "being confirmed"; the settler finishes it
 //!
 //! [donations.limits]                    # optional; default: 2025-26 ($3,500 per election)
 //! cycle = 2026
@@ -35,6 +36,7 @@
 //! publishable_key = "pk_live_..."
 //! webhook_secret_env = "STRIPE_PRIMARY_WEBHOOK_SECRET"
 //! max_rps = 25
+//! timeout_ms = 8000                   # past it a charge is ambiguous: settled by a status query
 //! ```
 
 use anyhow::{bail, Context};
@@ -67,6 +69,9 @@ pub struct DonationSettings {
     pub client_ip_header: Option<String>,
     /// Seconds between settling unsettled attempts and health checks (default 10).
     pub settle_every_secs: Option<u64>,
+    /// How long a donor's request keeps asking about an ambiguous charge before it
+    /// answers "being confirmed" (202) and leaves it to the settler, in ms (default 2000).
+    pub settle_timeout_ms: Option<u64>,
     /// Card-testing limits.
     pub abuse: Option<AbuseSettings>,
     /// Processor accounts in order of preference.
@@ -110,6 +115,10 @@ pub struct ProcessorSettings {
     pub webhook_secret_env: Option<String>,
     /// Requests per second to this account (default 25).
     pub max_rps: Option<u32>,
+    /// The longest wait for this account's answer, in ms (default 8000). Past it a
+    /// charge is ambiguous and is settled by a status query, never retried elsewhere;
+    /// a game day or a fast vendor can set it lower.
+    pub timeout_ms: Option<u64>,
 }
 
 impl DonationSettings {
@@ -191,6 +200,10 @@ impl DonationSettings {
                 }
                 c.max_requests_per_second = rps;
             }
+            c.request_timeout = Duration::from_millis(p.timeout_ms.unwrap_or(8_000));
+            if p.timeout_ms == Some(0) {
+                bail!("{at}.timeout_ms: must be at least 1");
+            }
             let stripe = StripeProcessor::new(c).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
             processors.push(Arc::new(stripe));
             if let Some(var) = &p.webhook_secret_env {
@@ -210,6 +223,7 @@ impl DonationSettings {
             router,
             PayConfig {
                 limits,
+                settle_timeout: Duration::from_millis(self.settle_timeout_ms.unwrap_or(2_000)),
                 ..PayConfig::default()
             },
         );

@@ -111,7 +111,13 @@ async fn database_gone_is_503() {
     assert_eq!(r.status(), 503);
     let r = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let (s, v) = split(app.req(Method::GET, "/api/v1/people").send().await.unwrap()).await;
+    let r = app.req(Method::GET, "/api/v1/people").send().await.unwrap();
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1"),
+        "a 503 says when to come back"
+    );
+    let (s, v) = split(r).await;
     assert_eq!(s, 503);
     crate::helpers::assert_error(&v, "unavailable");
 }
