@@ -225,9 +225,16 @@ pub fn spawn(
                     let id = job.id;
                     let r = match run_blast_job(&sender, &job, &shutdown).await {
                         Ok(result) => store.complete_job(id, &node, &result).await.map(|_| ()),
-                        Err((msg, permanent)) => {
+                        Err((msg, true)) => {
                             tracing::warn!(job.id = %id, error = %msg, "blast job failed");
-                            store.fail_job(id, &node, &msg, 2_000, permanent).await
+                            store.fail_job(id, &node, &msg, 2_000, true).await
+                        }
+                        // A blast is resumable: a transient failure (the database
+                        // blinked) puts it back without spending an attempt, so it
+                        // cannot fail for good and leave the blast stuck in `sending`.
+                        Err((msg, false)) => {
+                            tracing::warn!(job.id = %id, error = %msg, "blast job interrupted; requeued");
+                            store.requeue_job(id, &node, &msg, 2_000).await.map(|_| ())
                         }
                     };
                     if let Err(e) = r {

@@ -151,6 +151,34 @@ impl Store {
         Ok(())
     }
 
+    /// Puts a claimed job back in the queue after a transient failure (the database
+    /// was unreachable, a node is shutting down) without spending one of its attempts:
+    /// for resumable work such as a blast, which must not fail for good because the
+    /// database blinked.
+    pub async fn requeue_job(
+        &self,
+        id: JobId,
+        owner: &str,
+        error: &str,
+        retry_in_ms: i64,
+    ) -> Result<bool> {
+        let now = now_ms();
+        on_write!(self, p => {
+            let r = sqlx::query(
+                "UPDATE jobs SET state = 'queued', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, \
+                 error = $1, run_after = $2, lease_owner = NULL, lease_until = NULL, updated_at = $3 WHERE id = $4 AND lease_owner = $5",
+            )
+            .bind(error)
+            .bind(now + retry_in_ms)
+            .bind(now)
+            .bind(id.0)
+            .bind(owner)
+            .execute(p)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
     pub async fn job(&self, id: JobId) -> Result<Job> {
         let sql = format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1");
         on_read!(self, p => {

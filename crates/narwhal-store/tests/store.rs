@@ -387,6 +387,29 @@ async fn jobs_lease_and_recover(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(db.store.job(id2).await.unwrap().state, "failed");
+    // Requeued work does not spend its attempts: many interruptions, still queued.
+    let id3 = db
+        .store
+        .enqueue_job("t.resumable", &json!({}))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let job = db
+            .store
+            .claim_job(&["t.resumable"], "n", 1000)
+            .await
+            .unwrap()
+            .expect("queued again");
+        assert_eq!(job.id, id3);
+        assert!(db
+            .store
+            .requeue_job(id3, "n", "db blinked", 0)
+            .await
+            .unwrap());
+        // Only the owner can requeue.
+        assert!(!db.store.requeue_job(id3, "other", "x", 0).await.unwrap());
+    }
+    assert_eq!(db.store.job(id3).await.unwrap().state, "queued");
 }
 
 async fn concurrent_claims_never_share_a_job(db: TestDb) {
