@@ -470,7 +470,7 @@ async fn watcher_client(
 
 async fn run_connections(b: &Bench, clients: usize) -> anyhow::Result<serde_json::Value> {
     let name = b.backend.as_str();
-    let limit = raise_nofile(clients as u64 * 2 + 1024)?;
+    let limit = raise_nofile(clients as u64 * 2 + 256)?;
     eprintln!(
         "[{name}] turnout-connections: {clients} watcher clients (open-file limit {limit})..."
     );
