@@ -120,14 +120,17 @@ async fn ingest_keeps_its_capacity_during_an_import_and_a_blast_load(app: TestAp
         "the import ran while reports were taken"
     );
     assert!(writes.load(Ordering::Relaxed) > 0);
-    // ...and every batch was taken fast: a report is visible well within the 1 s
-    // election day needs, on a test machine running other tests at the same time.
+    // ...and every batch was taken, and fast: no batch waited for the load to finish
+    // (the import alone takes far longer), the typical one well within the second
+    // election day needs. On SQLite a batch may wait for one import transaction (one
+    // writer); on PostgreSQL the ingest's own pool never waits for the load's. The
+    // bounds leave room for a test machine running other tests at the same time.
     assert!(
-        median < Duration::from_millis(500),
+        median < Duration::from_secs(1),
         "median {median:?} (max {max:?})"
     );
     assert!(
-        max < Duration::from_secs(2),
+        max < Duration::from_secs(5),
         "max {max:?} (median {median:?})"
     );
     let place = app.store.polling_place(&places[0]).await.unwrap();
