@@ -10,8 +10,8 @@
 
 pub mod batch;
 pub mod compat;
-pub mod giving;
 pub mod events;
+pub mod giving;
 pub mod pledge;
 pub mod processor;
 pub mod reconcile;

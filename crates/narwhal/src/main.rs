@@ -2,9 +2,9 @@
 
 mod admin;
 mod bench;
-mod bench_turnout;
 mod bench_donations;
 mod bench_email;
+mod bench_turnout;
 mod blast;
 mod config;
 mod demo;

@@ -142,7 +142,10 @@ pub async fn serve_store(
             std::time::Duration::from_secs(5),
             stop_tx.subscribe(),
         );
-        (state.with_donations(edge).with_compat(compat), Some(settler))
+        (
+            state.with_donations(edge).with_compat(compat),
+            Some(settler),
+        )
     } else {
         (state, None)
     };

@@ -6,8 +6,8 @@ mod helpers;
 
 mod auth;
 mod blasts;
-mod compat;
 mod browser;
+mod compat;
 mod console;
 mod console_forms;
 mod donations;
