@@ -25,6 +25,22 @@ async fn declared_bodies_match_handlers(app: TestApp) {
             .send()
             .await
             .unwrap();
+        // A live stream never ends: its status is the answer; its body is not read.
+        let streams = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/event-stream"));
+        if streams {
+            assert!(
+                matches!(r.body, Body::None),
+                "{} {} streams",
+                r.method,
+                r.path
+            );
+            assert_ne!(res.status(), 415, "{} {}", r.method, r.path);
+            continue;
+        }
         let (s, v) = split(res).await;
         match r.body {
             Body::Json(_) => assert_eq!(s, 415, "{} {} reads JSON: {v}", r.method, r.path),
