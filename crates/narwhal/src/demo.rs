@@ -126,5 +126,36 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
         println!("{banner}");
         return Ok(());
     }
-    serve_store(settings, store, &args.serve, Some(banner)).await
+    // Without a processor configured, the demo takes donations through the project's
+    // fake Stripe on loopback, so the page and the API work without a vendor account.
+    let mut settings = settings.clone();
+    let _fake_stripe = if settings.donations.processors.is_empty() {
+        let fake = narwhal_fakes::stripe::FakeStripe::start(Default::default()).await?;
+        let key = narwhal_fakes::stripe::DEFAULT_KEY;
+        std::env::set_var(DEMO_STRIPE_KEY_ENV, key);
+        settings
+            .donations
+            .processors
+            .push(crate::donations_setup::ProcessorSettings {
+                name: "demo-stripe".into(),
+                kind: "stripe".into(),
+                api_base: Some(fake.url()),
+                secret_key_env: DEMO_STRIPE_KEY_ENV.into(),
+                publishable_key: Some(key.replacen("sk_", "pk_", 1)),
+                webhook_secret_env: None,
+                max_rps: None,
+                timeout_ms: None,
+            });
+        println!(
+            "Donations go to a fake Stripe at {} (test card 4242 4242 4242 4242; no money moves)",
+            fake.url()
+        );
+        Some(fake)
+    } else {
+        None
+    };
+    serve_store(&settings, store, &args.serve, Some(banner)).await
 }
+
+/// The variable the demo's fake Stripe key is read from.
+const DEMO_STRIPE_KEY_ENV: &str = "NARWHAL_DEMO_STRIPE_SECRET_KEY";
