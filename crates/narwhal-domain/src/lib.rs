@@ -8,6 +8,7 @@
 pub mod address;
 pub mod auth;
 pub mod card;
+pub mod civil;
 pub mod consent;
 pub mod email;
 pub mod error;

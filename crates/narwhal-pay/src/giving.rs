@@ -14,7 +14,7 @@ use narwhal_domain::PersonId;
 use narwhal_store::giving::{LinkProblem, NewPlan, Plan};
 use narwhal_store::{now_ms, StoreError};
 
-const DAY_MS: i64 = 86_400_000;
+use narwhal_domain::civil::{civil_from_days, days_from_civil, DAY_MS};
 
 /// Waits before retrying a failed installment: 1, 3, then 7 days; then the plan fails.
 pub const RETRY_AFTER_DAYS: [i64; 3] = [1, 3, 7];
@@ -60,29 +60,6 @@ fn days_in_month(y: i64, m: u32) -> u32 {
             }
         }
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// A one-click link as shown on its confirm page.

@@ -290,6 +290,23 @@ macro_rules! donation_from_row {
     }};
 }
 
+macro_rules! attempt_from_row {
+    ($r:expr) => {{
+        let r = $r;
+        AttemptRow {
+            donation_id: r.try_get("donation_id")?,
+            seq: r.try_get("seq")?,
+            processor: r.try_get("processor")?,
+            attempt_key: r.try_get("attempt_key")?,
+            state: r.try_get("state")?,
+            processor_ref: r.try_get("processor_ref")?,
+            detail: r.try_get("detail")?,
+            started_at: r.try_get("started_at")?,
+            finished_at: r.try_get("finished_at")?,
+        }
+    }};
+}
+
 /// The card as the processor described it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CardOnFile {
@@ -897,19 +914,7 @@ impl Store {
             .fetch_all(p)
             .await?;
             rows.into_iter()
-                .map(|r| {
-                    Ok(AttemptRow {
-                        donation_id: r.try_get("donation_id")?,
-                        seq: r.try_get("seq")?,
-                        processor: r.try_get("processor")?,
-                        attempt_key: r.try_get("attempt_key")?,
-                        state: r.try_get("state")?,
-                        processor_ref: r.try_get("processor_ref")?,
-                        detail: r.try_get("detail")?,
-                        started_at: r.try_get("started_at")?,
-                        finished_at: r.try_get("finished_at")?,
-                    })
-                })
+                .map(|r| Ok(attempt_from_row!(r)))
                 .collect()
         })
     }
@@ -933,19 +938,7 @@ impl Store {
             .fetch_all(p)
             .await?;
             rows.into_iter()
-                .map(|r| {
-                    Ok(AttemptRow {
-                        donation_id: r.try_get("donation_id")?,
-                        seq: r.try_get("seq")?,
-                        processor: r.try_get("processor")?,
-                        attempt_key: r.try_get("attempt_key")?,
-                        state: r.try_get("state")?,
-                        processor_ref: r.try_get("processor_ref")?,
-                        detail: r.try_get("detail")?,
-                        started_at: r.try_get("started_at")?,
-                        finished_at: r.try_get("finished_at")?,
-                    })
-                })
+                .map(|r| Ok(attempt_from_row!(r)))
                 .collect()
         })
     }
@@ -1108,31 +1101,12 @@ pub struct DonationSearch {
     pub limit: i64,
 }
 
-/// The calendar year (UTC) of a time in ms.
-pub fn year_of_ms(ms: i64) -> i32 {
-    // Days since 1970-01-01 to a civil year (Howard Hinnant's algorithm).
-    let days = ms.div_euclid(86_400_000);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    i32::try_from(year).unwrap_or(i32::MAX)
-}
+/// The calendar year (UTC) of a time in ms (from the domain crate).
+pub use narwhal_domain::civil::year_of_ms;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn years_from_ms() {
-        assert_eq!(year_of_ms(0), 1970);
-        assert_eq!(year_of_ms(1_798_761_599_000), 2026); // 2026-12-31T23:59:59Z
-        assert_eq!(year_of_ms(1_798_761_600_000), 2027);
-    }
 
     #[test]
     fn the_state_graph_only_moves_forward() {

@@ -60,18 +60,11 @@ pub fn parse_since(s: &str, now_secs: i64) -> anyhow::Result<i64> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return Err(bad());
     }
-    Ok(days_from_civil(y, m, d) * 86_400)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let (m, d) = (
+        u32::try_from(m).map_err(|_| bad())?,
+        u32::try_from(d).map_err(|_| bad())?,
+    );
+    Ok(narwhal_domain::civil::days_from_civil(y, m, d) * 86_400)
 }
 
 pub async fn run(settings: &Settings, cmd: DonationsCommand) -> anyhow::Result<()> {
