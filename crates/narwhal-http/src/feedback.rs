@@ -79,7 +79,9 @@ fn refused(e: FeedbackError) -> ApiError {
         FeedbackError::Sns(SnsError::Malformed(_)) => StatusCode::BAD_REQUEST,
         FeedbackError::Sns(SnsError::Unreachable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         FeedbackError::Sns(_) => StatusCode::FORBIDDEN,
-        FeedbackError::Dsn(_) | FeedbackError::NotAReply => StatusCode::UNPROCESSABLE_ENTITY,
+        FeedbackError::Dsn(_) | FeedbackError::NotAReply | FeedbackError::UnknownSource(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         FeedbackError::Store(_) => {
             return match e {
                 FeedbackError::Store(s) => s.into(),

@@ -84,6 +84,9 @@ pub struct SendConfig {
     pub lanes: usize,
     /// Footer, unsubscribe links and headers for every message.
     pub compose: Compose,
+    /// When immediate transient SMTP rejections suppress an address (like transient
+    /// bounces reported later).
+    pub transient: crate::feedback::TransientPolicy,
 }
 
 /// What every message carries besides its content: the sender's name and postal
@@ -112,6 +115,7 @@ impl SendConfig {
             slice_max: 1_000,
             lanes: 4,
             compose,
+            transient: crate::feedback::TransientPolicy::default(),
         }
     }
 }
@@ -126,6 +130,8 @@ pub struct BlastSender {
     /// Ledger ids of the accounts, by index (filled on first use).
     account_ids: Arc<tokio::sync::OnceCell<Vec<i32>>>,
     config: SendConfig,
+    /// Applies immediate SMTP rejections as bounces (consent and suppressions).
+    rejections: crate::feedback::Feedback,
 }
 
 /// Why a job stopped with an error: (message, permanent).
@@ -146,12 +152,23 @@ impl BlastSender {
                 spec: a.spec,
             })
             .collect();
+        // Rejections never come through SNS: the verifier is never asked.
+        let rejections = crate::feedback::Feedback::new(
+            store.clone(),
+            Arc::new(crate::feedback::sns::SnsVerifier::new(
+                crate::feedback::sns::CertHosts::Aws,
+                Vec::new(),
+            )),
+            Some(config.compose.signer.clone()),
+            config.transient,
+        );
         Self {
             store,
             scheduler: Arc::new(Mutex::new(Scheduler::new(specs, UnixMillis::now()))),
             accounts: Arc::new(accounts),
             account_ids: Arc::new(tokio::sync::OnceCell::new()),
             config,
+            rejections,
         }
     }
 
@@ -548,6 +565,15 @@ impl JobCtx {
                 &self.templates,
             )
             .await;
+            // Bounces first: if this node dies before the outcomes are recorded, the
+            // slice is sent again and the same rejection is recorded once.
+            for (person, email, reply) in &outcomes.smtp_rejections {
+                sender
+                    .rejections
+                    .ingest_smtp_reply(email, reply, id, *person)
+                    .await
+                    .map_err(|e| (format!("recording an SMTP rejection: {e}"), false))?;
+            }
             let rec = store
                 .record_outcomes(&claim, &outcomes.outcomes)
                 .await
@@ -578,6 +604,9 @@ impl JobCtx {
 struct SliceResult {
     outcomes: Vec<(narwhal_domain::PersonId, Outcome)>,
     account_refused: Option<String>,
+    /// Recipients a receiving server refused with an SMTP reply, and the reply: they
+    /// are bounces (RFC 3463 classifies them), applied to consent and suppressions.
+    smtp_rejections: Vec<(narwhal_domain::PersonId, Email, String)>,
 }
 
 /// Renders a slice and hands it to the account in requests of at most
@@ -634,6 +663,7 @@ async fn send_slice(
         return SliceResult {
             outcomes,
             account_refused: None,
+            smtp_rejections: Vec::new(),
         };
     }
     let provider = &sender.accounts[account].provider;
@@ -646,6 +676,7 @@ async fn send_slice(
         s.other_up(account, now)
     };
     let now_i = now_ms();
+    let mut smtp_rejections = Vec::new();
     for (r, o) in sent_for.iter().zip(results.iter()) {
         let ctx = RetryContext {
             attempts: u32::try_from(r.attempts + 1).unwrap_or(u32::MAX),
@@ -695,10 +726,19 @@ async fn send_slice(
                 attempt: false,
                 throttled: false,
             },
-            (Decision::GiveUp, SendOutcome::Rejected { reason, .. }) => Outcome::Failed {
-                account: Some(account_id),
-                reason: reason.clone(),
-            },
+            (Decision::GiveUp, SendOutcome::Rejected { reason, scope }) => {
+                if *scope == crate::provider::RejectScope::Message
+                    && crate::feedback::dsn::classify_smtp_reply(reason).is_some()
+                {
+                    if let Some(Ok(to)) = r.email.as_deref().map(Email::parse) {
+                        smtp_rejections.push((r.person_id, to, reason.clone()));
+                    }
+                }
+                Outcome::Failed {
+                    account: Some(account_id),
+                    reason: reason.clone(),
+                }
+            }
             (Decision::GiveUp, other) => Outcome::Failed {
                 account: Some(account_id),
                 reason: other.label().to_string(),
@@ -725,6 +765,7 @@ async fn send_slice(
     SliceResult {
         outcomes,
         account_refused,
+        smtp_rejections,
     }
 }
 

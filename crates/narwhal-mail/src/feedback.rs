@@ -26,7 +26,8 @@ use crate::unsubscribe::UnsubscribeSigner;
 use narwhal_domain::{Email, PersonId};
 use narwhal_store::blasts::BlastId;
 pub use narwhal_store::feedback::{
-    Applied, FeedbackEvent, FeedbackId, FeedbackKind, FeedbackState, TransientPolicy,
+    Applied, FeedbackEvent, FeedbackId, FeedbackKind, FeedbackState, StoredFeedback,
+    TransientPolicy,
 };
 use narwhal_store::{now_ms, Store, StoreError};
 use serde::Serialize;
@@ -51,6 +52,9 @@ pub enum FeedbackError {
     /// The SMTP reply could not be read.
     #[error("not an SMTP reply")]
     NotAReply,
+    /// A stored payload from a source this version does not know.
+    #[error("unknown feedback source {0:?}")]
+    UnknownSource(String),
     /// Storage failed: nothing was acknowledged; the sender should retry.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -64,6 +68,7 @@ impl FeedbackError {
             Self::Dsn(dsn::DsnError::NotAReport) => "not_a_dsn",
             Self::Dsn(dsn::DsnError::NoRecipients) => "dsn_without_recipients",
             Self::NotAReply => "not_an_smtp_reply",
+            Self::UnknownSource(_) => "unknown_source",
             Self::Store(_) => "unavailable",
         }
     }
@@ -145,16 +150,27 @@ impl Feedback {
             .store
             .receive_feedback(SOURCE_SNS, &env.message_id, &text)
             .await?;
-        let mut out = Ingested::received(rec, env.kind.as_str().to_string());
+        let out = Ingested::received(rec, env.kind.as_str().to_string());
         if out.duplicate {
             return Ok(out);
         }
+        self.process_sns(out, &env).await
+    }
+
+    /// Acts on a stored, verified SNS envelope: confirms a subscription or applies a
+    /// notification's events.
+    async fn process_sns(
+        &self,
+        mut out: Ingested,
+        env: &sns::Envelope,
+    ) -> Result<Ingested, FeedbackError> {
+        let id = out.id;
         let finish = |state: FeedbackState, note: String| async move {
-            self.store.finish_feedback(rec.id, state, &note).await?;
+            self.store.finish_feedback(id, state, &note).await?;
             Ok::<_, FeedbackError>((state, note))
         };
         let (state, note) = match env.kind {
-            sns::MessageType::SubscriptionConfirmation => match self.verifier.confirm(&env).await {
+            sns::MessageType::SubscriptionConfirmation => match self.verifier.confirm(env).await {
                 Ok(()) => {
                     tracing::info!(topic = %env.topic_arn, "SNS subscription confirmed");
                     finish(FeedbackState::Processed, "subscription confirmed".into()).await?
@@ -185,7 +201,7 @@ impl Feedback {
                         out.kind = format!("Notification/{}", parsed.kind);
                         let applied = self
                             .store
-                            .apply_feedback(rec.id, &parsed.events, self.policy)
+                            .apply_feedback(id, &parsed.events, self.policy)
                             .await?;
                         out.applied = Some(applied);
                         tracing::info!(kind = %parsed.kind, recorded = applied.recorded, duplicates = applied.duplicates,
@@ -229,10 +245,20 @@ impl Feedback {
             .store
             .receive_feedback(SOURCE_DSN, &key, &payload)
             .await?;
-        let mut out = Ingested::received(rec, "dsn".into());
+        let out = Ingested::received(rec, "dsn".into());
         if out.duplicate {
             return Ok(out);
         }
+        self.process_dsn(out, &d, &key).await
+    }
+
+    /// Applies a stored delivery status notification (`key`: its dedup key).
+    async fn process_dsn(
+        &self,
+        mut out: Ingested,
+        d: &dsn::Dsn,
+        key: &str,
+    ) -> Result<Ingested, FeedbackError> {
         let token = match (&d.original_list_unsubscribe, &self.signer) {
             (Some(v), Some(s)) => token_from_list_unsubscribe(v, s),
             _ => None,
@@ -266,7 +292,7 @@ impl Feedback {
                 kind,
                 email,
                 message_id: original.clone(),
-                event_key: original.clone().unwrap_or_else(|| key.clone()),
+                event_key: original.clone().unwrap_or_else(|| key.to_string()),
                 at: r
                     .last_attempt
                     .as_deref()
@@ -278,7 +304,7 @@ impl Feedback {
         }
         let applied = self
             .store
-            .apply_feedback(rec.id, &events, self.policy)
+            .apply_feedback(out.id, &events, self.policy)
             .await?;
         out.applied = Some(applied);
         out.state = FeedbackState::Processed;
@@ -290,7 +316,10 @@ impl Feedback {
     }
 
     /// An immediate SMTP rejection of `email` in `blast` (for the blast worker): the
-    /// reply is classified and applied like any bounce. One per (blast, person, reply).
+    /// reply is classified by its enhanced status code and applied like any bounce (a
+    /// permanent one suppresses the address and sets the person's consent at once).
+    /// One per (blast, person, reply code): the worker may report it again after a
+    /// crash, and nothing changes.
     pub async fn ingest_smtp_reply(
         &self,
         email: &Email,
@@ -300,34 +329,152 @@ impl Feedback {
     ) -> Result<Ingested, FeedbackError> {
         let v = dsn::classify_smtp_reply(reply).ok_or(FeedbackError::NotAReply)?;
         let key = format!("{}:{}:{}", blast.0, person.0, v.code);
-        let payload =
-            serde_json::json!({"blast": blast.0, "person": person.0, "reply": reply}).to_string();
+        let payload = SmtpRejection {
+            blast: blast.0,
+            person: person.0,
+            email: email.as_str().to_string(),
+            reply: reply.to_string(),
+        };
+        let payload = serde_json::to_string(&payload).map_err(|_| FeedbackError::NotAReply)?;
         let rec = self
             .store
             .receive_feedback(SOURCE_SMTP, &key, &payload)
             .await?;
-        let mut out = Ingested::received(rec, "smtp".into());
+        let out = Ingested::received(rec, "smtp".into());
         if out.duplicate {
             return Ok(out);
         }
+        self.process_smtp(out, email, reply, blast, person, &key)
+            .await
+    }
+
+    async fn process_smtp(
+        &self,
+        mut out: Ingested,
+        email: &Email,
+        reply: &str,
+        blast: BlastId,
+        person: PersonId,
+        key: &str,
+    ) -> Result<Ingested, FeedbackError> {
+        let v = dsn::classify_smtp_reply(reply).ok_or(FeedbackError::NotAReply)?;
         let detail = clip(reply.lines().next().unwrap_or("").to_string(), 300);
         let event = FeedbackEvent {
             kind: v.kind,
             email: email.clone(),
             message_id: None,
-            event_key: key,
+            event_key: key.to_string(),
             at: now_ms(),
             token: Some((blast, person)),
             detail,
         };
         let applied = self
             .store
-            .apply_feedback(rec.id, &[event], self.policy)
+            .apply_feedback(out.id, &[event], self.policy)
             .await?;
         out.state = FeedbackState::Processed;
         out.applied = Some(applied);
         Ok(out)
     }
+
+    /// Finishes payloads that were stored but never processed, received at least
+    /// `older_than_ms` ago: their node died between storing and applying them, and
+    /// the sender gave up redelivering (or, for SMTP rejections, never redelivers).
+    /// SNS envelopes were verified before they were stored, so they are not fetched
+    /// and verified again. A payload that cannot be processed any more is marked
+    /// rejected with the reason; a storage failure stops the sweep (the rest wait for
+    /// the next one).
+    pub async fn sweep(&self, older_than_ms: i64, limit: i64) -> Result<Swept, StoreError> {
+        let cutoff = now_ms().saturating_sub(older_than_ms);
+        let mut swept = Swept::default();
+        for p in self.store.unprocessed_feedback(limit).await? {
+            if p.received_at > cutoff {
+                break;
+            }
+            match self.reprocess(&p).await {
+                Ok(_) => swept.processed += 1,
+                Err(FeedbackError::Store(e)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(feedback.id = p.id.0, source = %p.source, error = %e, "stored feedback cannot be processed");
+                    self.store
+                        .finish_feedback(p.id, FeedbackState::Rejected, &e.to_string())
+                        .await?;
+                    swept.rejected += 1;
+                }
+            }
+        }
+        if swept.processed + swept.rejected > 0 {
+            tracing::info!(
+                processed = swept.processed,
+                rejected = swept.rejected,
+                "swept stored feedback"
+            );
+        }
+        Ok(swept)
+    }
+
+    async fn reprocess(&self, p: &StoredFeedback) -> Result<Ingested, FeedbackError> {
+        let out = Ingested {
+            id: p.id,
+            kind: p.source.clone(),
+            duplicate: false,
+            state: FeedbackState::Received,
+            applied: None,
+            note: None,
+        };
+        match p.source.as_str() {
+            SOURCE_SNS => {
+                let env = sns::parse(p.payload.as_bytes())?;
+                self.process_sns(out, &env).await
+            }
+            SOURCE_DSN => {
+                let raw = match p.payload.strip_prefix("base64:") {
+                    Some(b) => {
+                        use base64::Engine;
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b)
+                            .map_err(|_| dsn::DsnError::NotAReport)?
+                    }
+                    None => p.payload.as_bytes().to_vec(),
+                };
+                let d = dsn::parse_dsn(&raw)?;
+                self.process_dsn(out, &d, &p.dedup_key).await
+            }
+            SOURCE_SMTP => {
+                let r: SmtpRejection =
+                    serde_json::from_str(&p.payload).map_err(|_| FeedbackError::NotAReply)?;
+                let email = Email::parse(&r.email).map_err(|_| FeedbackError::NotAReply)?;
+                self.process_smtp(
+                    out,
+                    &email,
+                    &r.reply,
+                    BlastId(r.blast),
+                    PersonId(r.person),
+                    &p.dedup_key,
+                )
+                .await
+            }
+            other => Err(FeedbackError::UnknownSource(other.to_string())),
+        }
+    }
+}
+
+/// What [`Feedback::sweep`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Swept {
+    /// Payloads applied now.
+    pub processed: u32,
+    /// Payloads that could not be processed, marked rejected with the reason.
+    pub rejected: u32,
+}
+
+/// The stored form of an immediate SMTP rejection.
+#[derive(Debug, serde::Deserialize, Serialize)]
+struct SmtpRejection {
+    blast: i64,
+    person: i64,
+    email: String,
+    reply: String,
 }
 
 /// Cuts `s` to at most `max` bytes, on a character boundary.

@@ -429,7 +429,75 @@ async fn two_nodes_share_one_accounts_rate(db: TestDb) {
     }
 }
 
+async fn an_smtp_rejection_mid_blast_bounces_the_person_at_once(db: TestDb) {
+    use narwhal_fakes::smtp::{RecipientRule, SmtpSink};
+    use narwhal_mail::smtp::{SmtpConfig, SmtpProvider};
+    let store = &db.store;
+    let expected = seed(store, 12).await;
+    let sink = SmtpSink::start().await.unwrap();
+    // p4's mailbox is gone; p5's server refuses the content (a policy block, not a
+    // dead address).
+    sink.set_rule(
+        "p4@example.com",
+        RecipientRule::Reject(550, "5.1.1 Mailbox does not exist".into()),
+    );
+    sink.set_rule(
+        "p5@example.com",
+        RecipientRule::Reject(554, "5.7.1 Message refused by policy".into()),
+    );
+    let smtp = Account {
+        provider: Arc::new(
+            SmtpProvider::new(SmtpConfig::new(
+                "smtp:test",
+                "127.0.0.1",
+                sink.addr().port(),
+            ))
+            .unwrap(),
+        ),
+        weight: 1,
+        spec: ThrottleSpec::parse("1000/s").unwrap(),
+    };
+    let id = new_blast(store).await;
+    store.schedule_blast(id, now_ms(), 1).await.unwrap();
+    let node = start(store, vec![smtp], "n1");
+    wait_for(store, id, 30, |b| b.state == BlastState::Done).await;
+    node.stop().await;
+    let b = store.blast(id).await.unwrap();
+    assert_eq!((b.counts.sent, b.counts.failed), (10, 2));
+    assert_eq!(sink.message_count(), expected.len() - 2);
+    // The dead mailbox is a permanent bounce: suppressed and the person's consent
+    // says so, at once, without waiting for a DSN.
+    let p4 = Email::parse("p4@example.com").unwrap();
+    let p5 = Email::parse("p5@example.com").unwrap();
+    assert!(store.is_suppressed(&p4).await.unwrap());
+    assert!(!store.is_suppressed(&p5).await.unwrap());
+    let who = |e: &'static str| async move {
+        let hits = store.search_people(e, None, 1).await.unwrap();
+        store
+            .get_person(hits[0].id)
+            .await
+            .unwrap()
+            .row
+            .email_consent
+    };
+    assert_eq!(who("p4@example.com").await, "bounced");
+    assert_eq!(
+        who("p5@example.com").await,
+        "unknown",
+        "a policy block is not a dead address"
+    );
+    let fb = store.blast_feedback(id).await.unwrap();
+    assert_eq!(fb.bounced, 1);
+    // The failures report keeps the server's words.
+    let failures = store.blast_failures(id, None, 10).await.unwrap();
+    assert!(
+        failures.iter().any(|f| f.reason.contains("5.1.1")),
+        "{failures:?}"
+    );
+}
+
 narwhal_store::both_backends!(
+    an_smtp_rejection_mid_blast_bounces_the_person_at_once,
     two_nodes_share_one_accounts_rate,
     every_eligible_recipient_exactly_once,
     throttling_is_requeued_and_the_blast_completes,

@@ -667,6 +667,83 @@ async fn a_bounce_mid_blast_skips_the_person_in_the_running_blast(db: TestDb) {
     assert_eq!(eligible, vec![(ids[0], true), (ids[1], false)]);
 }
 
+/// A node that stored payloads and died before applying them: the sweep applies each
+/// kind once, rejects what cannot be read with the reason, and leaves young payloads
+/// to the node that is still working on them.
+async fn a_sweep_applies_what_a_dead_node_stored(db: TestDb) {
+    use narwhal_mail::feedback::{SOURCE_DSN, SOURCE_SMTP, SOURCE_SNS};
+    let store = &db.store;
+    let fake = FakeSns::start().await;
+    let f = service(store, &fake, TransientPolicy::default());
+    let ids = people(
+        store,
+        &["sns@example.org", "dsn@example.org", "smtp@example.org"],
+    )
+    .await;
+    let blast = sent_blast(store).await;
+    let sns = fake.notification(
+        "dead-1",
+        TOPIC,
+        &ses_bounce(
+            "Permanent",
+            "x-9",
+            "sns@example.org",
+            "2026-11-26T11:00:00.000Z",
+        ),
+        2,
+    );
+    store
+        .receive_feedback(SOURCE_SNS, "dead-1", &sns)
+        .await
+        .unwrap();
+    let dsn = postfix_dsn(
+        "dsn@example.org",
+        "5.1.1",
+        "550 5.1.1 User unknown",
+        "<https://act.campaign.example/u/none>",
+    );
+    store
+        .receive_feedback(SOURCE_DSN, "dead-2", &dsn)
+        .await
+        .unwrap();
+    let smtp = json!({"blast": blast.0, "person": ids[2].0, "email": "smtp@example.org",
+        "reply": "550 5.1.1 No such user"});
+    store
+        .receive_feedback(SOURCE_SMTP, "dead-3", &smtp.to_string())
+        .await
+        .unwrap();
+    let bad = store
+        .receive_feedback(SOURCE_SMTP, "dead-4", "{not json")
+        .await
+        .unwrap()
+        .id;
+    // Too young for a sweep that waits a minute: the storing node may still apply it.
+    let young = f.sweep(60_000, 100).await.unwrap();
+    assert_eq!((young.processed, young.rejected), (0, 0));
+    assert_eq!(store.unprocessed_feedback(10).await.unwrap().len(), 4);
+    let swept = f.sweep(0, 100).await.unwrap();
+    assert_eq!((swept.processed, swept.rejected), (3, 1));
+    for p in &ids {
+        assert_eq!(consent(store, *p).await, "bounced");
+    }
+    for e in ["sns@example.org", "dsn@example.org", "smtp@example.org"] {
+        assert!(store.is_suppressed(&email(e)).await.unwrap(), "{e}");
+    }
+    assert!(store.unprocessed_feedback(10).await.unwrap().is_empty());
+    let bad = store.feedback(bad).await.unwrap();
+    assert_eq!(bad.state, FeedbackState::Rejected);
+    assert!(
+        bad.note.unwrap_or_default().contains("SMTP"),
+        "the reason is kept"
+    );
+    // Nothing left: a second sweep does nothing, and the same payload delivered
+    // again is a duplicate.
+    let again = f.sweep(0, 100).await.unwrap();
+    assert_eq!((again.processed, again.rejected), (0, 0));
+    assert!(f.ingest_sns(sns.as_bytes()).await.unwrap().duplicate);
+    assert_eq!(store.blast_feedback(blast).await.unwrap().bounced, 1);
+}
+
 narwhal_store::both_backends!(
     forged_unsigned_and_untrusted_are_refused,
     bounces_and_complaints_flip_consent_suppress_and_count_on_the_blast,
@@ -676,4 +753,5 @@ narwhal_store::both_backends!(
     dsns_bounce_and_count_like_ses_feedback,
     immediate_smtp_rejections_apply_once,
     a_bounce_mid_blast_skips_the_person_in_the_running_blast,
+    a_sweep_applies_what_a_dead_node_stored,
 );

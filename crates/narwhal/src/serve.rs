@@ -149,6 +149,8 @@ pub async fn serve_store(
     } else {
         (state, None)
     };
+    let sweeper =
+        spawn_feedback_sweeper(narwhal_http::feedback::service(&state), stop_tx.subscribe());
     let (quit_tx, quit_rx) = tokio::sync::watch::channel(false);
     let quit = move || {
         let mut rx = quit_rx.clone();
@@ -176,11 +178,39 @@ pub async fn serve_store(
     let _ = stop_tx.send(true);
     let _ = worker.await;
     let _ = blast_worker.await;
+    let _ = sweeper.await;
     if let Some(s) = settler {
         let _ = s.await;
     }
     store.close().await;
     Ok(())
+}
+
+/// How often a node looks for stored feedback that was never applied.
+const FEEDBACK_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a payload may wait for the node that stored it before a sweep applies it.
+const FEEDBACK_SWEEP_AFTER_MS: i64 = 5 * 60_000;
+
+/// Applies feedback a dead node stored but never applied (SNS stops redelivering
+/// after its retry policy; SMTP rejections are never redelivered). Every node runs
+/// it: applying a payload twice records nothing new.
+fn spawn_feedback_sweeper(
+    feedback: narwhal_mail::feedback::Feedback,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FEEDBACK_SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = feedback.sweep(FEEDBACK_SWEEP_AFTER_MS, 500).await {
+                tracing::warn!(error = %e, "feedback sweep failed; trying again later");
+            }
+        }
+    })
 }
 
 /// The node's blast sender from `[mail]`: the accounts (limits read from providers
