@@ -377,8 +377,24 @@ pub async fn schedule(
 ) -> ApiResult<Json<Value>> {
     let now = crate::now_ms();
     let at = body.at.unwrap_or(now).max(now);
+    // The estimate before the send, and no send to nobody.
+    let audience = s.store.count_audience(BlastId(id)).await?;
+    if audience == 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "empty_audience",
+            "this blast's list or segment matches nobody who can be emailed (everyone in it is unsubscribed, bounced, complained, suppressed or has no address); nothing was scheduled",
+        ));
+    }
     s.store.schedule_blast(BlastId(id), at, 1).await?;
-    audited(&s, &caller, id, "blast.schedule").await
+    let Json(mut v) = audited(&s, &caller, id, "blast.schedule").await?;
+    v["audience"] = json!(audience);
+    if let Some(m) = &s.mail {
+        let eta = m.sender.eta(u64::try_from(audience).unwrap_or(0));
+        let wait = u64::try_from((at - now).max(0) / 1000).unwrap_or(0);
+        v["eta_seconds"] = json!(eta.map(|d| d.as_secs() + wait));
+    }
+    Ok(Json(v))
 }
 
 /// `POST /api/v1/blasts/{id}/pause`: Pause; the worker stops within one slice.

@@ -145,7 +145,7 @@ pub const ROUTES: &[Route] = routes! {
     GET "/api/v1/blasts/{id}" Scoped(MailRead), 200, "A blast's progress: sent, failed, throttled-waiting, pending, ETA", NO_BODY, Some("BlastStatus") => blasts::show;
     POST "/api/v1/blasts/{id}/preview" Scoped(MailRead), 200, "The message as one person would get it", Json("PreviewRequest"), Some("Preview") => blasts::preview;
     POST "/api/v1/blasts/{id}/test" Scoped(MailSend), 200, "Send the message to one address through the first account", Json("PreviewRequest"), Some("TestSend") => blasts::test_send;
-    POST "/api/v1/blasts/{id}/schedule" Scoped(MailSend), 200, "Send now, or at a time", Json("ScheduleRequest"), Some("BlastStatus") => blasts::schedule;
+    POST "/api/v1/blasts/{id}/schedule" Scoped(MailSend), 200, "Send now, or at a time (422 empty_audience when the target reaches nobody who can be emailed)", Json("ScheduleRequest"), Some("BlastStatus") => blasts::schedule;
     POST "/api/v1/blasts/{id}/pause" Scoped(MailSend), 200, "Pause; the worker stops within one slice", NO_BODY, Some("BlastStatus") => blasts::pause;
     POST "/api/v1/blasts/{id}/resume" Scoped(MailSend), 200, "Resume a paused blast", NO_BODY, Some("BlastStatus") => blasts::resume;
     POST "/api/v1/blasts/{id}/cancel" Scoped(MailSend), 200, "Cancel a blast", NO_BODY, Some("BlastStatus") => blasts::cancel;
@@ -518,7 +518,8 @@ pub fn schemas() -> Value {
             "in_flight_or_due": {"type": "integer"},
             "throttle_answers": {"type": "integer", "description": "throttle answers from providers (requeued, never failures)"},
             "possible_duplicates": {"type": "integer", "description": "recipients taken over from a node that died mid-send"},
-            "eta_seconds": {"type": ["integer", "null"]}}},
+            "audience": {"type": "integer", "description": "when scheduling: the recipients the blast reaches (422 empty_audience when none)"},
+            "eta_seconds": {"type": ["integer", "null"], "description": "estimated seconds to finish (when scheduling: from the audience, the accounts' rates and the start time)"}}},
         "Blasts": {"type": "object", "required": ["blasts"], "properties": {"blasts": {"type": "array", "items": schema_ref("BlastStatus")}}},
         "PreviewRequest": {"type": "object", "additionalProperties": false, "properties": {
             "person_id": {"type": ["integer", "null"], "examples": [1]},

@@ -602,25 +602,13 @@ impl Store {
         if blast.materialized {
             return Ok(blast.counts.total);
         }
-        let c = match &blast.target {
-            BlastTarget::FailedOf(of) => crate::segments::Condition {
-                sql: "people.id IN (SELECT f.person_id FROM blast_recipients f WHERE f.blast_id = CAST($1 AS BIGINT) AND f.state = 3)".into(),
-                args: vec![of.0.to_string()],
-            },
-            t => {
-                let filter = self.target_filter(t).await?;
-                crate::segments::compile(&filter, self.backend())
-            }
-        };
+        let (c, eligible) = self.audience(&blast.target).await?;
         let n = c.args.len();
         let sql = format!(
             "INSERT INTO blast_recipients (blast_id, person_id, state, attempts) \
-             SELECT ${b}, people.id, 0, 0 FROM people WHERE ({cond}) AND people.email IS NOT NULL \
-             AND people.email_consent NOT IN {EXCLUDED_CONSENT} \
-             AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = people.email) \
+             SELECT ${b}, people.id, 0, 0 FROM people WHERE {eligible} \
              ORDER BY people.id ON CONFLICT DO NOTHING",
             b = n + 1,
-            cond = c.sql
         );
         let now = now_ms();
         on_write!(self, p => {
@@ -646,6 +634,45 @@ impl Store {
                 sqlx::query("ANALYZE blast_recipients").execute(p).await?;
             }
             Ok(inserted)
+        })
+    }
+
+    /// The people a target reaches and can be emailed: the target's condition and the
+    /// WHERE clause (over `people`) that adds the exclusions every blast has.
+    async fn audience(&self, target: &BlastTarget) -> Result<(crate::segments::Condition, String)> {
+        let c = match target {
+            BlastTarget::FailedOf(of) => crate::segments::Condition {
+                sql: "people.id IN (SELECT f.person_id FROM blast_recipients f WHERE f.blast_id = CAST($1 AS BIGINT) AND f.state = 3)".into(),
+                args: vec![of.0.to_string()],
+            },
+            t => {
+                let filter = self.target_filter(t).await?;
+                crate::segments::compile(&filter, self.backend())
+            }
+        };
+        let eligible = format!(
+            "({cond}) AND people.email IS NOT NULL \
+             AND people.email_consent NOT IN {EXCLUDED_CONSENT} \
+             AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = people.email)",
+            cond = c.sql
+        );
+        Ok((c, eligible))
+    }
+
+    /// How many recipients the blast would have if it were materialized now (its
+    /// total once it is): for the estimate before a send, and to refuse a send to
+    /// nobody.
+    pub async fn count_audience(&self, id: BlastId) -> Result<i64> {
+        let blast = self.blast(id).await?;
+        if blast.materialized {
+            return Ok(blast.counts.total);
+        }
+        let (c, eligible) = self.audience(&blast.target).await?;
+        let sql = format!("SELECT COUNT(*) FROM people WHERE {eligible}");
+        on_read!(self, p => {
+            let mut q = sqlx::query_scalar::<_, i64>(&sql);
+            for a in &c.args { q = q.bind(a); }
+            Ok(q.fetch_one(p).await?)
         })
     }
 

@@ -16,11 +16,21 @@ crate::api_tests!(
     a_broken_template_is_refused_with_line_and_column,
     one_click_unsubscribe_needs_no_cookie_and_forged_tokens_change_nothing,
     blast_routes_need_their_scopes,
+    a_blast_to_nobody_is_refused_and_one_to_somebody_gets_an_estimate,
 );
 
 pub(crate) async fn a_list_of(app: &TestApp, people: &[Value]) -> i64 {
+    // List names are unique: the first is "GOTV", later ones are numbered.
+    let n = app.get_json("/api/v1/lists").await["lists"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let name = if n == 0 {
+        "GOTV".to_string()
+    } else {
+        format!("GOTV {}", n + 1)
+    };
     let (s, v) = app
-        .send_json(Method::POST, "/api/v1/lists", json!({"name": "GOTV"}))
+        .send_json(Method::POST, "/api/v1/lists", json!({ "name": name }))
         .await;
     assert_eq!(s, 201, "{v}");
     let list = v["id"].as_i64().unwrap();
@@ -336,4 +346,63 @@ async fn sqlite_blast_sent_by_the_served_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_blast_sent_by_the_served_worker() {
     sent_by_the_served_worker(Backend::Postgres).await;
+}
+
+async fn a_blast_to_nobody_is_refused_and_one_to_somebody_gets_an_estimate(app: TestApp) {
+    // Everyone on the list is out of reach: unsubscribed, bounced, or without an address.
+    let nobody = a_list_of(
+        &app,
+        &[
+            json!({"emails": ["gone@example.com"], "email_consent": "unsubscribed"}),
+            json!({"emails": ["dead@example.com"], "email_consent": "bounced"}),
+            json!({"phones": ["+15555550123"]}),
+        ],
+    )
+    .await;
+    let create = |list: i64| {
+        json!({"name": "GOTV", "target": {"list": list}, "subject": "Hi",
+               "text": "Vote", "from": "team@campaign.example"})
+    };
+    let (s, v) = app
+        .send_json(Method::POST, "/api/v1/blasts", create(nobody))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_i64().unwrap();
+    let (s, v) = app
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/blasts/{id}/schedule"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_error(&v, "empty_audience");
+    // Nothing was scheduled: the blast is still a draft.
+    let v = app.get_json(&format!("/api/v1/blasts/{id}")).await;
+    assert_eq!(v["state"], "draft", "{v}");
+    // Two people who can be emailed: the answer says so, with an estimate.
+    let some = a_list_of(
+        &app,
+        &[
+            json!({"emails": ["a@example.com"]}),
+            json!({"emails": ["b@example.com"]}),
+            json!({"emails": ["c@example.com"], "email_consent": "complained"}),
+        ],
+    )
+    .await;
+    let (_, v) = app
+        .send_json(Method::POST, "/api/v1/blasts", create(some))
+        .await;
+    let id = v["id"].as_i64().unwrap();
+    let (s, v) = app
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/blasts/{id}/schedule"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["audience"], 2, "{v}");
+    assert_eq!(v["state"], "scheduled", "{v}");
+    app.stop().await;
 }
