@@ -1,10 +1,12 @@
 //! Which processor a charge goes to: an ordered list of accounts, each behind a circuit
 //! breaker fed by call outcomes and health checks.
 //!
-//! Failover is data here too: the router only ever learns `Unavailable` (known not to
-//! have charged) or success from a call, and `health()` results from its checker. It
-//! never sees an ambiguous outcome as a reason to move on: the service settles those
-//! first (see [`crate::service`]).
+//! Failover is data here too: the router learns `Unavailable` (known not to have
+//! charged), a lost answer (ambiguous: a timeout, a 5xx) or success from a call, and
+//! `health()` results from its checker. A lost answer counts against the breaker, so
+//! a processor that stops answering in time is skipped by *new* donations, but it is
+//! never a reason to move the ambiguous donation itself on: the service settles that
+//! one first, where it was sent (see [`crate::service`]).
 //!
 //! A breaker opens after `open_after` consecutive unavailable answers (or one failed
 //! health check) and stays open for a cooldown that doubles up to `max_cooldown`; after

@@ -18,7 +18,9 @@
 //!      answers (bounded by `settle_timeout`). Charged: succeeded. Not charged: fail
 //!      over as above. Still unknown: the donation stays `processing`, the donor is told
 //!      it is being confirmed, and the settler ([`Donations::settle_unsettled`]) asks
-//!      again later. Nothing else happens to that donation meanwhile.
+//!      again later. Nothing else happens to that donation meanwhile. The lost
+//!      answer still counts against the processor's breaker: new donations may go to
+//!      the next processor, which is safe because they were never sent anywhere.
 //! 5. No processor up: the donation becomes a **pledge** (no card data kept) with a
 //!    single-use completion token; the donor is told we will send a payment link.
 
@@ -664,8 +666,13 @@ impl Donations {
                 description: None,
             };
             let outcome = processor.charge(&request).await;
+            // An answer lost in time says the processor is sick even when the charge
+            // went through: the breaker counts it, so new donations go to the next
+            // processor while this one is settled where it was sent.
+            let lost_answer = matches!(outcome, ChargeOutcome::Ambiguous { .. });
             let outcome = match outcome {
                 ChargeOutcome::Ambiguous { reason } => {
+                    self.router.down(i);
                     self.store
                         .mark_attempt(&key, attempt::AMBIGUOUS, &reason)
                         .await?;
@@ -700,7 +707,9 @@ impl Donations {
             let mut saved = None;
             let finish = match outcome {
                 ChargeOutcome::Succeeded(c) => {
-                    self.router.up(i);
+                    if !lost_answer {
+                        self.router.up(i);
+                    }
                     if ctx.save_method {
                         let id = self
                             .store

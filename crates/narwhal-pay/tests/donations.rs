@@ -189,6 +189,39 @@ async fn an_ambiguous_charge_is_settled_by_a_status_query_not_retried_elsewhere(
     assert_eq!(attempts[0].state, "succeeded");
 }
 
+async fn answers_lost_in_time_send_new_gifts_to_the_backup(db: TestDb) {
+    let r = rig(db).await;
+    // The primary charges, then holds every answer past our timeout.
+    r.primary.set_fault(Fault::Ambiguous);
+    for n in 0..3 {
+        let t = r
+            .donations
+            .take(gift(
+                &format!("lost{n}"),
+                &format!("lost{n}@example.org"),
+                1_000,
+                "pm_card_visa",
+            ))
+            .await
+            .unwrap();
+        // Each one is settled where it was sent, never retried elsewhere.
+        assert_eq!(t.outcome, Outcome::Succeeded, "{:?}", t.donation);
+        assert_eq!(t.donation.processor.as_deref(), Some("stripe-primary"));
+    }
+    assert!(r.backup.ledger().is_empty());
+    // Three lost answers in a row open the primary's breaker: the next gift does not
+    // wait out the primary's timeout but goes straight to the backup.
+    let t = r
+        .donations
+        .take(gift("lost3", "lost3@example.org", 1_000, "pm_card_visa"))
+        .await
+        .unwrap();
+    assert_eq!(t.outcome, Outcome::Succeeded, "{:?}", t.donation);
+    assert_eq!(t.donation.processor.as_deref(), Some("stripe-backup"));
+    assert_eq!(r.primary.ledger().len(), 3, "one charge per settled gift");
+    assert_eq!(r.backup.ledger().len(), 1);
+}
+
 async fn an_unsettled_attempt_waits_for_the_processor_then_resumes(db: TestDb) {
     let r = rig(db).await;
     // A 500 is ambiguous to the client, and while the primary answers 500 to
@@ -445,6 +478,7 @@ both_backends!(
     a_down_primary_fails_over_to_the_backup,
     an_ambiguous_charge_is_settled_by_a_status_query_not_retried_elsewhere,
     an_unsettled_attempt_waits_for_the_processor_then_resumes,
+    answers_lost_in_time_send_new_gifts_to_the_backup,
     everything_down_makes_a_pledge_without_card_data,
     a_decline_is_not_failed_over,
     simultaneous_gifts_from_one_donor_respect_the_limit,
