@@ -407,11 +407,10 @@ fn allocation_parts(v: &serde_json::Value) -> Vec<(String, i64)> {
 }
 
 impl Store {
-    /// Stores a batch of new donations in one durable commit: for each, checks its
-    /// idempotency key, reads the donor's totals under the donor's lock, designates it
-    /// by `table`, reserves its room and writes its first attempt row. One result per
-    /// input, in order.
-    pub async fn begin_donations(
+    /// [`Store::begin_donations`] one gift at a time (several statements each), in one
+    /// durable commit: for keys repeated within a batch, single gifts, and the rare
+    /// race the set-based path hands back.
+    pub(crate) async fn begin_donations_each(
         &self,
         batch: &[NewDonation],
         table: &LimitTable,
@@ -591,10 +590,11 @@ impl Store {
         })
     }
 
-    /// Ends donations in one durable commit: closes the attempt, moves the donation
-    /// forward (or leaves it if it already moved: the result says which), posts the
-    /// ledger for a charge, and gives back the room of a declined or failed gift.
-    pub async fn finish_donations(
+    /// [`Store::finish_donations`] one completion at a time, in one durable commit:
+    /// closes the attempt, moves the donation forward (or leaves it if it already
+    /// moved: the result says which), posts the ledger for a charge, and gives back the
+    /// room of a declined or failed gift.
+    pub(crate) async fn finish_donations_each(
         &self,
         batch: &[Completion],
         table: &LimitTable,
@@ -1142,3 +1142,6 @@ mod tests {
         }
     }
 }
+
+// After the macros above, which it uses.
+mod bulk;

@@ -356,6 +356,163 @@ async fn webhook_events_are_recorded_once(db: TestDb) {
         .unwrap());
 }
 
+/// A short name for what `begin_donations` decided, to compare two runs.
+fn kind(b: &Begun) -> &'static str {
+    match b {
+        Begun::Created { .. } => "created",
+        Begun::Existing(_) => "existing",
+        Begun::KeyReused => "key_reused",
+        Begun::OverLimit(_) => "over_limit",
+    }
+}
+
+/// Runs one scenario with donors from `base`, either as whole batches (the set-based
+/// path) or one gift at a time (the item path), and returns what each step decided
+/// plus every donor's totals and the final states.
+async fn scenario(s: &Store, base: i64, batched: bool) -> Vec<String> {
+    let table = LimitTable::default();
+    let tag = if batched { "b" } else { "i" };
+    let k = |name: &str| format!("{tag}-{name}");
+    // Earlier gifts: one to replay, one whose key comes back with other parameters.
+    begin_one(s, gift(&k("pre"), base, 5_000)).await;
+    begin_one(s, gift(&k("pre2"), base + 1, 5_000)).await;
+    let mut pledge = gift(&k("c"), base + 2, 10_000);
+    pledge.first_attempt = None;
+    pledge.pledge_token_hash = Some(format!("{tag}-pledge-hash"));
+    let batch = vec![
+        gift(&k("pre"), base, 5_000),
+        gift(&k("pre2"), base + 1, 7_000),
+        gift(&k("a"), base + 3, 300_000),
+        // The same donor again, in the same batch: over the limit with the first.
+        gift(&k("b"), base + 3, 300_000),
+        pledge,
+        gift(&k("d"), base + 4, 20_000),
+        gift(&k("e"), base + 5, 40_000),
+    ];
+    let begun: Vec<Begun> = if batched {
+        s.begin_donations(&batch, &table).await.unwrap()
+    } else {
+        let mut v = Vec::new();
+        for g in batch {
+            v.push(begin_one(s, g).await);
+        }
+        v
+    };
+    let mut out: Vec<String> = begun.iter().map(|b| kind(b).to_string()).collect();
+    if let Begun::OverLimit(r) = &begun[3] {
+        out.push(format!("room {}", r.room_cents));
+    }
+    let id = |i: usize| created_id(&begun[i]);
+    let (a, c, d, e) = (id(2), id(4), id(5), id(6));
+    let finish = |donation_id: i64, key: Option<String>, finish: Finish| Completion {
+        donation_id,
+        attempt_key: key,
+        finish,
+    };
+    let completions = vec![
+        finish(
+            a,
+            Some(format!("don_{}-1", k("a"))),
+            charged(&format!("pi_{tag}_a"), 300_000),
+        ),
+        finish(
+            d,
+            Some(format!("don_{}-1", k("d"))),
+            charged(&format!("pi_{tag}_d"), 20_000),
+        ),
+        // A pledge completed by a charge.
+        finish(c, None, charged(&format!("pi_{tag}_c"), 10_000)),
+        // A decline in the same batch gives its room back.
+        finish(
+            e,
+            Some(format!("don_{}-1", k("e"))),
+            Finish::Declined {
+                code: "card_declined".into(),
+                message: "Your card was declined.".into(),
+            },
+        ),
+    ];
+    let done: Vec<bool> = if batched {
+        s.finish_donations(&completions, &table).await.unwrap()
+    } else {
+        let mut v = Vec::new();
+        for c in completions.clone() {
+            v.extend(s.finish_donations(&[c], &table).await.unwrap());
+        }
+        v
+    };
+    out.push(format!("{done:?}"));
+    // Finishing the same charges again changes nothing and posts nothing twice.
+    let again = if batched {
+        s.finish_donations(&completions[..2], &table).await.unwrap()
+    } else {
+        let mut v = Vec::new();
+        for c in completions[..2].iter().cloned() {
+            v.extend(s.finish_donations(&[c], &table).await.unwrap());
+        }
+        v
+    };
+    out.push(format!("again {again:?}"));
+    for p in 0..6 {
+        out.push(format!(
+            "totals {p}: {:?}",
+            s.contribution_totals(PersonId(base + p)).await.unwrap()
+        ));
+    }
+    for (name, id) in [("a", a), ("c", c), ("d", d), ("e", e)] {
+        let row = s.donation_by_id(id).await.unwrap().unwrap();
+        let attempts: Vec<String> = s
+            .donation_attempts(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| format!("{} {}", t.state, t.processor_ref.is_some()))
+            .collect();
+        out.push(format!(
+            "{name}: {} {:?} {:?} ledger {} attempts {attempts:?}",
+            row.state,
+            row.card_last4,
+            row.processor_ref
+                .map(|r| r.replace(&format!("pi_{tag}_"), "pi_")),
+            s.ledger_of(id).await.unwrap().len()
+        ));
+    }
+    out
+}
+
+async fn a_batch_decides_exactly_like_one_gift_at_a_time(db: TestDb) {
+    let s = &db.store;
+    let batched = scenario(s, 1_000, true).await;
+    let single = scenario(s, 2_000, false).await;
+    assert_eq!(batched, single);
+    // And what they decided is right.
+    assert_eq!(
+        &batched[..7],
+        &[
+            "existing",
+            "key_reused",
+            "created",
+            "over_limit",
+            "created",
+            "created",
+            "created"
+        ]
+    );
+    assert_eq!(batched[8], "[true, true, true, true]");
+    assert_eq!(batched[9], "again [false, false]");
+    assert!(
+        batched
+            .iter()
+            .any(|l| l.starts_with("a: succeeded Some(\"4242\")")),
+        "{batched:?}"
+    );
+    assert!(
+        batched.iter().any(|l| l.starts_with("e: declined")),
+        "{batched:?}"
+    );
+    assert!(s.unbalanced_ledger_txns().await.unwrap().is_empty());
+}
+
 both_backends!(
     same_key_same_params_is_the_same_donation_and_other_params_are_refused,
     two_simultaneous_gifts_over_the_limit_do_not_both_pass,
@@ -364,4 +521,5 @@ both_backends!(
     refunds_are_idempotent_and_never_exceed_the_gift,
     pledges_wait_and_are_completed_by_a_charge,
     webhook_events_are_recorded_once,
+    a_batch_decides_exactly_like_one_gift_at_a_time,
 );

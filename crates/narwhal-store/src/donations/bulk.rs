@@ -1,0 +1,455 @@
+//! The batch paths of [`Store::begin_donations`] and [`Store::finish_donations`]: a
+//! handful of set-based statements per batch instead of several statements per gift.
+//!
+//! Group commit already shares one durable flush among many donations; what was left
+//! was the number of round trips inside that transaction (about eight per gift to
+//! begin and five to finish), each a trip to the SQLite worker thread or to the
+//! PostgreSQL server while the donor's lock is held. Here a batch reads every key and
+//! every donor's totals at once, decides in memory (in order, so gifts from one donor
+//! in one batch see each other), and writes with multi-row statements.
+//!
+//! The item-by-item versions stay for what is rare and order-sensitive: a key repeated
+//! within a batch, a donation finished twice in one batch, declines and pledges (which
+//! give room back), and a key another node committed between our read and our insert.
+
+use super::{
+    allowed_from, attempt, periods_of, Begun, Completion, DonationRow, DonationState, Finish,
+    NewDonation, DONATION_COLUMNS,
+};
+use crate::error::{Result, StoreError};
+use crate::{now_ms, Backend, Store};
+use narwhal_domain::limits::{allocate, cycle_period, election_period, LimitTable};
+use sqlx::Row;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// `rows` groups of `cols` placeholders, numbered from `first` on PostgreSQL (`$n`)
+/// and positional on SQLite (`?`: sqlx looks `$n` up by name there, which grows with
+/// the square of the number of parameters).
+fn placeholders(backend: Backend, rows: usize, cols: usize, first: usize) -> String {
+    let mut out = String::with_capacity(rows * (cols * 5 + 3));
+    let mut n = first;
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            match backend {
+                Backend::Postgres => {
+                    out.push('$');
+                    out.push_str(&n.to_string());
+                }
+                Backend::Sqlite => out.push('?'),
+            }
+            n += 1;
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `IN (...)` over `n` values: one group of `n` placeholders.
+fn in_list(backend: Backend, n: usize, first: usize) -> String {
+    let mut g = placeholders(backend, n, 1, first);
+    g.retain(|ch| ch != '(' && ch != ')');
+    format!("({g})")
+}
+
+/// One new donation decided in memory, waiting for its multi-row insert.
+struct Planned<'a> {
+    index: usize,
+    d: &'a NewDonation,
+    state: &'static str,
+    allocations: String,
+    itemized: bool,
+    needs_followup: bool,
+    allocation: narwhal_domain::limits::Allocation,
+}
+
+impl Store {
+    /// Stores a batch of new donations in one durable commit: for each, checks its
+    /// idempotency key, reads the donor's totals under the donor's lock, designates it
+    /// by `table`, reserves its room and writes its first attempt row. One result per
+    /// input, in order; gifts from one donor in one batch count against each other in
+    /// that order.
+    pub async fn begin_donations(
+        &self,
+        batch: &[NewDonation],
+        table: &LimitTable,
+    ) -> Result<Vec<Begun>> {
+        let mut keys = HashSet::with_capacity(batch.len());
+        if batch.len() < 2 || !batch.iter().all(|d| keys.insert(d.idempotency_key.trim())) {
+            return self.begin_donations_each(batch, table).await;
+        }
+        match self.begin_donations_bulk(batch, table).await? {
+            Some(out) => Ok(out),
+            // Another node stored one of these keys between our read and our insert:
+            // nothing was written; the careful path sorts it out.
+            None => self.begin_donations_each(batch, table).await,
+        }
+    }
+
+    async fn begin_donations_bulk(
+        &self,
+        batch: &[NewDonation],
+        table: &LimitTable,
+    ) -> Result<Option<Vec<Begun>>> {
+        let backend = self.backend();
+        let now = now_ms();
+        let mut people: Vec<i64> = batch.iter().map(|d| d.person_id.0).collect();
+        people.sort_unstable();
+        people.dedup();
+        let wanted: Vec<String> = {
+            let mut w: Vec<String> = table.elections.iter().map(|e| election_period(e)).collect();
+            w.push(cycle_period(table.cycle));
+            w
+        };
+        let keys_sql = format!(
+            "SELECT {DONATION_COLUMNS} FROM donations WHERE idempotency_key IN {}",
+            in_list(backend, batch.len(), 1)
+        );
+        let totals_sql = format!(
+            "SELECT person_id, period, total_cents FROM contribution_totals WHERE person_id IN {}",
+            in_list(backend, people.len(), 1)
+        );
+        on_write!(self, p => {
+            let mut tx = p.begin().await?;
+            if backend == Backend::Postgres {
+                // The donors' locks, in a fixed order, so two batches never wait on each
+                // other in a cycle (the same keys as every other path that changes totals).
+                let list = people.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+                sqlx::query("SELECT pg_advisory_xact_lock(8, hashtext(p::text)) FROM (SELECT DISTINCT unnest(string_to_array($1, ','))::bigint AS p ORDER BY 1) s")
+                    .bind(list)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let mut existing: HashMap<String, DonationRow> = HashMap::new();
+            {
+                let mut q = sqlx::query(&keys_sql);
+                for d in batch {
+                    q = q.bind(d.idempotency_key.trim());
+                }
+                for r in q.fetch_all(&mut *tx).await? {
+                    let row = donation_from_row!(&r);
+                    existing.insert(row.idempotency_key.clone(), row);
+                }
+            }
+            let mut totals: HashMap<(i64, String), i64> = HashMap::new();
+            {
+                let mut q = sqlx::query(&totals_sql);
+                for person in &people {
+                    q = q.bind(*person);
+                }
+                for r in q.fetch_all(&mut *tx).await? {
+                    let person: i64 = r.try_get("person_id")?;
+                    let period: String = r.try_get("period")?;
+                    totals.insert((person, period), r.try_get("total_cents")?);
+                }
+            }
+            // Decide each gift in order, as the item-by-item path would.
+            let mut out: Vec<Option<Begun>> = Vec::with_capacity(batch.len());
+            let mut planned: Vec<Planned<'_>> = Vec::new();
+            let mut deltas: BTreeMap<(i64, String), i64> = BTreeMap::new();
+            for (index, d) in batch.iter().enumerate() {
+                if let Some(row) = existing.get(d.idempotency_key.trim()) {
+                    out.push(Some(if row.request_hash == d.request_hash {
+                        Begun::Existing(Box::new(row.clone()))
+                    } else {
+                        Begun::KeyReused
+                    }));
+                    continue;
+                }
+                let person = d.person_id.0;
+                let mine: BTreeMap<String, i64> = wanted
+                    .iter()
+                    .map(|w| (w.clone(), totals.get(&(person, w.clone())).copied().unwrap_or(0)))
+                    .collect();
+                let allocation = match allocate(table, &mine, d.amount_cents) {
+                    Ok(a) => a,
+                    Err(refusal) => {
+                        out.push(Some(Begun::OverLimit(refusal)));
+                        continue;
+                    }
+                };
+                for (period, cents) in periods_of(&allocation.parts, table, d.year) {
+                    *totals.entry((person, period.clone())).or_insert(0) += cents;
+                    *deltas.entry((person, period)).or_insert(0) += cents;
+                }
+                let missing = |s: &Option<String>| s.as_deref().is_none_or(|v| v.trim().is_empty());
+                let needs_followup = allocation.itemized && (missing(&d.employer) || missing(&d.occupation));
+                planned.push(Planned {
+                    index,
+                    d,
+                    state: if d.first_attempt.is_some() { "processing" } else { "pledged" },
+                    allocations: serde_json::to_string(&allocation.parts)?,
+                    itemized: allocation.itemized,
+                    needs_followup,
+                    allocation,
+                });
+                out.push(None);
+            }
+            if !planned.is_empty() {
+                const COLS: usize = 23;
+                let sql = format!(
+                    "INSERT INTO donations (public_id, idempotency_key, request_hash, person_id, amount_cents, currency, state, channel, refcode, source, donor, employer, occupation, allocations, itemized, needs_followup, payment_method, save_method, plan_id, pledge_token_hash, client_ip, created_at, updated_at) \
+                     VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key",
+                    placeholders(backend, planned.len(), COLS, 1)
+                );
+                let mut q = sqlx::query(&sql);
+                for g in &planned {
+                    let d = g.d;
+                    q = q
+                        .bind(&d.public_id)
+                        .bind(d.idempotency_key.trim())
+                        .bind(&d.request_hash)
+                        .bind(d.person_id.0)
+                        .bind(d.amount_cents)
+                        .bind(&d.currency)
+                        .bind(g.state)
+                        .bind(&d.channel)
+                        .bind(&d.refcode)
+                        .bind(&d.source)
+                        .bind(&d.donor_json)
+                        .bind(&d.employer)
+                        .bind(&d.occupation)
+                        .bind(&g.allocations)
+                        .bind(g.itemized)
+                        .bind(g.needs_followup)
+                        .bind(&d.payment_method)
+                        .bind(d.save_method)
+                        .bind(d.plan_id)
+                        .bind(&d.pledge_token_hash)
+                        .bind(&d.client_ip)
+                        .bind(now)
+                        .bind(now);
+                }
+                let mut ids: HashMap<String, i64> = HashMap::with_capacity(planned.len());
+                for r in q.fetch_all(&mut *tx).await? {
+                    ids.insert(r.try_get("idempotency_key")?, r.try_get("id")?);
+                }
+                if ids.len() != planned.len() {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                let deltas: Vec<_> = deltas.into_iter().collect();
+                let sql = format!(
+                    "INSERT INTO contribution_totals (person_id, period, total_cents) VALUES {} \
+                     ON CONFLICT (person_id, period) DO UPDATE SET total_cents = contribution_totals.total_cents + excluded.total_cents",
+                    placeholders(backend, deltas.len(), 3, 1)
+                );
+                let mut q = sqlx::query(&sql);
+                for ((person, period), cents) in &deltas {
+                    q = q.bind(*person).bind(period).bind(*cents);
+                }
+                q.execute(&mut *tx).await?;
+                let attempts: Vec<(i64, &str, &str)> = planned
+                    .iter()
+                    .filter_map(|g| {
+                        let (processor, key) = g.d.first_attempt.as_ref()?;
+                        Some((ids[g.d.idempotency_key.trim()], processor.as_str(), key.as_str()))
+                    })
+                    .collect();
+                if !attempts.is_empty() {
+                    let sql = format!(
+                        "INSERT INTO donation_attempts (donation_id, seq, processor, attempt_key, state, started_at) VALUES {}",
+                        placeholders(backend, attempts.len(), 6, 1)
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (id, processor, key) in &attempts {
+                        q = q.bind(*id).bind(1_i32).bind(*processor).bind(*key).bind(attempt::STARTED).bind(now);
+                    }
+                    q.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                for g in planned {
+                    out[g.index] = Some(Begun::Created {
+                        id: ids[g.d.idempotency_key.trim()],
+                        allocation: g.allocation,
+                        needs_followup: g.needs_followup,
+                    });
+                }
+            } else {
+                tx.commit().await?;
+            }
+            out.into_iter()
+                .map(|o| o.ok_or_else(|| StoreError::Corrupt("a donation of the batch has no result".into())))
+                .collect::<Result<Vec<_>>>()
+                .map(Some)
+        })
+    }
+
+    /// Ends donations in one durable commit: closes the attempt, moves the donation
+    /// forward (or leaves it if it already moved: the result says which), posts the
+    /// ledger for a charge, and gives back the room of a declined or failed gift. One
+    /// result per input, in order.
+    pub async fn finish_donations(
+        &self,
+        batch: &[Completion],
+        table: &LimitTable,
+    ) -> Result<Vec<bool>> {
+        let mut seen: HashMap<i64, usize> = HashMap::new();
+        for c in batch {
+            *seen.entry(c.donation_id).or_insert(0) += 1;
+        }
+        let (bulk, rest): (Vec<usize>, Vec<usize>) = (0..batch.len()).partition(|&i| {
+            matches!(batch[i].finish, Finish::Succeeded { .. }) && seen[&batch[i].donation_id] == 1
+        });
+        if bulk.len() < 2 {
+            return self.finish_donations_each(batch, table).await;
+        }
+        let mut out = vec![false; batch.len()];
+        let items: Vec<&Completion> = bulk.iter().map(|&i| &batch[i]).collect();
+        for (i, changed) in bulk.iter().zip(self.finish_charged_bulk(&items).await?) {
+            out[*i] = changed;
+        }
+        if !rest.is_empty() {
+            let others: Vec<Completion> = rest.iter().map(|&i| batch[i].clone()).collect();
+            for (i, changed) in rest
+                .iter()
+                .zip(self.finish_donations_each(&others, table).await?)
+            {
+                out[*i] = changed;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Charges (each donation once in `items`): attempts closed, donations moved to
+    /// succeeded from processing or pledged, ledger posted, in one commit.
+    async fn finish_charged_bulk(&self, items: &[&Completion]) -> Result<Vec<bool>> {
+        let backend = self.backend();
+        let now = now_ms();
+        let states_sql = format!(
+            "SELECT id, state FROM donations WHERE id IN {}",
+            in_list(backend, items.len(), 1)
+        );
+        on_write!(self, p => {
+            let mut tx = p.begin().await?;
+            let mut from: HashMap<i64, DonationState> = HashMap::with_capacity(items.len());
+            {
+                let mut q = sqlx::query(&states_sql);
+                for c in items {
+                    q = q.bind(c.donation_id);
+                }
+                for r in q.fetch_all(&mut *tx).await? {
+                    let state: String = r.try_get("state")?;
+                    let parsed = DonationState::parse(&state)
+                        .ok_or_else(|| StoreError::Corrupt(format!("donation state {state}")))?;
+                    from.insert(r.try_get("id")?, parsed);
+                }
+            }
+            if from.len() != items.len() {
+                return Err(StoreError::NotFound("donation"));
+            }
+            // Close the attempts the charges came from.
+            let closing: Vec<(&str, &str)> = items
+                .iter()
+                .filter_map(|c| match (&c.attempt_key, &c.finish) {
+                    (Some(k), Finish::Succeeded { processor_ref, .. }) => Some((k.as_str(), processor_ref.as_str())),
+                    _ => None,
+                })
+                .collect();
+            if !closing.is_empty() {
+                let sql = format!(
+                    "WITH v(vkey, vref) AS (VALUES {}) \
+                     UPDATE donation_attempts SET state = '{}', processor_ref = COALESCE(v.vref, processor_ref), finished_at = {now} \
+                     FROM v WHERE attempt_key = v.vkey AND state IN ('started', 'ambiguous', 'unavailable')",
+                    placeholders(backend, closing.len(), 2, 1),
+                    attempt::SUCCEEDED,
+                );
+                let mut q = sqlx::query(&sql);
+                for (k, r) in &closing {
+                    q = q.bind(*k).bind(*r);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            // Move the donations whose state allows it, guarded by the state we read.
+            let legal: Vec<&Completion> = items
+                .iter()
+                .copied()
+                .filter(|c| allowed_from(DonationState::Succeeded).contains(&from[&c.donation_id]))
+                .collect();
+            let mut changed: HashSet<i64> = HashSet::new();
+            if !legal.is_empty() {
+                let sql = format!(
+                    "WITH v(vid, vfrom, vproc, vref, vfee, vbrand, vlast4, vexp, vfp) AS (VALUES {}) \
+                     UPDATE donations SET state = 'succeeded', processor = v.vproc, processor_ref = v.vref, fee_cents = v.vfee, \
+                     card_brand = v.vbrand, card_last4 = v.vlast4, card_exp = v.vexp, card_fingerprint = v.vfp, \
+                     pledge_token_hash = NULL, error_code = NULL, error_message = NULL, updated_at = {now} \
+                     FROM v WHERE donations.id = v.vid AND donations.state = v.vfrom RETURNING id",
+                    placeholders(backend, legal.len(), 9, 1)
+                );
+                let mut q = sqlx::query(&sql);
+                for c in &legal {
+                    if let Finish::Succeeded { processor, processor_ref, fee_cents, card, .. } = &c.finish {
+                        q = q
+                            .bind(c.donation_id)
+                            .bind(from[&c.donation_id].as_str())
+                            .bind(processor)
+                            .bind(processor_ref)
+                            .bind(*fee_cents)
+                            .bind(&card.brand)
+                            .bind(&card.last4)
+                            .bind(&card.exp)
+                            .bind(&card.fingerprint);
+                    }
+                }
+                for r in q.fetch_all(&mut *tx).await? {
+                    changed.insert(r.try_get("id")?);
+                }
+            }
+            // The ledger of each charge that moved a donation: charge (and fee) txns
+            // that sum to zero, idempotent by (txn, account).
+            let mut postings: Vec<(String, &'static str, String, i64, i64)> = Vec::new();
+            for c in items {
+                if !changed.contains(&c.donation_id) {
+                    continue;
+                }
+                if let Finish::Succeeded { processor, processor_ref, amount_cents, fee_cents, .. } = &c.finish {
+                    let acct = format!("processor:{processor}");
+                    let txn = format!("charge:{processor}:{processor_ref}");
+                    postings.push((txn.clone(), "charge", acct.clone(), *amount_cents, c.donation_id));
+                    postings.push((txn, "charge", "contributions".to_string(), -*amount_cents, c.donation_id));
+                    if let Some(fee) = fee_cents.filter(|f| *f > 0) {
+                        let txn = format!("fee:{processor}:{processor_ref}");
+                        postings.push((txn.clone(), "fee", "fees".to_string(), fee, c.donation_id));
+                        postings.push((txn, "fee", acct, -fee, c.donation_id));
+                    }
+                }
+            }
+            if !postings.is_empty() {
+                let sql = format!(
+                    "INSERT INTO ledger_entries (txn, donation_id, kind, account, amount_cents, created_at) VALUES {} \
+                     ON CONFLICT (txn, account) DO NOTHING",
+                    placeholders(backend, postings.len(), 6, 1)
+                );
+                let mut q = sqlx::query(&sql);
+                for (txn, kind, account, cents, id) in &postings {
+                    q = q.bind(txn).bind(*id).bind(*kind).bind(account).bind(*cents).bind(now);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(items.iter().map(|c| changed.contains(&c.donation_id)).collect())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_on_postgres_and_positional_on_sqlite() {
+        assert_eq!(
+            placeholders(Backend::Postgres, 2, 2, 1),
+            "($1, $2), ($3, $4)"
+        );
+        assert_eq!(placeholders(Backend::Sqlite, 2, 2, 1), "(?, ?), (?, ?)");
+        assert_eq!(in_list(Backend::Postgres, 3, 2), "($2, $3, $4)");
+        assert_eq!(in_list(Backend::Sqlite, 2, 1), "(?, ?)");
+    }
+}
