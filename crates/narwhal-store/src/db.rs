@@ -116,6 +116,40 @@ macro_rules! on_write {
     };
 }
 
+/// A connection used more recently than this is handed out without a ping first.
+const ALIVE_BYPASS: Duration = Duration::from_millis(500);
+
+/// How long a caller waits for a PostgreSQL connection by default (background work,
+/// the command line); a server's request pools wait less ([`Store::shedding`]).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The settings of every PostgreSQL pool.
+///
+/// sqlx pings a connection before each checkout by default: one more round trip per
+/// query, which doubles the time a request spends on the database exactly when the
+/// database is slow and round trips are dear. Like HikariCP's `aliveBypassWindowMs`,
+/// a connection used within [`ALIVE_BYPASS`] is handed out as it is; one idle for
+/// longer (a restart or a firewall may have cut it meanwhile) is pinged first. A
+/// connection that breaks in use fails its query (the request is answered 503 and
+/// retried) and sqlx drops it when it comes back.
+///
+/// Waiting for a connection is bounded by `acquire_timeout`.
+pub(crate) fn pg_pool_options(max: u32, acquire_timeout: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max.max(1))
+        .acquire_timeout(acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > ALIVE_BYPASS {
+                    use sqlx::Connection;
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 impl Store {
     /// Opens (and for SQLite creates) the database. Does not migrate.
     pub async fn open(target: &DatabaseTarget) -> Result<Self> {
@@ -162,9 +196,7 @@ impl Store {
     }
 
     pub(crate) async fn open_postgres(opts: PgConnectOptions, max: u32) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(Duration::from_secs(10))
+        let pool = pg_pool_options(max, ACQUIRE_TIMEOUT)
             .connect_with(opts)
             .await?;
         Ok(Self {
@@ -190,6 +222,24 @@ impl Store {
             .execute(&mut admin)
             .await?;
         Self::open_postgres(base.options([("search_path", schema)]), 8).await
+    }
+
+    /// A handle on the same database for serving requests: on PostgreSQL a pool of
+    /// its own, of the same size, where a caller waits at most `wait` for a
+    /// connection. When the database is slow or away the pool's queue stays short: a
+    /// request that cannot get a connection in time fails with a database error (the
+    /// HTTP edge answers 503 `unavailable` with `Retry-After`) instead of queueing
+    /// behind every other one until the client gives up. On SQLite the same handle.
+    pub fn shedding(&self, wait: Duration) -> Store {
+        match &self.pools {
+            Pools::Sqlite { .. } => self.clone(),
+            Pools::Postgres(p) => Store {
+                pools: Pools::Postgres(
+                    pg_pool_options(p.options().get_max_connections(), wait)
+                        .connect_lazy_with((*p.connect_options()).clone()),
+                ),
+            },
+        }
     }
 
     /// Drops a schema made by [`Store::open_postgres_schema`].
@@ -275,7 +325,60 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    /// A serving pool whose every connection is busy (a slow or saturated database)
+    /// turns the next caller away after its short wait, with a database error the HTTP
+    /// edge answers 503 with `Retry-After`, instead of queueing it; once connections
+    /// come back, callers are served again. Background pools keep the long wait.
+    #[tokio::test]
+    async fn a_saturated_serving_pool_sheds_instead_of_queueing() {
+        let Some(db) = crate::test_support::TestDb::new(Backend::Postgres).await else {
+            return;
+        };
+        let serving = db.store.shedding(Duration::from_millis(300));
+        let Pools::Postgres(pool) = &serving.pools else {
+            panic!("a PostgreSQL store");
+        };
+        assert_eq!(
+            pool.options().get_acquire_timeout(),
+            Duration::from_millis(300)
+        );
+        let Pools::Postgres(background) = &db.store.pools else {
+            panic!("a PostgreSQL store");
+        };
+        assert_eq!(background.options().get_acquire_timeout(), ACQUIRE_TIMEOUT);
+        let mut held = Vec::new();
+        for _ in 0..pool.options().get_max_connections() {
+            held.push(pool.acquire().await.unwrap());
+        }
+        let started = std::time::Instant::now();
+        let shed = serving.ping().await;
+        assert!(
+            matches!(
+                shed,
+                Err(crate::StoreError::Database(sqlx::Error::PoolTimedOut))
+            ),
+            "{shed:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "turned away quickly, not queued: {:?}",
+            started.elapsed()
+        );
+        // A pool made from it for ingest waits as briefly.
+        let Pools::Postgres(ingest) = &serving.dedicated(2).pools else {
+            panic!("a PostgreSQL store");
+        };
+        assert_eq!(
+            ingest.options().get_acquire_timeout(),
+            Duration::from_millis(300)
+        );
+        drop(held);
+        serving.ping().await.unwrap();
+        serving.close().await;
+    }
 
     #[test]
     fn targets() {

@@ -96,16 +96,15 @@ pub struct VoterMatch {
 impl Store {
     /// A handle on the same database with a pool of its own of at most `max`
     /// connections (PostgreSQL), so that election-day ingest keeps connections while a
-    /// blast or an import holds the shared pool. On SQLite the same handle: it has one
+    /// blast or an import holds the shared pool; callers wait for a connection as long
+    /// as on this handle's pool. On SQLite the same handle: it has one
     /// writer by design, and a writer waits for at most one transaction of another's.
     pub fn dedicated(&self, max: u32) -> Store {
         match &self.pools {
             crate::db::Pools::Sqlite { .. } => self.clone(),
             crate::db::Pools::Postgres(p) => Store {
                 pools: crate::db::Pools::Postgres(
-                    sqlx::postgres::PgPoolOptions::new()
-                        .max_connections(max.max(1))
-                        .acquire_timeout(std::time::Duration::from_secs(10))
+                    crate::db::pg_pool_options(max, p.options().get_acquire_timeout())
                         .connect_lazy_with((*p.connect_options()).clone()),
                 ),
             },
