@@ -434,6 +434,11 @@ fn rand_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// Tries at recording a donation's outcome before the request gives up and leaves it
+/// to the settler, and the first pause between them (doubled each time).
+const FINISH_TRIES: u32 = 4;
+const FINISH_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// A new public donation id.
 pub fn new_public_id() -> String {
     let raw: [u8; 12] = rand_bytes();
@@ -762,15 +767,29 @@ impl Donations {
         finish: Finish,
         pledge_token: Option<String>,
     ) -> Result<Taken, DonationError> {
-        self.batches
-            .finish
-            .submit(Completion {
-                donation_id: id,
-                attempt_key,
-                finish,
-            })
-            .await
-            .map_err(unavailable)?;
+        let completion = Completion {
+            donation_id: id,
+            attempt_key,
+            finish,
+        };
+        // The processor has answered (money may have moved): recording it is not
+        // something to shed. A connection cut by a database restart or reset is retried
+        // a few times (the commit is idempotent: states only move forward and postings
+        // are keyed) rather than leaving the donor's gift to the settler for a minute.
+        let mut pause = FINISH_RETRY_PAUSE;
+        let mut tries = 1;
+        loop {
+            match self.batches.finish.submit(completion.clone()).await {
+                Ok(_) => break,
+                Err(e) if tries < FINISH_TRIES => {
+                    tracing::warn!(error = %e, "recording a donation's outcome failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    tries += 1;
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
         let donation = self.load(id).await?;
         let outcome = outcome_of(&donation.state);
         Ok(Taken {
