@@ -3,9 +3,14 @@
 //!
 //! Each run starts two fake Stripe accounts (primary and backup, answering in 100 ms
 //! with no binding rate limit), a real Narwhal HTTP server on loopback with the
-//! donation service routed over both, and `--clients` concurrent clients posting
-//! `POST /api/v1/donations` with fresh idempotency keys. Every donation takes the full
-//! path: HTTP request, durable commit, processor call, durable final state, answer.
+//! donation service routed over both, and donors posting `POST /api/v1/donations`
+//! with fresh idempotency keys. Every donation takes the full path: HTTP request,
+//! durable commit, processor call, durable final state, answer.
+//!
+//! Load is offered on the clock (`--rate`, by default the targets: 1,000/s on
+//! SQLite, 2,000/s on PostgreSQL), so the figures say whether the system keeps up at
+//! that rate and at what latency; `--rate 0 --clients N` runs N closed-loop donors
+//! instead, which finds the most it takes (and then latency is mostly queueing).
 //!
 //! Figures, one JSON line per backend:
 //! - `donations_per_s`: acknowledged donations (succeeded or pledged) per second;
@@ -49,12 +54,111 @@ pub struct DonationsBenchArgs {
     /// How long donations run, in seconds (the primary is down for the middle third).
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
-    /// Concurrent clients.
+    /// Donations offered per second (an open model: arrivals on the clock whatever
+    /// the answers do). Default: the targets, 1,000/s on SQLite and 2,000/s on
+    /// PostgreSQL. 0 switches to `--clients` closed-loop donors.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// With `--rate 0`: concurrent donors, each sending its next gift when the last
+    /// was answered (the most the system takes, at whatever latency).
     #[arg(long, default_value_t = 400)]
     pub clients: usize,
     /// The fake processors' answer time, in ms.
     #[arg(long, default_value_t = 100)]
     pub processor_ms: u64,
+}
+
+/// Requests the open model keeps outstanding at most; arrivals beyond are counted as
+/// not sent (the generator's limit shows instead of hiding).
+const MAX_IN_FLIGHT: usize = 20_000;
+
+impl DonationsBenchArgs {
+    /// Offered donations per second on `backend` (0: closed loop).
+    fn rate_for(&self, backend: Backend) -> f64 {
+        self.rate.unwrap_or(match backend {
+            Backend::Sqlite => 1_000.0,
+            Backend::Postgres => 2_000.0,
+        })
+    }
+}
+
+/// What one donor request needs, shared by every request.
+#[derive(Clone)]
+struct Shot {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    tag: &'static str,
+    acked: Arc<Mutex<HashMap<String, String>>>,
+    errors: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Shot {
+    /// Gift number `n` of donor `c`: posted with a fresh idempotency key; the
+    /// acknowledgement (id and outcome) is recorded for the verification.
+    async fn donate(&self, c: u64, n: u64) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let key = format!("bench-{}-{c}-{n}", self.tag);
+        let body = serde_json::json!({
+            "amount_cents": 5_500,
+            "donor": {
+                "first_name": "Bench",
+                "last_name": format!("Donor{c}"),
+                "email": format!("d{c}x{n}@bench.example.org"),
+                "address1": "1 Main St",
+                "city": "Columbus",
+                "state": "OH",
+                "zip": "43215",
+                "employer": "Acme",
+                "occupation": "Engineer"
+            },
+            "attestations": {"own_funds": true, "citizen_or_resident": true, "not_contractor": true},
+            "payment_method": "pm_card_visa",
+            "refcode": format!("bench-{}", c % 7),
+        });
+        let resp = self
+            .client
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("idempotency-key", &key)
+            .json(&body)
+            .send()
+            .await;
+        let ok = match resp {
+            Ok(r) if !r.status().is_success() => {
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                if self.errors.load(Ordering::Relaxed) < 5 {
+                    eprintln!(
+                        "  error {status}: {}",
+                        text.chars().take(300).collect::<String>()
+                    );
+                }
+                false
+            }
+            Err(e) => {
+                if self.errors.load(Ordering::Relaxed) < 5 {
+                    eprintln!("  request failed: {e}");
+                }
+                false
+            }
+            Ok(r) => match r.json::<serde_json::Value>().await {
+                Ok(v) => {
+                    let id = v["id"].as_str().unwrap_or_default().to_string();
+                    let outcome = v["outcome"].as_str().unwrap_or_default().to_string();
+                    if let Ok(mut a) = self.acked.lock() {
+                        a.insert(id, outcome);
+                    }
+                    true
+                }
+                Err(_) => false,
+            },
+        };
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 tokio::task_local! {
@@ -246,10 +350,13 @@ async fn measure(
     let acked: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
     let errors = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
+    let load = match args.rate_for(backend) {
+        r if r > 0.0 => format!("{r} donations/s offered"),
+        _ => format!("{} clients", args.clients),
+    };
     eprintln!(
-        "[{}] {} clients for {seconds} s; the primary processor is down from {} s to {} s...",
+        "[{}] {load} for {seconds} s; the primary processor is down from {} s to {} s...",
         backend.as_str(),
-        args.clients,
         seconds / 3,
         2 * seconds / 3
     );
@@ -263,77 +370,52 @@ async fn measure(
         })
     };
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(args.clients);
-    for c in 0..args.clients {
-        let client = client.clone();
-        let url = url.clone();
-        let token = token.clone();
-        let acked = acked.clone();
-        let errors = errors.clone();
-        let sent = sent.clone();
-        let tag = backend.as_str();
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                n += 1;
-                sent.fetch_add(1, Ordering::Relaxed);
-                let key = format!("bench-{tag}-{c}-{n}");
-                let body = serde_json::json!({
-                    "amount_cents": 5_500,
-                    "donor": {
-                        "first_name": "Bench",
-                        "last_name": format!("Donor{c}"),
-                        "email": format!("d{c}x{n}@bench.example.org"),
-                        "address1": "1 Main St",
-                        "city": "Columbus",
-                        "state": "OH",
-                        "zip": "43215",
-                        "employer": "Acme",
-                        "occupation": "Engineer"
-                    },
-                    "attestations": {"own_funds": true, "citizen_or_resident": true, "not_contractor": true},
-                    "payment_method": "pm_card_visa",
-                    "refcode": format!("bench-{}", c % 7),
-                });
-                let resp = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("idempotency-key", &key)
-                    .json(&body)
-                    .send()
-                    .await;
-                let ok = match resp {
-                    Ok(r) if !r.status().is_success() => {
-                        let status = r.status().as_u16();
-                        let text = r.text().await.unwrap_or_default();
-                        if errors.load(Ordering::Relaxed) < 5 {
-                            eprintln!("  error {status}: {}", text.chars().take(300).collect::<String>());
-                        }
-                        false
-                    }
-                    Err(e) => {
-                        if errors.load(Ordering::Relaxed) < 5 {
-                            eprintln!("  request failed: {e}");
-                        }
-                        false
-                    }
-                    Ok(r) => match r.json::<serde_json::Value>().await {
-                        Ok(v) => {
-                            let id = v["id"].as_str().unwrap_or_default().to_string();
-                            let outcome = v["outcome"].as_str().unwrap_or_default().to_string();
-                            if let Ok(mut a) = acked.lock() {
-                                a.insert(id, outcome);
-                            }
-                            true
-                        }
-                        Err(_) => false,
-                    },
-                };
-                if !ok {
-                    errors.fetch_add(1, Ordering::Relaxed);
+    let shot = Shot {
+        client,
+        url,
+        token,
+        tag: backend.as_str(),
+        acked: acked.clone(),
+        errors: errors.clone(),
+        sent: sent.clone(),
+    };
+    let mut tasks = Vec::new();
+    let mut not_sent = 0u64;
+    let rate = args.rate_for(backend);
+    if rate > 0.0 {
+        // Open model: arrivals on the clock at `rate` per second, whatever the answers
+        // do, so a stall shows as latency instead of as fewer requests.
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        let mut n = 0u64;
+        let mut next = Instant::now();
+        let gap = Duration::from_secs_f64(1.0 / rate);
+        while next < deadline {
+            tokio::time::sleep_until(next.into()).await;
+            next += gap;
+            n += 1;
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                not_sent += 1;
+                continue;
+            };
+            let shot = shot.clone();
+            tasks.push(tokio::spawn(async move {
+                shot.donate(n % 10_000, n).await;
+                drop(permit);
+            }));
+        }
+    } else {
+        // Closed model: `--clients` donors, each sending its next gift when the last
+        // was answered (the most the system can take, at whatever latency).
+        for c in 0..args.clients {
+            let shot = shot.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    n += 1;
+                    shot.donate(c as u64, n).await;
                 }
-            }
-        }));
+            }));
+        }
     }
     let progress = {
         let acked = acked.clone();
@@ -438,7 +520,9 @@ async fn measure(
         "bench": "donations",
         "backend": backend.as_str(),
         "seconds": (elapsed * 10.0).round() / 10.0,
-        "clients": args.clients,
+        "clients": if rate > 0.0 { serde_json::Value::Null } else { args.clients.into() },
+        "offered_per_s": if rate > 0.0 { rate.into() } else { serde_json::Value::Null },
+        "not_sent": not_sent,
         "donations_per_s": (acked_ok as f64 / elapsed).round(),
         "p50_ms_excl_processor": pct(0.50),
         "p99_ms_excl_processor": pct(0.99),
