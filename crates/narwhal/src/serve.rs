@@ -35,6 +35,11 @@ pub struct ServeArgs {
 /// connections election-day reports and logins need.
 pub const BULK_POOL: u32 = 4;
 
+/// How long a request waits for a database connection before it is shed with 503 and
+/// `Retry-After` (PostgreSQL): past this it could not meet a 2 s answer anyway, and a
+/// short queue that turns callers away beats a long one every caller waits out.
+pub const SHED_AFTER: std::time::Duration = std::time::Duration::from_millis(1000);
+
 pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(settings).await?;
     serve_store(settings, store, &args, None).await
@@ -87,7 +92,9 @@ pub async fn serve_store(
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_blasts = stop_rx.clone();
+    // Background work waits for connections as long as it must; requests are shed.
     let bulk = store.dedicated(BULK_POOL);
+    let store = store.shedding(SHED_AFTER);
     let worker = narwhal_people::worker::spawn(
         bulk.clone(),
         node_id.clone(),
