@@ -167,6 +167,7 @@ impl DonationSettings {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> anyhow::Result<DonationsEdge> {
         let mut processors: Vec<Arc<dyn Processor>> = Vec::new();
+        let mut longest_timeout = Duration::ZERO;
         let mut secrets = HashMap::new();
         for (i, p) in self.processors.iter().enumerate() {
             let at = format!("donations.processors[{i}]");
@@ -201,6 +202,7 @@ impl DonationSettings {
                 c.max_requests_per_second = rps;
             }
             c.request_timeout = Duration::from_millis(p.timeout_ms.unwrap_or(8_000));
+            longest_timeout = longest_timeout.max(c.request_timeout);
             if p.timeout_ms == Some(0) {
                 bail!("{at}.timeout_ms: must be at least 1");
             }
@@ -218,12 +220,14 @@ impl DonationSettings {
             limits.excess = excess;
         }
         let router = Arc::new(Router::new(processors, BreakerConfig::default()));
+        let settle_timeout = Duration::from_millis(self.settle_timeout_ms.unwrap_or(2_000));
         let service = Donations::new(
             store.clone(),
             router,
             PayConfig {
                 limits,
-                settle_timeout: Duration::from_millis(self.settle_timeout_ms.unwrap_or(2_000)),
+                settle_timeout,
+                abandoned_after: abandoned_after(longest_timeout, settle_timeout),
                 ..PayConfig::default()
             },
         );
@@ -317,10 +321,34 @@ pub fn spawn_settler(
     })
 }
 
+/// How old an attempt still `started` must be before the settler takes it as a dead
+/// node's and asks the processor about it: twice the longest a live request can spend
+/// on it (the processor's timeout, then the donor's wait on status queries), and at
+/// least 10 s. Asking sooner is safe (a status query changes nothing, a charge found is
+/// recorded idempotently, "not charged" is not believed within `lookup_grace`); asking
+/// late leaves a killed node's charged gift unrecorded for that long.
+fn abandoned_after(processor_timeout: Duration, settle_timeout: Duration) -> Duration {
+    ((processor_timeout + settle_timeout) * 2).max(Duration::from_secs(10))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn a_dead_nodes_attempts_are_settled_after_twice_the_longest_request() {
+        // Defaults: an 8 s processor timeout and a 2 s wait on status queries.
+        assert_eq!(
+            abandoned_after(Duration::from_secs(8), Duration::from_secs(2)),
+            Duration::from_secs(20)
+        );
+        // A fast vendor setting: never sooner than 10 s.
+        assert_eq!(
+            abandoned_after(Duration::from_millis(1200), Duration::from_millis(500)),
+            Duration::from_secs(10)
+        );
+    }
 
     #[test]
     fn settings_parse_and_name_what_is_missing() {
