@@ -362,6 +362,9 @@ throttle = "{rate}/s"
 [donations]
 committee = "Friends of Game Day"
 settle_every_secs = 2
+# A donor waits at most this long on status queries about a lost answer before the
+# 202 "being confirmed" (the settler finishes it).
+settle_timeout_ms = 500
 
 # Every request comes from one loopback address with one test card: the card-testing
 # limits would rightly stop the load, so they are out of reach here.
@@ -376,6 +379,10 @@ kind = "stripe"
 api_base = "{primary}"
 secret_key_env = "GAMEDAY_STRIPE_KEY"
 max_rps = 5000
+# The fakes answer in tens of ms and the slow fault adds under a second: a charge not
+# answered in 1.2 s is ambiguous (settled by a status query) and counts against the
+# breaker, so a 2 s p99 never waits out a vendor's default timeout.
+timeout_ms = 1200
 
 [[donations.processors]]
 name = "stripe-backup"
@@ -383,6 +390,7 @@ kind = "stripe"
 api_base = "{backup}"
 secret_key_env = "GAMEDAY_STRIPE_KEY"
 max_rps = 5000
+timeout_ms = 1200
 "#
     )
 }

@@ -307,6 +307,8 @@ async fn one(
         };
         match tried {
             Try::Done(o) => return o,
+            // After the last try the caller has its answer: no pause is added to it.
+            Try::Again(_, o) if k + 1 == TRIES => last = o,
             Try::Again(pause, o) => {
                 last = o;
                 tokio::time::sleep(pause).await;
