@@ -12,6 +12,7 @@ pub mod batch;
 pub mod compat;
 pub mod events;
 pub mod giving;
+pub mod notices;
 pub mod pledge;
 pub mod processor;
 pub mod reconcile;

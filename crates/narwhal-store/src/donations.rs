@@ -1143,5 +1143,7 @@ mod tests {
     }
 }
 
-// After the macros above, which it uses.
+// After the macros above, which they use.
 mod bulk;
+mod notices;
+pub use notices::NoticeKind;

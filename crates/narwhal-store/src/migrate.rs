@@ -89,6 +89,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0014_processor_ref_per_processor.sql"),
         include_str!("../migrations/postgres/0014_processor_ref_per_processor.sql"),
     ),
+    (
+        15,
+        "donor_notices",
+        include_str!("../migrations/sqlite/0015_donor_notices.sql"),
+        include_str!("../migrations/postgres/0015_donor_notices.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {

@@ -10,6 +10,7 @@ mod config;
 mod demo;
 mod donations_cmd;
 mod donations_setup;
+mod donor_notices;
 mod fake_cmd;
 mod gameday;
 mod import;

@@ -139,6 +139,14 @@ pub async fn serve_store(
             settings.donations.settle_every(),
             stop_tx.subscribe(),
         );
+        // Receipts and pledge payment links, through the node's mail accounts.
+        if let Some(n) = state
+            .mail
+            .as_ref()
+            .and_then(|m| crate::donor_notices::notices(&edge.service, m))
+        {
+            let _notices = crate::donor_notices::spawn(n, stop_tx.subscribe());
+        }
         // The Stripe-compatible `/v1` API over the same service, and its event sender.
         let compat = settings
             .donations
