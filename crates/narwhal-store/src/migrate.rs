@@ -95,6 +95,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0015_donor_notices.sql"),
         include_str!("../migrations/postgres/0015_donor_notices.sql"),
     ),
+    (
+        17,
+        "turnout_tallies",
+        include_str!("../migrations/sqlite/0017_turnout_tallies.sql"),
+        include_str!("../migrations/postgres/0017_turnout_tallies.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {

@@ -221,6 +221,373 @@ const VOTED: &str = "g.voted_at IS NOT NULL";
 /// The expression for a universe row `g` still to turn out (matches the partial index).
 const REMAINING: &str = "g.voted_at IS NULL";
 
+/// One report row to insert.
+struct NewReport<'a> {
+    report_id: &'a str,
+    person_id: i64,
+    polling_place: &'a str,
+    watcher_id: Option<i64>,
+    channel: &'a str,
+    voted_at: i64,
+}
+
+/// A universe row found by code or person id: (person, code, polling place).
+type UniverseRow = (PersonId, i64, String);
+
+/// The bulk statements of the ingest, which differ by backend. PostgreSQL binds whole
+/// arrays (`= ANY`, `unnest`): one statement and one plan whatever the number of
+/// items. SQLite runs multi-row statements of anonymous markers, [`CHUNK`] rows each.
+/// Each method runs inside the caller's transaction.
+trait IngestSql {
+    /// The universe rows whose `code` (or, with `by_person`, `person_id`) is in `keys`.
+    fn universe_rows(
+        &mut self,
+        by_person: bool,
+        keys: &[i64],
+    ) -> impl std::future::Future<Output = Result<Vec<UniverseRow>>> + Send;
+
+    /// Inserts the reports whose id is new; returns those ids.
+    fn insert_reports(
+        &mut self,
+        rows: &[NewReport<'_>],
+        now: i64,
+    ) -> impl std::future::Future<Output = Result<HashSet<String>>> + Send;
+
+    /// Who each of these stored report ids is about.
+    fn report_owners(
+        &mut self,
+        ids: &[&str],
+    ) -> impl std::future::Future<Output = Result<HashMap<String, i64>>> + Send;
+
+    /// Adds `(person, live reports added, earliest new voted time)` to the universe
+    /// rows, locking them in person order (the input is sorted).
+    fn apply_deltas(
+        &mut self,
+        deltas: &[(i64, i64, Option<i64>)],
+    ) -> impl std::future::Future<Output = Result<()>> + Send;
+}
+
+/// The universe update the deltas go through: `v (pid, d, t)` is the source.
+const APPLY_DELTAS: &str = "UPDATE gotv_universe AS g SET
+        voted_at = CASE WHEN g.live_reports + v.d <= 0 THEN NULL
+                        WHEN v.t IS NULL THEN g.voted_at
+                        WHEN g.voted_at IS NULL OR g.voted_at > v.t THEN v.t
+                        ELSE g.voted_at END,
+        live_reports = g.live_reports + v.d
+     FROM v WHERE g.person_id = v.pid";
+
+fn universe_row(r: &impl RowGet) -> Result<UniverseRow> {
+    Ok((
+        PersonId(r.get_i64("person_id")?),
+        r.get_i64("code")?,
+        r.get_string("polling_place")?,
+    ))
+}
+
+/// Reading columns the same way from either backend's rows.
+trait RowGet {
+    fn get_i64(&self, col: &str) -> Result<i64>;
+    fn get_string(&self, col: &str) -> Result<String>;
+}
+
+impl RowGet for sqlx::sqlite::SqliteRow {
+    fn get_i64(&self, col: &str) -> Result<i64> {
+        Ok(self.try_get(col)?)
+    }
+    fn get_string(&self, col: &str) -> Result<String> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+impl RowGet for sqlx::postgres::PgRow {
+    fn get_i64(&self, col: &str) -> Result<i64> {
+        Ok(self.try_get(col)?)
+    }
+    fn get_string(&self, col: &str) -> Result<String> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+impl IngestSql for sqlx::SqliteConnection {
+    async fn universe_rows(&mut self, by_person: bool, keys: &[i64]) -> Result<Vec<UniverseRow>> {
+        let col = if by_person { "person_id" } else { "code" };
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT person_id, code, polling_place FROM gotv_universe WHERE {col} IN ({})",
+                crate::db::placeholders(Backend::Sqlite, 1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for k in chunk {
+                q = q.bind(k);
+            }
+            for r in q.fetch_all(&mut *self).await? {
+                out.push(universe_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn insert_reports(
+        &mut self,
+        rows: &[NewReport<'_>],
+        now: i64,
+    ) -> Result<HashSet<String>> {
+        let mut inserted = HashSet::with_capacity(rows.len());
+        for chunk in rows.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO turnout_reports (report_id, person_id, polling_place, watcher_id, channel, voted_at, received_at) VALUES {} ON CONFLICT (report_id) DO NOTHING RETURNING report_id",
+                tuples(Backend::Sqlite, chunk.len(), 7)
+            );
+            let mut q = sqlx::query_scalar::<_, String>(&sql);
+            for r in chunk {
+                q = q
+                    .bind(r.report_id)
+                    .bind(r.person_id)
+                    .bind(r.polling_place)
+                    .bind(r.watcher_id)
+                    .bind(r.channel)
+                    .bind(r.voted_at)
+                    .bind(now);
+            }
+            inserted.extend(q.fetch_all(&mut *self).await?);
+        }
+        Ok(inserted)
+    }
+
+    async fn report_owners(&mut self, ids: &[&str]) -> Result<HashMap<String, i64>> {
+        let mut owner = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT report_id, person_id FROM turnout_reports WHERE report_id IN ({})",
+                crate::db::placeholders(Backend::Sqlite, 1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&mut *self).await? {
+                owner.insert(r.try_get("report_id")?, r.try_get("person_id")?);
+            }
+        }
+        Ok(owner)
+    }
+
+    async fn apply_deltas(&mut self, deltas: &[(i64, i64, Option<i64>)]) -> Result<()> {
+        // One writer: nobody else holds these rows.
+        for chunk in deltas.chunks(CHUNK) {
+            let sql = format!(
+                "WITH v (pid, d, t) AS (VALUES {}) {APPLY_DELTAS}",
+                tuples(Backend::Sqlite, chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for (pid, d, t) in chunk {
+                q = q.bind(pid).bind(d).bind(t);
+            }
+            q.execute(&mut *self).await?;
+        }
+        Ok(())
+    }
+}
+
+impl IngestSql for sqlx::PgConnection {
+    async fn universe_rows(&mut self, by_person: bool, keys: &[i64]) -> Result<Vec<UniverseRow>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = if by_person {
+            "SELECT person_id, code, polling_place FROM gotv_universe WHERE person_id = ANY($1::BIGINT[])"
+        } else {
+            "SELECT person_id, code, polling_place FROM gotv_universe WHERE code = ANY($1::BIGINT[])"
+        };
+        let rows = sqlx::query(sql).bind(keys).fetch_all(&mut *self).await?;
+        rows.iter().map(universe_row).collect()
+    }
+
+    async fn insert_reports(
+        &mut self,
+        rows: &[NewReport<'_>],
+        now: i64,
+    ) -> Result<HashSet<String>> {
+        if rows.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let ids: Vec<&str> = rows.iter().map(|r| r.report_id).collect();
+        let people: Vec<i64> = rows.iter().map(|r| r.person_id).collect();
+        let places: Vec<&str> = rows.iter().map(|r| r.polling_place).collect();
+        let watchers: Vec<Option<i64>> = rows.iter().map(|r| r.watcher_id).collect();
+        let channels: Vec<&str> = rows.iter().map(|r| r.channel).collect();
+        let voted: Vec<i64> = rows.iter().map(|r| r.voted_at).collect();
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO turnout_reports (report_id, person_id, polling_place, watcher_id, channel, voted_at, received_at)
+             SELECT r, p, pl, w, c, v, $7 FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::BIGINT[]) AS t(r, p, pl, w, c, v)
+             ON CONFLICT (report_id) DO NOTHING RETURNING report_id",
+        )
+        .bind(&ids)
+        .bind(&people)
+        .bind(&places)
+        .bind(&watchers)
+        .bind(&channels)
+        .bind(&voted)
+        .bind(now)
+        .fetch_all(&mut *self)
+        .await?;
+        Ok(inserted.into_iter().collect())
+    }
+
+    async fn report_owners(&mut self, ids: &[&str]) -> Result<HashMap<String, i64>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = sqlx::query(
+            "SELECT report_id, person_id FROM turnout_reports WHERE report_id = ANY($1::TEXT[])",
+        )
+        .bind(ids)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("report_id")?, r.try_get("person_id")?)))
+            .collect()
+    }
+
+    async fn apply_deltas(&mut self, deltas: &[(i64, i64, Option<i64>)]) -> Result<()> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let pids: Vec<i64> = deltas.iter().map(|d| d.0).collect();
+        let ds: Vec<i64> = deltas.iter().map(|d| d.1).collect();
+        let ts: Vec<Option<i64>> = deltas.iter().map(|d| d.2).collect();
+        // Lock the rows in person order first: batches of several nodes touching the
+        // same voters then never wait on each other in a cycle.
+        sqlx::query("SELECT person_id FROM gotv_universe WHERE person_id = ANY($1::BIGINT[]) ORDER BY person_id FOR UPDATE")
+            .bind(&pids)
+            .execute(&mut *self)
+            .await?;
+        let sql = format!(
+            "WITH v AS (SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[]) AS v(pid, d, t)) {APPLY_DELTAS}"
+        );
+        sqlx::query(&sql)
+            .bind(&pids)
+            .bind(&ds)
+            .bind(&ts)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Steps 1 to 3 of the ingest for `groups`, in one transaction on `c`: find who each
+/// item is about, reject what cannot be taken (each batch against its own polling
+/// place), store the reports with one bulk insert, and tell new reports from retries
+/// and reused ids. Fills `outs` (repeats within a batch are left for
+/// [`resolve_repeats`]) and `deltas`; returns the undos, `(batch, item, person, place)`,
+/// for the caller to apply after.
+async fn take_reports<C: IngestSql + Send>(
+    c: &mut C,
+    groups: &[ReportGroup<'_>],
+    outs: &mut [Vec<Option<Outcome>>],
+    deltas: &mut Deltas,
+    now: i64,
+) -> Result<Vec<(usize, usize, PersonId, String)>> {
+    // 1. Who each item is about, and where they vote.
+    let mut codes: Vec<i64> = Vec::new();
+    let mut ids: Vec<i64> = Vec::new();
+    for g in groups {
+        for i in g.items {
+            match i.target {
+                Target::Code(c) => codes.push(c),
+                Target::Person(p) => ids.push(p.0),
+            }
+        }
+    }
+    codes.sort_unstable();
+    codes.dedup();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut found: HashMap<Target, (PersonId, String)> =
+        HashMap::with_capacity(2 * (codes.len() + ids.len()));
+    for (by_person, keys) in [(false, &codes), (true, &ids)] {
+        if keys.is_empty() {
+            continue;
+        }
+        for (pid, code, pl) in c.universe_rows(by_person, keys).await? {
+            found.insert(Target::Code(code), (pid, pl.clone()));
+            found.insert(Target::Person(pid), (pid, pl));
+        }
+    }
+    // 2. Reject what cannot be taken; keep the first of repeated items. A report id
+    // an earlier batch of this group already stores is checked after the insert, as
+    // if that batch had been committed first.
+    let mut marks: Vec<(usize, usize, PersonId, &str)> = Vec::new();
+    let mut undos: Vec<(usize, usize, PersonId, String)> = Vec::new();
+    let mut check: Vec<(usize, usize, PersonId)> = Vec::new();
+    let mut claimed: HashSet<&str> = HashSet::new();
+    for (k, (g, out)) in groups.iter().zip(outs.iter_mut()).enumerate() {
+        let mut seen: HashSet<(&str, bool)> = HashSet::with_capacity(g.items.len());
+        for (i, item) in g.items.iter().enumerate() {
+            let Some((pid, pl)) = found.get(&item.target) else {
+                out[i] = Some(Outcome::Rejected(Rejection::UnknownVoter));
+                continue;
+            };
+            if g.place.is_some_and(|w| w != pl) {
+                out[i] = Some(Outcome::Rejected(Rejection::OtherPollingPlace));
+                continue;
+            }
+            if !seen.insert((item.report_id.as_str(), item.undo)) {
+                // A repeat within the batch: resolved from its first, by the caller.
+                continue;
+            }
+            if item.undo {
+                undos.push((k, i, *pid, pl.clone()));
+            } else if claimed.insert(item.report_id.as_str()) {
+                marks.push((k, i, *pid, pl.as_str()));
+            } else {
+                check.push((k, i, *pid));
+            }
+        }
+    }
+    // 3. Reports: one bulk insert; what comes back is new.
+    let rows: Vec<NewReport<'_>> = marks
+        .iter()
+        .map(|(k, i, pid, pl)| {
+            let g = &groups[*k];
+            NewReport {
+                report_id: &g.items[*i].report_id,
+                person_id: pid.0,
+                polling_place: pl,
+                watcher_id: g.watcher_id,
+                channel: g.channel,
+                voted_at: g.items[*i].voted_at,
+            }
+        })
+        .collect();
+    let inserted = c.insert_reports(&rows, now).await?;
+    for (k, i, pid, _) in &marks {
+        let item = &groups[*k].items[*i];
+        if inserted.contains(&item.report_id) {
+            outs[*k][*i] = Some(Outcome::Accepted(*pid));
+            deltas.add(*pid, 1, Some(item.voted_at));
+        } else {
+            check.push((*k, *i, *pid));
+        }
+    }
+    // Already there: a retry, unless the id was used for someone else.
+    if !check.is_empty() {
+        let ids: Vec<&str> = check
+            .iter()
+            .map(|(k, i, _)| groups[*k].items[*i].report_id.as_str())
+            .collect();
+        let owner = c.report_owners(&ids).await?;
+        for (k, i, pid) in check {
+            outs[k][i] = Some(match owner.get(&groups[k].items[i].report_id) {
+                Some(o) if *o != pid.0 => Outcome::Rejected(Rejection::ReportIdReused),
+                _ => Outcome::Duplicate(pid),
+            });
+        }
+    }
+    Ok(undos)
+}
+
 impl Store {
     /// Creates or updates polling places and assigns their precincts (a precinct
     /// named again moves to its new place), all in one transaction.
@@ -360,8 +727,8 @@ impl Store {
 
     /// The watcher row of a user, if they are a watcher.
     pub async fn watcher_by_user(&self, user: UserId) -> Result<Option<Watcher>> {
-        self.watcher_where("CAST(user_id AS TEXT) = $1", user.0.to_string())
-            .await
+        // Bound as an integer, so that the lookup uses the unique index on user_id.
+        self.watcher_where("user_id = $1", user.0).await
     }
 
     /// The watcher whose login-link token hashes to this.
@@ -396,7 +763,15 @@ impl Store {
             .await
     }
 
-    async fn watcher_where(&self, cond: &str, arg: String) -> Result<Option<Watcher>> {
+    async fn watcher_where<A>(&self, cond: &str, arg: A) -> Result<Option<Watcher>>
+    where
+        A: for<'q> sqlx::Encode<'q, sqlx::Sqlite>
+            + for<'q> sqlx::Encode<'q, sqlx::Postgres>
+            + sqlx::Type<sqlx::Sqlite>
+            + sqlx::Type<sqlx::Postgres>
+            + Send
+            + 'static,
+    {
         let sql = format!("SELECT id, user_id, polling_place, kind, secret_hash, issued_at, expires_at FROM watchers WHERE {cond}");
         on_read!(self, p => {
             let Some(r) = sqlx::query(&sql).bind(arg).fetch_optional(p).await? else { return Ok(None) };
@@ -458,99 +833,28 @@ impl Store {
     }
 
     async fn ingest_groups_once(&self, groups: &[ReportGroup<'_>]) -> Result<Vec<Vec<Outcome>>> {
-        let backend = self.backend();
         let now = now_ms();
         let mut outs: Vec<Vec<Option<Outcome>>> =
             groups.iter().map(|g| vec![None; g.items.len()]).collect();
         let mut deltas = Deltas::default();
+        // Reports of all the batches go through one set of bulk statements. An undo
+        // must see the batches before it and only them, so batches holding undos are
+        // taken one at a time, in order.
+        let spans: Vec<std::ops::Range<usize>> =
+            if groups.iter().any(|g| g.items.iter().any(|i| i.undo)) {
+                (0..groups.len()).map(|k| k..k + 1).collect()
+            } else {
+                std::iter::once(0..groups.len()).collect()
+            };
         on_write!(self, p => {
             let mut tx = p.begin().await?;
-            for (g, out) in groups.iter().zip(outs.iter_mut()) {
-            let (place, watcher_id, channel, items) = (g.place, g.watcher_id, g.channel, g.items);
-            // 1. Who each item is about, and where they vote.
-            let mut codes: Vec<i64> = items.iter().filter_map(|i| match i.target { Target::Code(c) => Some(c), _ => None }).collect();
-            let mut ids: Vec<i64> = items.iter().filter_map(|i| match i.target { Target::Person(p) => Some(p.0), _ => None }).collect();
-            codes.sort_unstable();
-            codes.dedup();
-            ids.sort_unstable();
-            ids.dedup();
-            let mut found: HashMap<Target, (PersonId, String)> = HashMap::new();
-            for (col, keys) in [("code", &codes), ("person_id", &ids)] {
-                for chunk in keys.chunks(CHUNK) {
-                    let sql = format!("SELECT person_id, code, polling_place FROM gotv_universe WHERE {col} IN ({})", crate::db::placeholders(backend, 1, chunk.len()));
-                    let mut q = sqlx::query(&sql);
-                    for k in chunk { q = q.bind(k); }
-                    for r in q.fetch_all(&mut *tx).await? {
-                        let pid = PersonId(r.try_get("person_id")?);
-                        let code: i64 = r.try_get("code")?;
-                        let pl: String = r.try_get("polling_place")?;
-                        found.insert(Target::Code(code), (pid, pl.clone()));
-                        found.insert(Target::Person(pid), (pid, pl));
-                    }
-                }
-            }
-            // 2. Reject what cannot be taken; keep the first of repeated items.
-            let mut marks_todo: Vec<(usize, PersonId, String)> = Vec::new();
-            let mut undos_todo: Vec<(usize, PersonId, String)> = Vec::new();
-            let mut seen: HashSet<(&str, bool)> = HashSet::new();
-            for (i, item) in items.iter().enumerate() {
-                let Some((pid, pl)) = found.get(&item.target) else {
-                    out[i] = Some(Outcome::Rejected(Rejection::UnknownVoter));
-                    continue;
-                };
-                if place.is_some_and(|w| w != pl) {
-                    out[i] = Some(Outcome::Rejected(Rejection::OtherPollingPlace));
-                    continue;
-                }
-                if !seen.insert((item.report_id.as_str(), item.undo)) {
-                    // A repeat within the batch: resolved from its first, below.
-                    continue;
-                }
-                if item.undo {
-                    undos_todo.push((i, *pid, pl.clone()));
-                } else {
-                    marks_todo.push((i, *pid, pl.clone()));
-                }
-            }
-            // 3. Reports: one multi-row insert per chunk; what comes back is new.
-            for chunk in marks_todo.chunks(CHUNK) {
-                let sql = format!(
-                    "INSERT INTO turnout_reports (report_id, person_id, polling_place, watcher_id, channel, voted_at, received_at) VALUES {} ON CONFLICT (report_id) DO NOTHING RETURNING report_id",
-                    tuples(backend, chunk.len(), 7)
-                );
-                let mut q = sqlx::query_scalar::<_, String>(&sql);
-                for (i, pid, pl) in chunk {
-                    q = q.bind(&items[*i].report_id).bind(pid.0).bind(pl).bind(watcher_id).bind(channel).bind(items[*i].voted_at).bind(now);
-                }
-                let inserted: HashSet<String> = q.fetch_all(&mut *tx).await?.into_iter().collect();
-                let mut existing = Vec::new();
-                for (i, pid, _) in chunk {
-                    if inserted.contains(&items[*i].report_id) {
-                        out[*i] = Some(Outcome::Accepted(*pid));
-                        deltas.add(*pid, 1, Some(items[*i].voted_at));
-                    } else {
-                        existing.push((*i, *pid));
-                    }
-                }
-                // Already there: a retry, unless the id was used for someone else.
-                for part in existing.chunks(CHUNK) {
-                    let sql = format!("SELECT report_id, person_id FROM turnout_reports WHERE report_id IN ({})", crate::db::placeholders(backend, 1, part.len()));
-                    let mut q = sqlx::query(&sql);
-                    for (i, _) in part { q = q.bind(&items[*i].report_id); }
-                    let mut owner: HashMap<String, i64> = HashMap::new();
-                    for r in q.fetch_all(&mut *tx).await? {
-                        owner.insert(r.try_get("report_id")?, r.try_get("person_id")?);
-                    }
-                    for (i, pid) in part {
-                        out[*i] = Some(match owner.get(&items[*i].report_id) {
-                            Some(o) if *o != pid.0 => Outcome::Rejected(Rejection::ReportIdReused),
-                            _ => Outcome::Duplicate(*pid),
-                        });
-                    }
-                }
-            }
-            // 4. Undos, after the reports of the same batch.
-            for (i, pid, pl) in &undos_todo {
+            for span in spans {
+            let undos_todo = take_reports(&mut *tx, &groups[span.clone()], &mut outs[span.clone()], &mut deltas, now).await?;
+            // Undos, after the reports of the same batch.
+            for (k, i, pid, pl) in &undos_todo {
+                let g = &groups[span.start + k];
+                let out = &mut outs[span.start + k];
+                let (watcher_id, channel, items) = (g.watcher_id, g.channel, g.items);
                 let rid = &items[*i].report_id;
                 let n = sqlx::query("UPDATE turnout_reports SET undone_at = $1 WHERE report_id = $2 AND person_id = $3 AND undone_at IS NULL")
                     .bind(now).bind(rid).bind(pid.0).execute(&mut *tx).await?.rows_affected();
@@ -574,44 +878,15 @@ impl Store {
                 });
             }
             }
-            // 5. Each voter's live count and voted time, under the row lock.
+            // Each voter's live count and voted time, under the row lock.
             let changed = !deltas.0.is_empty();
-            for chunk in deltas.sorted().chunks(CHUNK) {
-                if backend == Backend::Postgres {
-                    // Lock the rows in person order first: batches of several nodes
-                    // touching the same voters then never wait on each other in a cycle.
-                    let sql = format!(
-                        "SELECT person_id FROM gotv_universe WHERE person_id IN ({}) ORDER BY person_id FOR UPDATE",
-                        crate::db::placeholders(backend, 1, chunk.len())
-                    );
-                    let mut q = sqlx::query(&sql);
-                    for (pid, _, _) in chunk {
-                        q = q.bind(pid);
-                    }
-                    q.fetch_all(&mut *tx).await?;
-                }
-                let sql = format!(
-                    "WITH v (pid, d, t) AS (VALUES {}) UPDATE gotv_universe AS g SET
-                        voted_at = CASE WHEN g.live_reports + v.d <= 0 THEN NULL
-                                        WHEN v.t IS NULL THEN g.voted_at
-                                        WHEN g.voted_at IS NULL OR g.voted_at > v.t THEN v.t
-                                        ELSE g.voted_at END,
-                        live_reports = g.live_reports + v.d
-                     FROM v WHERE g.person_id = v.pid",
-                    tuples(backend, chunk.len(), 3)
-                );
-                let mut q = sqlx::query(&sql);
-                for (pid, d, t) in chunk {
-                    q = q.bind(pid).bind(d).bind(t);
-                }
-                q.execute(&mut *tx).await?;
-            }
-            if changed && backend == Backend::Sqlite {
+            IngestSql::apply_deltas(&mut *tx, &deltas.sorted()).await?;
+            if changed && self.backend() == Backend::Sqlite {
                 // One writer: the clock moves inside the transaction, at no extra sync.
                 sqlx::query("UPDATE turnout_clock SET seq = seq + 1 WHERE id = 1").execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            if changed && backend == Backend::Postgres {
+            if changed && self.backend() == Backend::Postgres {
                 // After the commit, so a node that sees the new value reads the reports.
                 sqlx::query("SELECT nextval('turnout_change_seq')").execute(p).await?;
             }

@@ -18,6 +18,9 @@ use serde::Serialize;
 use sqlx::Row;
 use std::collections::HashMap;
 
+/// An hour in ms: the tallies count voters per UTC hour.
+const HOUR_MS: i64 = 3_600_000;
+
 /// Turnout of one precinct now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cell {
@@ -142,9 +145,82 @@ impl Store {
         Ok(())
     }
 
-    /// Turnout now per precinct, and per precinct and hour since `opens_at` (one
-    /// covering-index scan of the universe each).
+    /// Turnout now per precinct, and per precinct and hour since `opens_at`. When the
+    /// polls open on the hour (UTC), from the tallies the triggers of `gotv_universe`
+    /// keep (a few rows per precinct); otherwise by two covering-index scans of the
+    /// universe.
     pub async fn turnout_cells(&self, opens_at: i64) -> Result<(Vec<Cell>, Vec<HourCell>)> {
+        if opens_at.rem_euclid(HOUR_MS) == 0 {
+            return self.turnout_cells_from_tallies(opens_at).await;
+        }
+        self.turnout_cells_by_scan(opens_at).await
+    }
+
+    /// [`Store::turnout_cells`] from `turnout_tallies`, for `opens_at` on the hour: a
+    /// UTC hour bucket `u` starts at `u * HOUR_MS`, wholly before the opening (hour 0)
+    /// or wholly inside hour `(u * HOUR_MS - opens_at) / HOUR_MS` of the day.
+    async fn turnout_cells_from_tallies(
+        &self,
+        opens_at: i64,
+    ) -> Result<(Vec<Cell>, Vec<HourCell>)> {
+        let sql = "SELECT county, precinct, polling_place, hour, people FROM turnout_tallies WHERE people <> 0";
+        let rows = on_read!(self, p => {
+            let rows = sqlx::query(sql).fetch_all(p).await?;
+            rows.iter().map(|r| Ok((
+                r.try_get::<String, _>("county")?,
+                r.try_get::<String, _>("precinct")?,
+                r.try_get::<String, _>("polling_place")?,
+                r.try_get::<i64, _>("hour")?,
+                r.try_get::<i64, _>("people")?,
+            ))).collect::<Result<Vec<_>>>()
+        })?;
+        let mut cells: HashMap<(String, String, String), Cell> = HashMap::new();
+        let mut hours = Vec::new();
+        for (county, precinct, polling_place, hour, people) in rows {
+            let cell = cells
+                .entry((county.clone(), precinct.clone(), polling_place.clone()))
+                .or_insert_with(|| Cell {
+                    county: county.clone(),
+                    precinct: precinct.clone(),
+                    polling_place: polling_place.clone(),
+                    universe: 0,
+                    voted: 0,
+                });
+            if hour < 0 {
+                cell.universe += people;
+                continue;
+            }
+            cell.voted += people;
+            let start = hour.saturating_mul(HOUR_MS);
+            hours.push(HourCell {
+                county,
+                precinct,
+                polling_place,
+                hour: if start < opens_at {
+                    0
+                } else {
+                    (start - opens_at) / HOUR_MS
+                },
+                voted: people,
+            });
+        }
+        let mut cells: Vec<Cell> = cells
+            .into_values()
+            .filter(|c| c.universe != 0 || c.voted != 0)
+            .collect();
+        cells.sort_by(|a, b| {
+            (&a.county, &a.precinct, &a.polling_place).cmp(&(
+                &b.county,
+                &b.precinct,
+                &b.polling_place,
+            ))
+        });
+        Ok((cells, hours))
+    }
+
+    /// [`Store::turnout_cells`] by scanning the universe (one covering-index scan
+    /// each), for any `opens_at`: also what the tallies are checked against.
+    pub async fn turnout_cells_by_scan(&self, opens_at: i64) -> Result<(Vec<Cell>, Vec<HourCell>)> {
         let now_sql =
             "SELECT county, precinct, polling_place, COUNT(*) AS universe, COUNT(voted_at) AS voted
              FROM gotv_universe GROUP BY county, precinct, polling_place";
