@@ -5,12 +5,13 @@
 //! replays, and limits under concurrency. Double charges are counted from the fakes'
 //! own ledgers, never from what Narwhal says about itself.
 
+#[path = "support/gift.rs"]
+mod gift;
+use gift::gift;
 use narwhal_fakes::stripe::{FakeStripe, FakeStripeConfig, Fault, DEFAULT_KEY};
 use narwhal_mail::Secret;
 use narwhal_pay::router::{BreakerConfig, Router};
-use narwhal_pay::service::{
-    Attestations, DonationError, DonationRequest, Donations, Donor, Outcome, PayConfig,
-};
+use narwhal_pay::service::{DonationError, Donations, Outcome, PayConfig};
 use narwhal_pay::stripe::{StripeConfig, StripeProcessor};
 use narwhal_pay::Processor;
 use narwhal_store::both_backends;
@@ -61,42 +62,6 @@ async fn rig(db: TestDb) -> Rig {
         primary,
         backup,
         _db: db,
-    }
-}
-
-fn gift(key: &str, email: &str, cents: i64, pm: &str) -> DonationRequest {
-    DonationRequest {
-        idempotency_key: key.into(),
-        amount_cents: cents,
-        donor: Donor {
-            first_name: "Ada".into(),
-            last_name: "Lovelace".into(),
-            email: email.into(),
-            phone: None,
-            address1: "1 Main St".into(),
-            address2: None,
-            city: "Columbus".into(),
-            state: "OH".into(),
-            zip: "43215".into(),
-            employer: Some("Acme".into()),
-            occupation: Some("Engineer".into()),
-        },
-        attestations: Attestations {
-            own_funds: true,
-            citizen_or_resident: true,
-            not_contractor: true,
-            personal_card: true,
-        },
-        payment_method: Some(pm.into()),
-        save_method: false,
-        refcode: Some("email-0601".into()),
-        source: None,
-        channel: "api".into(),
-        client_ip: None,
-        plan_id: None,
-        recurring: None,
-        customer: None,
-        processor: None,
     }
 }
 

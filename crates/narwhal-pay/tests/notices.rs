@@ -4,6 +4,9 @@
 //! link only once a processor answers again, whose new token completes the pledge
 //! while the old one stops working, and the next mail account when one is down.
 
+#[path = "support/gift.rs"]
+mod gift;
+use gift::gift;
 use narwhal_domain::Email;
 use narwhal_fakes::smtp::SmtpSink;
 use narwhal_fakes::stripe::{FakeStripe, FakeStripeConfig, Fault, DEFAULT_KEY};
@@ -11,7 +14,7 @@ use narwhal_mail::smtp::{SmtpConfig, SmtpProvider};
 use narwhal_mail::{Provider, Secret};
 use narwhal_pay::notices::{NoticeConfig, Notices};
 use narwhal_pay::router::{BreakerConfig, Router};
-use narwhal_pay::service::{Attestations, DonationRequest, Donations, Donor, Outcome, PayConfig};
+use narwhal_pay::service::{Donations, Outcome, PayConfig};
 use narwhal_pay::stripe::{StripeConfig, StripeProcessor};
 use narwhal_pay::Processor;
 use narwhal_store::both_backends;
@@ -82,42 +85,6 @@ async fn rig(db: TestDb, accounts_before: Vec<Arc<dyn Provider>>) -> Rig {
     }
 }
 
-fn gift(key: &str, email: &str, cents: i64) -> DonationRequest {
-    DonationRequest {
-        idempotency_key: key.into(),
-        amount_cents: cents,
-        donor: Donor {
-            first_name: "Ada".into(),
-            last_name: "Lovelace".into(),
-            email: email.into(),
-            phone: None,
-            address1: "1 Main St".into(),
-            address2: None,
-            city: "Columbus".into(),
-            state: "OH".into(),
-            zip: "43215".into(),
-            employer: Some("Acme".into()),
-            occupation: Some("Engineer".into()),
-        },
-        attestations: Attestations {
-            own_funds: true,
-            citizen_or_resident: true,
-            not_contractor: true,
-            personal_card: true,
-        },
-        payment_method: Some("pm_card_visa".into()),
-        save_method: false,
-        refcode: None,
-        source: None,
-        channel: "api".into(),
-        client_ip: None,
-        plan_id: None,
-        recurring: None,
-        customer: None,
-        processor: None,
-    }
-}
-
 /// The messages the sink took for `to`, as text.
 fn mail_to(sink: &SmtpSink, to: &str) -> Vec<String> {
     sink.messages()
@@ -131,7 +98,7 @@ async fn a_receipt_goes_out_once_per_succeeded_gift(db: TestDb) {
     let r = rig(db, Vec::new()).await;
     let t = r
         .donations
-        .take(gift("r1", "ada@example.org", 5_500))
+        .take(gift("r1", "ada@example.org", 5_500, "pm_card_visa"))
         .await
         .unwrap();
     assert_eq!(t.outcome, Outcome::Succeeded);
@@ -164,7 +131,7 @@ async fn a_pledge_gets_its_link_when_processing_is_back(db: TestDb) {
     r.backup.set_fault(Fault::Down);
     let t = r
         .donations
-        .take(gift("p1", "bea@example.org", 2_500))
+        .take(gift("p1", "bea@example.org", 2_500, "pm_card_visa"))
         .await
         .unwrap();
     assert_eq!(t.outcome, Outcome::Pledged);
@@ -219,7 +186,7 @@ async fn a_down_mail_account_hands_over_to_the_next(db: TestDb) {
     drop(closed);
     let r = rig(db, vec![smtp("smtp:gone", port)]).await;
     r.donations
-        .take(gift("f1", "cy@example.org", 1_000))
+        .take(gift("f1", "cy@example.org", 1_000, "pm_card_visa"))
         .await
         .unwrap();
     let run = r.notices.run_once().await.unwrap();
