@@ -410,7 +410,8 @@ impl Store {
     /// [`Store::begin_donations`] one gift at a time (several statements each), in one
     /// durable commit: for keys repeated within a batch, single gifts, and the rare
     /// race the set-based path hands back.
-    pub(crate) async fn begin_donations_each(
+    #[doc(hidden)]
+    pub async fn begin_donations_each(
         &self,
         batch: &[NewDonation],
         table: &LimitTable,
@@ -594,7 +595,8 @@ impl Store {
     /// closes the attempt, moves the donation forward (or leaves it if it already
     /// moved: the result says which), posts the ledger for a charge, and gives back the
     /// room of a declined or failed gift.
-    pub(crate) async fn finish_donations_each(
+    #[doc(hidden)]
+    pub async fn finish_donations_each(
         &self,
         batch: &[Completion],
         table: &LimitTable,

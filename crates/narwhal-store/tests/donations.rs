@@ -367,7 +367,7 @@ fn kind(b: &Begun) -> &'static str {
 }
 
 /// Runs one scenario with donors from `base`, either as whole batches (the set-based
-/// path) or one gift at a time (the item path), and returns what each step decided
+/// path) or one gift at a time through the item-by-item path, and returns what each step decided
 /// plus every donor's totals and the final states.
 async fn scenario(s: &Store, base: i64, batched: bool) -> Vec<String> {
     let table = LimitTable::default();
@@ -394,7 +394,7 @@ async fn scenario(s: &Store, base: i64, batched: bool) -> Vec<String> {
     } else {
         let mut v = Vec::new();
         for g in batch {
-            v.push(begin_one(s, g).await);
+            v.extend(s.begin_donations_each(&[g], &table).await.unwrap());
         }
         v
     };
@@ -437,7 +437,7 @@ async fn scenario(s: &Store, base: i64, batched: bool) -> Vec<String> {
     } else {
         let mut v = Vec::new();
         for c in completions.clone() {
-            v.extend(s.finish_donations(&[c], &table).await.unwrap());
+            v.extend(s.finish_donations_each(&[c], &table).await.unwrap());
         }
         v
     };
@@ -448,7 +448,7 @@ async fn scenario(s: &Store, base: i64, batched: bool) -> Vec<String> {
     } else {
         let mut v = Vec::new();
         for c in completions[..2].iter().cloned() {
-            v.extend(s.finish_donations(&[c], &table).await.unwrap());
+            v.extend(s.finish_donations_each(&[c], &table).await.unwrap());
         }
         v
     };

@@ -8,9 +8,12 @@
 //! every donor's totals at once, decides in memory (in order, so gifts from one donor
 //! in one batch see each other), and writes with multi-row statements.
 //!
-//! The item-by-item versions stay for what is rare and order-sensitive: a key repeated
-//! within a batch, a donation finished twice in one batch, declines and pledges (which
-//! give room back), and a key another node committed between our read and our insert.
+//! Even a batch of one takes fewer round trips this way (8 to begin instead of about
+//! 12, 6 to finish instead of about 9), which is what a donor waits for when the
+//! database is slow. The item-by-item versions stay for what is rare and
+//! order-sensitive: a key repeated within a batch, a donation finished twice in one
+//! batch, declines and pledges (which give room back), and a key another node
+//! committed between our read and our insert.
 
 use super::{
     allowed_from, attempt, periods_of, Begun, Completion, DonationRow, DonationState, Finish,
@@ -81,7 +84,7 @@ impl Store {
         table: &LimitTable,
     ) -> Result<Vec<Begun>> {
         let mut keys = HashSet::with_capacity(batch.len());
-        if batch.len() < 2 || !batch.iter().all(|d| keys.insert(d.idempotency_key.trim())) {
+        if batch.is_empty() || !batch.iter().all(|d| keys.insert(d.idempotency_key.trim())) {
             return self.begin_donations_each(batch, table).await;
         }
         match self.begin_donations_bulk(batch, table).await? {
@@ -297,7 +300,7 @@ impl Store {
         let (bulk, rest): (Vec<usize>, Vec<usize>) = (0..batch.len()).partition(|&i| {
             matches!(batch[i].finish, Finish::Succeeded { .. }) && seen[&batch[i].donation_id] == 1
         });
-        if bulk.len() < 2 {
+        if bulk.is_empty() {
             return self.finish_donations_each(batch, table).await;
         }
         let mut out = vec![false; batch.len()];
