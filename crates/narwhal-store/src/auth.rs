@@ -59,11 +59,19 @@ impl Store {
     }
 
     pub async fn user_by_id(&self, id: UserId) -> Result<Option<User>> {
-        self.user_where("CAST(id AS TEXT) = $1", id.0.to_string())
-            .await
+        // Bound as an integer, so that the lookup uses the primary key.
+        self.user_where("id = $1", id.0).await
     }
 
-    async fn user_where(&self, cond: &str, arg: String) -> Result<Option<User>> {
+    async fn user_where<A>(&self, cond: &str, arg: A) -> Result<Option<User>>
+    where
+        A: for<'q> sqlx::Encode<'q, sqlx::Sqlite>
+            + for<'q> sqlx::Encode<'q, sqlx::Postgres>
+            + sqlx::Type<sqlx::Sqlite>
+            + sqlx::Type<sqlx::Postgres>
+            + Send
+            + 'static,
+    {
         let sql =
             format!("SELECT id, username, password_hash, role, disabled FROM users WHERE {cond}");
         on_read!(self, p => {
@@ -131,12 +139,20 @@ impl Store {
 
     /// The user of an unexpired session.
     pub async fn session_user(&self, token_hash: &str) -> Result<Option<User>> {
-        let uid: Option<i64> = on_read!(self, p => sqlx::query_scalar("SELECT user_id FROM sessions WHERE token_hash = $1 AND expires_at > $2")
-            .bind(token_hash).bind(now_ms()).fetch_optional(p).await)?;
-        match uid {
-            Some(id) => Ok(self.user_by_id(UserId(id)).await?.filter(|u| !u.disabled)),
-            None => Ok(None),
-        }
+        // One statement per authenticated request: the session and its user together.
+        let sql = "SELECT u.id, u.username, u.password_hash, u.role, u.disabled FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 AND s.expires_at > $2";
+        let user = on_read!(self, p => {
+            let Some(r) = sqlx::query(sql).bind(token_hash).bind(now_ms()).fetch_optional(p).await? else { return Ok(None) };
+            let role: String = r.try_get("role")?;
+            User {
+                id: UserId(r.try_get("id")?),
+                username: r.try_get("username")?,
+                role: parse_role(&role)?,
+                disabled: r.try_get("disabled")?,
+                password_hash: r.try_get("password_hash")?,
+            }
+        });
+        Ok(Some(user).filter(|u| !u.disabled))
     }
 
     pub async fn delete_session(&self, token_hash: &str) -> Result<()> {
