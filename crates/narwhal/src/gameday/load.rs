@@ -391,7 +391,7 @@ async fn donation(http: &reqwest::Client, base: &str, t: &Target, rec: &Recorded
         "donor": {
             "first_name": "Game",
             "last_name": format!("Donor{n}"),
-            "email": format!("{}-d{n}@donors.example", t.tag),
+            "email": format!("{}-d{n}{}", t.tag, crate::gameday::verify::DONOR_DOMAIN),
             "address1": "1 Market St",
             "city": "Philadelphia",
             "state": "PA",
