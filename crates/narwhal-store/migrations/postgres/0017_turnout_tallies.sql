@@ -1,6 +1,9 @@
 -- Election day at scale: fewer indexes to keep per report, and live tallies.
 -- turnout_reports (polling_place, received_at) served no query.
 DROP INDEX turnout_reports_place;
+-- seq only numbers the supporters to make their codes, and code is unique (a
+-- bijection of seq): its own unique index was one more entry per voter's update.
+ALTER TABLE gotv_universe DROP CONSTRAINT gotv_universe_seq_key;
 -- gotv_universe (county, precinct) is a prefix of gotv_universe_geo (county, precinct,
 -- polling_place, voted_at), which serves the same lookups; on PostgreSQL every change
 -- of a voter's voted time wrote an entry into it too.
@@ -27,7 +30,7 @@ INSERT INTO turnout_tallies (county, precinct, polling_place, hour, people)
     SELECT county, precinct, polling_place, voted_at / 3600000, COUNT(*) FROM gotv_universe
     WHERE voted_at IS NOT NULL GROUP BY county, precinct, polling_place, voted_at / 3600000;
 
--- d: (county, precinct, polling_place, hour, change), folded into the tallies.
+-- Folds the rows a statement inserted, deleted or changed into the tallies.
 CREATE FUNCTION turnout_tallies_apply() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -49,25 +52,22 @@ BEGIN
         ORDER BY county, precinct, polling_place, hour
         ON CONFLICT (county, precinct, polling_place, hour) DO UPDATE SET people = t.people + excluded.people;
     ELSE
+        -- Each changed row leaves its old cells and enters its new ones: -1 where it
+        -- counted (its place's universe, its old voted hour), +1 where it counts now.
         INSERT INTO turnout_tallies AS t (county, precinct, polling_place, hour, people)
-        SELECT county, precinct, polling_place, hour, SUM(n) FROM (
-            SELECT o.county, o.precinct, o.polling_place, o.voted_at / 3600000 AS hour, -1 AS n
-                FROM old_rows o JOIN new_rows w ON w.person_id = o.person_id
-                WHERE o.voted_at IS NOT NULL AND (o.voted_at IS DISTINCT FROM w.voted_at OR (o.county, o.precinct, o.polling_place) IS DISTINCT FROM (w.county, w.precinct, w.polling_place))
-            UNION ALL
-            SELECT w.county, w.precinct, w.polling_place, w.voted_at / 3600000, 1
-                FROM old_rows o JOIN new_rows w ON w.person_id = o.person_id
-                WHERE w.voted_at IS NOT NULL AND (o.voted_at IS DISTINCT FROM w.voted_at OR (o.county, o.precinct, o.polling_place) IS DISTINCT FROM (w.county, w.precinct, w.polling_place))
-            UNION ALL
-            SELECT o.county, o.precinct, o.polling_place, -1, -1
-                FROM old_rows o JOIN new_rows w ON w.person_id = o.person_id
-                WHERE (o.county, o.precinct, o.polling_place) IS DISTINCT FROM (w.county, w.precinct, w.polling_place)
-            UNION ALL
-            SELECT w.county, w.precinct, w.polling_place, -1, 1
-                FROM old_rows o JOIN new_rows w ON w.person_id = o.person_id
-                WHERE (o.county, o.precinct, o.polling_place) IS DISTINCT FROM (w.county, w.precinct, w.polling_place)
-        ) d GROUP BY county, precinct, polling_place, hour HAVING SUM(n) <> 0
-        ORDER BY county, precinct, polling_place, hour
+        SELECT x.county, x.precinct, x.polling_place, x.hour, SUM(x.n)
+        FROM old_rows o JOIN new_rows w ON w.person_id = o.person_id
+        CROSS JOIN LATERAL (VALUES
+            (o.county, o.precinct, o.polling_place, -1::BIGINT, -1::BIGINT),
+            (w.county, w.precinct, w.polling_place, -1::BIGINT, 1::BIGINT),
+            (o.county, o.precinct, o.polling_place, o.voted_at / 3600000, CASE WHEN o.voted_at IS NULL THEN 0 ELSE -1 END),
+            (w.county, w.precinct, w.polling_place, w.voted_at / 3600000, CASE WHEN w.voted_at IS NULL THEN 0 ELSE 1 END)
+        ) AS x (county, precinct, polling_place, hour, n)
+        WHERE (o.voted_at IS DISTINCT FROM w.voted_at
+               OR o.county <> w.county OR o.precinct <> w.precinct OR o.polling_place <> w.polling_place)
+          AND x.hour IS NOT NULL
+        GROUP BY x.county, x.precinct, x.polling_place, x.hour HAVING SUM(x.n) <> 0
+        ORDER BY x.county, x.precinct, x.polling_place, x.hour
         ON CONFLICT (county, precinct, polling_place, hour) DO UPDATE SET people = t.people + excluded.people;
     END IF;
     RETURN NULL;
