@@ -15,7 +15,13 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-type Job<I, O> = (I, oneshot::Sender<Result<O, String>>);
+/// An item, where its result goes, and the time after which it is turned away
+/// unprocessed (callers that may be shed).
+type Job<I, O> = (
+    I,
+    oneshot::Sender<Result<O, String>>,
+    Option<tokio::time::Instant>,
+);
 
 /// A queue of items processed in batches by `workers` tasks.
 pub struct Batcher<I, O> {
@@ -61,7 +67,22 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                             }
                         }
                     }
-                    let (inputs, replies): (Vec<I>, Vec<_>) = jobs.into_iter().unzip();
+                    // Items that waited past their deadline are turned away unprocessed:
+                    // their callers answer "busy, retry" instead of waiting on.
+                    let now = tokio::time::Instant::now();
+                    let mut inputs = Vec::with_capacity(jobs.len());
+                    let mut replies = Vec::with_capacity(jobs.len());
+                    for (input, reply, deadline) in jobs {
+                        if deadline.is_some_and(|d| d < now) {
+                            let _ = reply.send(Err("busy: waited too long in the queue".into()));
+                        } else {
+                            inputs.push(input);
+                            replies.push(reply);
+                        }
+                    }
+                    if inputs.is_empty() {
+                        continue;
+                    }
                     let n = inputs.len();
                     match f(inputs).await {
                         Ok(outputs) if outputs.len() == n => {
@@ -87,11 +108,33 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         Self { tx }
     }
 
+    /// Queues one item and waits for its result, unless the workers are so far behind
+    /// that it would wait more than `wait` before they take it: then the caller is
+    /// turned away (an `Err` starting with "busy"; nothing of the item was done)
+    /// instead of joining an ever longer line.
+    pub async fn submit_within(&self, input: I, wait: std::time::Duration) -> Result<O, String> {
+        let (reply, rx) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + wait;
+        // A send dropped by the timeout queued nothing (tokio's send is cancel-safe).
+        match tokio::time::timeout(wait, self.tx.send((input, reply, Some(deadline)))).await {
+            Err(_) => {
+                return Err(format!(
+                    "busy: the queue had no room within {} ms",
+                    wait.as_millis()
+                ))
+            }
+            Ok(Err(_)) => return Err("the batch workers have stopped".to_string()),
+            Ok(Ok(())) => {}
+        }
+        rx.await
+            .map_err(|_| "the batch worker stopped before answering".to_string())?
+    }
+
     /// Queues one item and waits for its result.
     pub async fn submit(&self, input: I) -> Result<O, String> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send((input, reply))
+            .send((input, reply, None))
             .await
             .map_err(|_| "the batch workers have stopped".to_string())?;
         rx.await
@@ -127,6 +170,51 @@ mod tests {
         }
         let n = batches.load(Ordering::SeqCst);
         assert!(n < 100, "500 concurrent items took {n} batches");
+    }
+
+    #[tokio::test]
+    async fn callers_that_would_wait_too_long_are_turned_away() {
+        // One item per batch, and a worker stuck on its first batch.
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let batcher = Batcher::spawn(1, 1, move |items: Vec<u32>| {
+            let mut gate = gate.clone();
+            let seen = seen2.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                seen.lock().unwrap().extend(items.iter().copied());
+                Ok(items)
+            }
+        });
+        let ms = std::time::Duration::from_millis;
+        // The worker holds item 0; items 1-3 wait in the queue (4 places) without a
+        // deadline, and item 50 takes the last place with one.
+        let mut waiting = Vec::new();
+        for i in 0..4u32 {
+            let b = batcher.clone();
+            waiting.push(tokio::spawn(async move { b.submit(i).await }));
+        }
+        tokio::time::sleep(ms(50)).await;
+        let b = batcher.clone();
+        let late = tokio::spawn(async move { b.submit_within(50, ms(100)).await });
+        tokio::time::sleep(ms(50)).await;
+        // No room at all: turned away when its wait is up, not later.
+        let started = std::time::Instant::now();
+        let refused = batcher.submit_within(99, ms(100)).await;
+        assert!(refused.unwrap_err().starts_with("busy"));
+        assert!(started.elapsed() < ms(1500));
+        // The worker moves only after item 50's wait is over: it is turned away
+        // unprocessed, and everyone else gets their own answer.
+        tokio::time::sleep(ms(100)).await;
+        let _ = release.send(true);
+        for (i, w) in waiting.into_iter().enumerate() {
+            assert_eq!(w.await.unwrap(), Ok(i as u32));
+        }
+        assert!(late.await.unwrap().unwrap_err().starts_with("busy"));
+        assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2, 3]);
+        // Not behind any more: taken at once.
+        assert_eq!(batcher.submit_within(7, ms(100)).await, Ok(7));
     }
 
     #[tokio::test]

@@ -228,6 +228,12 @@ pub struct PayConfig {
     /// may still be running at the processor: before this, "not found" means "not
     /// yet", and the donation waits rather than fail over.
     pub lookup_grace: Duration,
+    /// The longest a new donation waits for the group commits that resolve its donor
+    /// and store it. Past it the node is too far behind to answer in time, and the
+    /// donor is told to retry (503 with `Retry-After`; nothing was stored or charged)
+    /// instead of waiting in a line that only grows. Finishing a charged gift never
+    /// waits on this.
+    pub admit_wait: Duration,
 }
 
 impl Default for PayConfig {
@@ -239,6 +245,7 @@ impl Default for PayConfig {
             settle_interval: Duration::from_millis(250),
             abandoned_after: Duration::from_secs(60),
             lookup_grace: Duration::from_secs(60),
+            admit_wait: Duration::from_secs(1),
         }
     }
 }
@@ -528,7 +535,7 @@ impl Donations {
         let person_id = self
             .batches
             .people
-            .submit(draft.normalize())
+            .submit_within(draft.normalize(), self.config.admit_wait)
             .await
             .map_err(unavailable)?;
         let public_id = new_public_id();
@@ -577,7 +584,12 @@ impl Donations {
             pledge_token_hash: pledge_hash,
             year: year_of_ms(now_ms()),
         };
-        let begun = self.batches.begin.submit(new).await.map_err(unavailable)?;
+        let begun = self
+            .batches
+            .begin
+            .submit_within(new, self.config.admit_wait)
+            .await
+            .map_err(unavailable)?;
         let id = match begun {
             Begun::Created { id, .. } => id,
             Begun::Existing(row) => return self.replay(*row),
@@ -911,7 +923,12 @@ impl Donations {
 /// A group commit failed: logged (store errors carry no donor data) and answered as
 /// "try again with the same key".
 fn unavailable(e: String) -> DonationError {
-    tracing::warn!(error = %e, "donation batch failed");
+    if e.starts_with("busy") {
+        // Shed on purpose (counted by the HTTP layer's 503s): not worth a warning each.
+        tracing::debug!(error = %e, "donation turned away");
+    } else {
+        tracing::warn!(error = %e, "donation batch failed");
+    }
     DonationError::Unavailable(e)
 }
 
