@@ -440,6 +440,30 @@ async fn measure(
     health.abort();
     let _ = stop_tx.send(true);
     let _ = server.await;
+    // A request its client gave up on may have been cut off after the charge and before
+    // the final commit: in production the settler asks the processor and records it.
+    // Do the same here before verifying, as a node would.
+    let settler = Donations::new(
+        store.clone(),
+        router.clone(),
+        PayConfig {
+            abandoned_after: Duration::ZERO,
+            lookup_grace: Duration::ZERO,
+            ..PayConfig::default()
+        },
+    );
+    let settle_until = Instant::now() + Duration::from_secs(30);
+    let mut settled = 0usize;
+    while Instant::now() < settle_until {
+        match settler.settle_unsettled().await {
+            Ok(0) => break,
+            Ok(n) => settled += n,
+            Err(e) => {
+                eprintln!("  settling after the run failed: {e}");
+                break;
+            }
+        }
+    }
 
     // Verification from the database and the fakes' own ledgers.
     let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
@@ -533,6 +557,7 @@ async fn measure(
         "double_charges": double_charges,
         "via_backup": via_backup,
         "pledges": pledges,
+        "settled_after_run": settled,
         "peak_rss_mb": peak_rss_mb(),
     }))
 }
