@@ -246,12 +246,13 @@ trait IngestSql {
         keys: &[i64],
     ) -> impl std::future::Future<Output = Result<Vec<UniverseRow>>> + Send;
 
-    /// Inserts the reports whose id is new; returns those ids.
+    /// Inserts the reports whose id is new; returns those ids, and the owners of
+    /// ids found already stored when the backend learned them on the way (else empty).
     fn insert_reports(
         &mut self,
         rows: &[NewReport<'_>],
         now: i64,
-    ) -> impl std::future::Future<Output = Result<HashSet<String>>> + Send;
+    ) -> impl std::future::Future<Output = Result<(HashSet<String>, HashMap<String, i64>)>> + Send;
 
     /// Who each of these stored report ids is about.
     fn report_owners(
@@ -308,22 +309,30 @@ impl RowGet for sqlx::postgres::PgRow {
     }
 }
 
+/// The rows of a `json_group_array(json_array(...))` result.
+fn json_rows<T: serde::de::DeserializeOwned>(text: &str) -> Result<Vec<T>> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("an aggregated result did not read back: {e}")))
+}
+
 impl IngestSql for sqlx::SqliteConnection {
+    // Results come back as one JSON array per statement: sqlx hands every row from
+    // SQLite's thread to the caller's task on its own, which cost more than the
+    // statements themselves at a hundred rows per batch.
     async fn universe_rows(&mut self, by_person: bool, keys: &[i64]) -> Result<Vec<UniverseRow>> {
         let col = if by_person { "person_id" } else { "code" };
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(CHUNK) {
             let sql = format!(
-                "SELECT person_id, code, polling_place FROM gotv_universe WHERE {col} IN ({})",
+                "SELECT json_group_array(json_array(person_id, code, polling_place)) FROM gotv_universe WHERE {col} IN ({})",
                 crate::db::placeholders(Backend::Sqlite, 1, chunk.len())
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = sqlx::query_scalar::<_, String>(&sql);
             for k in chunk {
                 q = q.bind(k);
             }
-            for r in q.fetch_all(&mut *self).await? {
-                out.push(universe_row(&r)?);
-            }
+            let rows: Vec<(i64, i64, String)> = json_rows(&q.fetch_one(&mut *self).await?)?;
+            out.extend(rows.into_iter().map(|(p, c, pl)| (PersonId(p), c, pl)));
         }
         Ok(out)
     }
@@ -332,14 +341,22 @@ impl IngestSql for sqlx::SqliteConnection {
         &mut self,
         rows: &[NewReport<'_>],
         now: i64,
-    ) -> Result<HashSet<String>> {
-        let mut inserted = HashSet::with_capacity(rows.len());
-        for chunk in rows.chunks(CHUNK) {
+    ) -> Result<(HashSet<String>, HashMap<String, i64>)> {
+        // The only writer, inside its transaction: the ids not stored now are exactly
+        // the ones the insert stores.
+        let ids: Vec<&str> = rows.iter().map(|r| r.report_id).collect();
+        let known = self.report_owners(&ids).await?;
+        let new: Vec<&NewReport<'_>> = rows
+            .iter()
+            .filter(|r| !known.contains_key(r.report_id))
+            .collect();
+        let mut inserted = HashSet::with_capacity(new.len());
+        for chunk in new.chunks(CHUNK) {
             let sql = format!(
-                "INSERT INTO turnout_reports (report_id, person_id, polling_place, watcher_id, channel, voted_at, received_at) VALUES {} ON CONFLICT (report_id) DO NOTHING RETURNING report_id",
+                "INSERT INTO turnout_reports (report_id, person_id, polling_place, watcher_id, channel, voted_at, received_at) VALUES {} ON CONFLICT (report_id) DO NOTHING",
                 tuples(Backend::Sqlite, chunk.len(), 7)
             );
-            let mut q = sqlx::query_scalar::<_, String>(&sql);
+            let mut q = sqlx::query(&sql);
             for r in chunk {
                 q = q
                     .bind(r.report_id)
@@ -350,25 +367,30 @@ impl IngestSql for sqlx::SqliteConnection {
                     .bind(r.voted_at)
                     .bind(now);
             }
-            inserted.extend(q.fetch_all(&mut *self).await?);
+            let n = q.execute(&mut *self).await?.rows_affected();
+            if n != chunk.len() as u64 {
+                return Err(StoreError::Corrupt(
+                    "a report id appeared while the only writer held the database".into(),
+                ));
+            }
+            inserted.extend(chunk.iter().map(|r| r.report_id.to_string()));
         }
-        Ok(inserted)
+        Ok((inserted, known))
     }
 
     async fn report_owners(&mut self, ids: &[&str]) -> Result<HashMap<String, i64>> {
-        let mut owner = HashMap::with_capacity(ids.len());
+        let mut owner = HashMap::new();
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
-                "SELECT report_id, person_id FROM turnout_reports WHERE report_id IN ({})",
+                "SELECT json_group_array(json_array(report_id, person_id)) FROM turnout_reports WHERE report_id IN ({})",
                 crate::db::placeholders(Backend::Sqlite, 1, chunk.len())
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = sqlx::query_scalar::<_, String>(&sql);
             for id in chunk {
                 q = q.bind(*id);
             }
-            for r in q.fetch_all(&mut *self).await? {
-                owner.insert(r.try_get("report_id")?, r.try_get("person_id")?);
-            }
+            let rows: Vec<(String, i64)> = json_rows(&q.fetch_one(&mut *self).await?)?;
+            owner.extend(rows);
         }
         Ok(owner)
     }
@@ -408,9 +430,9 @@ impl IngestSql for sqlx::PgConnection {
         &mut self,
         rows: &[NewReport<'_>],
         now: i64,
-    ) -> Result<HashSet<String>> {
+    ) -> Result<(HashSet<String>, HashMap<String, i64>)> {
         if rows.is_empty() {
-            return Ok(HashSet::new());
+            return Ok((HashSet::new(), HashMap::new()));
         }
         let ids: Vec<&str> = rows.iter().map(|r| r.report_id).collect();
         let people: Vec<i64> = rows.iter().map(|r| r.person_id).collect();
@@ -432,7 +454,7 @@ impl IngestSql for sqlx::PgConnection {
         .bind(now)
         .fetch_all(&mut *self)
         .await?;
-        Ok(inserted.into_iter().collect())
+        Ok((inserted.into_iter().collect(), HashMap::new()))
     }
 
     async fn report_owners(&mut self, ids: &[&str]) -> Result<HashMap<String, i64>> {
@@ -561,7 +583,7 @@ async fn take_reports<C: IngestSql + Send>(
             }
         })
         .collect();
-    let inserted = c.insert_reports(&rows, now).await?;
+    let (inserted, mut owner) = c.insert_reports(&rows, now).await?;
     for (k, i, pid, _) in &marks {
         let item = &groups[*k].items[*i];
         if inserted.contains(&item.report_id) {
@@ -576,8 +598,11 @@ async fn take_reports<C: IngestSql + Send>(
         let ids: Vec<&str> = check
             .iter()
             .map(|(k, i, _)| groups[*k].items[*i].report_id.as_str())
+            .filter(|id| !owner.contains_key(*id))
             .collect();
-        let owner = c.report_owners(&ids).await?;
+        if !ids.is_empty() {
+            owner.extend(c.report_owners(&ids).await?);
+        }
         for (k, i, pid) in check {
             outs[k][i] = Some(match owner.get(&groups[k].items[i].report_id) {
                 Some(o) if *o != pid.0 => Outcome::Rejected(Rejection::ReportIdReused),
