@@ -57,8 +57,10 @@ async fn idempotency_keys_replay_refuse_and_wait(db: TestDb) {
             .unwrap(),
         IdemBegin::Fresh
     );
+    // The takeover is in flight again: a retry (whose stale time has not passed: the
+    // 10 ms above could, on a loaded machine, before this call even starts) waits.
     assert_eq!(
-        s.idempotency_begin("token:web", "k3", "h1", 10)
+        s.idempotency_begin("token:web", "k3", "h1", 60_000)
             .await
             .unwrap(),
         IdemBegin::InFlight
