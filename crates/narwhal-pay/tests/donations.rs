@@ -5,17 +5,13 @@
 //! replays, and limits under concurrency. Double charges are counted from the fakes'
 //! own ledgers, never from what Narwhal says about itself.
 
-#[path = "support/gift.rs"]
-mod gift;
-use gift::gift;
-use narwhal_fakes::stripe::{FakeStripe, FakeStripeConfig, Fault, DEFAULT_KEY};
-use narwhal_mail::Secret;
-use narwhal_pay::router::{BreakerConfig, Router};
+#[path = "support/rig.rs"]
+mod rig;
+use narwhal_fakes::stripe::{FakeStripe, FakeStripeConfig, Fault};
 use narwhal_pay::service::{DonationError, Donations, Outcome, PayConfig};
-use narwhal_pay::stripe::{StripeConfig, StripeProcessor};
-use narwhal_pay::Processor;
 use narwhal_store::both_backends;
 use narwhal_store::test_support::TestDb;
+use rig::{gift, two_stripes};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,20 +32,7 @@ async fn rig(db: TestDb) -> Rig {
     let backup = FakeStripe::start(FakeStripeConfig::default())
         .await
         .unwrap();
-    let processor = |name: &str, url: String| -> Arc<dyn Processor> {
-        let mut cfg = StripeConfig::new(name, Secret::new(DEFAULT_KEY.to_string())).base_url(url);
-        cfg.request_timeout = Duration::from_millis(700);
-        cfg.max_requests_per_second = 1000;
-        cfg.burst = 100;
-        Arc::new(StripeProcessor::new(cfg).unwrap())
-    };
-    let router = Router::new(
-        vec![
-            processor("stripe-primary", primary.url()),
-            processor("stripe-backup", backup.url()),
-        ],
-        BreakerConfig::default(),
-    );
+    let router = two_stripes(&primary, &backup);
     let config = PayConfig {
         settle_timeout: Duration::from_secs(2),
         settle_interval: Duration::from_millis(100),

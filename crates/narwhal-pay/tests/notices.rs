@@ -4,22 +4,19 @@
 //! link only once a processor answers again, whose new token completes the pledge
 //! while the old one stops working, and the next mail account when one is down.
 
-#[path = "support/gift.rs"]
-mod gift;
-use gift::gift;
+#[path = "support/rig.rs"]
+mod rig;
 use narwhal_domain::Email;
 use narwhal_fakes::smtp::SmtpSink;
-use narwhal_fakes::stripe::{FakeStripe, FakeStripeConfig, Fault, DEFAULT_KEY};
+use narwhal_fakes::stripe::{FakeStripe, FakeStripeConfig, Fault};
 use narwhal_mail::smtp::{SmtpConfig, SmtpProvider};
-use narwhal_mail::{Provider, Secret};
+use narwhal_mail::Provider;
 use narwhal_pay::notices::{NoticeConfig, Notices};
-use narwhal_pay::router::{BreakerConfig, Router};
 use narwhal_pay::service::{Donations, Outcome, PayConfig};
-use narwhal_pay::stripe::{StripeConfig, StripeProcessor};
-use narwhal_pay::Processor;
 use narwhal_store::both_backends;
 use narwhal_store::donations::NoticeKind;
 use narwhal_store::test_support::TestDb;
+use rig::{gift, two_stripes};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,18 +41,7 @@ async fn rig(db: TestDb, accounts_before: Vec<Arc<dyn Provider>>) -> Rig {
     let backup = FakeStripe::start(FakeStripeConfig::default())
         .await
         .unwrap();
-    let processor = |name: &str, url: String| -> Arc<dyn Processor> {
-        let mut cfg = StripeConfig::new(name, Secret::new(DEFAULT_KEY.to_string())).base_url(url);
-        cfg.request_timeout = Duration::from_millis(700);
-        Arc::new(StripeProcessor::new(cfg).unwrap())
-    };
-    let router = Router::new(
-        vec![
-            processor("stripe-primary", primary.url()),
-            processor("stripe-backup", backup.url()),
-        ],
-        BreakerConfig::default(),
-    );
+    let router = two_stripes(&primary, &backup);
     let config = PayConfig {
         lookup_grace: Duration::ZERO,
         ..PayConfig::default()
