@@ -52,6 +52,10 @@ pub enum BenchCommand {
     /// clients holding a keep-alive connection and a live stream (mode
     /// turnout-connections: peak RSS, errors). One JSON line per mode and backend.
     Turnout(crate::bench_turnout::TurnoutBenchArgs),
+    /// The watcher clients of `bench turnout --mode turnout-connections`, started by
+    /// that bench in a process of their own (not for direct use).
+    #[command(hide = true)]
+    TurnoutWatchers(crate::bench_turnout_conns::WatchersArgs),
 }
 
 /// The PostgreSQL server benches use unless the global `--database` names one.
@@ -76,6 +80,9 @@ pub async fn run(settings: &crate::config::Settings, cmd: BenchCommand) -> anyho
     let (common, rows, seed) = match cmd {
         BenchCommand::Import { common, rows, seed } => (common, rows, seed),
         BenchCommand::Turnout(args) => return crate::bench_turnout::run(&pg_url, args).await,
+        BenchCommand::TurnoutWatchers(args) => {
+            return crate::bench_turnout_conns::run_watchers(args).await
+        }
         BenchCommand::Email(args) => return crate::bench_email::run(&pg_url, args).await,
         BenchCommand::Donations(args) => return crate::bench_donations::run(&pg_url, args).await,
     };

@@ -12,10 +12,9 @@
 //!   database afterwards.
 //! - `turnout-connections`: `--clients` watcher clients (default 10,000), each on one
 //!   keep-alive connection that first reads its readiness and then holds its place's
-//!   live stream; then one report, which every client of that place must see. Printed:
-//!   clients connected, the process's peak RSS (server and clients together), errors.
-//!   Raises the open-file limit itself (two descriptors per client); where that is not
-//!   allowed, run `ulimit -n 65536` first.
+//!   live stream; then one report, which every client of that place must see. The
+//!   clients run in a child process (see `bench_turnout_conns`). Printed: clients
+//!   connected, the server process's peak RSS, the clients' process's, errors.
 
 use anyhow::{bail, Context};
 use narwhal_http::{AppState, HttpConfig};
@@ -24,7 +23,6 @@ use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TurnoutBenchArgs {
@@ -44,9 +42,9 @@ pub struct TurnoutBenchArgs {
 
 const BATCH: usize = 100;
 
-struct Bench {
-    store: Store,
-    backend: Backend,
+pub(crate) struct Bench {
+    pub(crate) store: Store,
+    pub(crate) backend: Backend,
     _dir: tempfile::TempDir,
     schema: Option<(String, String)>,
 }
@@ -85,7 +83,7 @@ impl Bench {
 }
 
 /// A server on loopback over `store`; stops when the sender is dropped or sent.
-async fn server(
+pub(crate) async fn server(
     store: &Store,
     upload: &std::path::Path,
 ) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
@@ -107,7 +105,7 @@ async fn server(
 }
 
 /// One watcher per place: login-link tokens.
-async fn watchers(store: &Store, places: &[String]) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn watchers(store: &Store, places: &[String]) -> anyhow::Result<Vec<String>> {
     let t = narwhal_turnout::Turnout::new(store.clone());
     let mut tokens = Vec::new();
     for p in places {
@@ -124,7 +122,11 @@ async fn watchers(store: &Store, places: &[String]) -> anyhow::Result<Vec<String
     Ok(tokens)
 }
 
-async fn login(client: &reqwest::Client, base: &str, token: &str) -> anyhow::Result<String> {
+pub(crate) async fn login(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> anyhow::Result<String> {
     let r = client
         .post(format!("{base}/api/v1/turnout/sessions"))
         .json(&json!({ "token": token }))
@@ -143,7 +145,7 @@ async fn login(client: &reqwest::Client, base: &str, token: &str) -> anyhow::Res
 }
 
 /// The printable codes of a place's voters.
-async fn codes(store: &Store, place: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn codes(store: &Store, place: &str) -> anyhow::Result<Vec<String>> {
     let t = narwhal_turnout::Turnout::new(store.clone());
     let mut out = Vec::new();
     let mut after = None;
@@ -191,7 +193,9 @@ pub async fn run(pg_url: &str, args: TurnoutBenchArgs) -> anyhow::Result<()> {
     if conns {
         for b in &backends {
             let bench = Bench::open(*b, pg_url).await?;
-            let out = run_connections(&bench, args.clients.unwrap_or(10_000)).await;
+            let out =
+                crate::bench_turnout_conns::run_connections(&bench, args.clients.unwrap_or(10_000))
+                    .await;
             bench.close().await;
             println!("{}", out?);
         }
@@ -385,186 +389,5 @@ async fn run_flow(b: &Bench, clients: usize, reports: u64) -> anyhow::Result<ser
         "http_errors_retried": errors.load(Ordering::Relaxed),
         "seconds": (secs * 100.0).round() / 100.0,
         "peak_rss_mb": crate::bench::peak_rss_mb(),
-    }))
-}
-
-/// Raises the open-file limit to `want` if it is lower (root may raise the hard one).
-fn raise_nofile(want: u64) -> anyhow::Result<u64> {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let cur = getrlimit(Resource::Nofile);
-    let soft = cur.current.unwrap_or(u64::MAX);
-    if soft >= want {
-        return Ok(soft);
-    }
-    let hard = cur.maximum.unwrap_or(u64::MAX);
-    let target = if hard >= want { want } else { want.max(hard) };
-    let lim = Rlimit {
-        current: Some(target),
-        maximum: Some(hard.max(target)),
-    };
-    if setrlimit(Resource::Nofile, lim).is_err() {
-        let lim = Rlimit {
-            current: Some(hard),
-            maximum: Some(hard),
-        };
-        setrlimit(Resource::Nofile, lim).ok();
-        let now = getrlimit(Resource::Nofile).current.unwrap_or(0);
-        if now < want {
-            bail!("{want} open files are needed and the limit is {now}: run `ulimit -n {want}` first (or as root)");
-        }
-        return Ok(now);
-    }
-    Ok(target)
-}
-
-/// One watcher client: a keep-alive connection that reads its readiness, then holds
-/// its place's live stream on the same connection. Sends `true` once it sees the
-/// first event, and counts the events after.
-async fn watcher_client(
-    addr: String,
-    cookie: String,
-    connected: tokio::sync::mpsc::Sender<bool>,
-    updates: Arc<AtomicU64>,
-) {
-    let fail = |c: tokio::sync::mpsc::Sender<bool>| async move {
-        let _ = c.send(false).await;
-    };
-    let Ok(tcp) = tokio::net::TcpStream::connect(&addr).await else {
-        return fail(connected).await;
-    };
-    let mut s = BufReader::new(tcp);
-    let req =
-        format!("GET /api/v1/turnout/me HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n");
-    if s.get_mut().write_all(req.as_bytes()).await.is_err() {
-        return fail(connected).await;
-    }
-    // Status line and headers, then exactly Content-Length bytes: the connection stays.
-    let mut line = String::new();
-    let mut len = 0usize;
-    let mut ok = false;
-    loop {
-        line.clear();
-        if s.read_line(&mut line).await.unwrap_or(0) == 0 {
-            return fail(connected).await;
-        }
-        if line.starts_with("HTTP/1.1 200") {
-            ok = true;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-        if line == "\r\n" {
-            break;
-        }
-    }
-    let mut body = vec![0u8; len];
-    if !ok || s.read_exact(&mut body).await.is_err() {
-        return fail(connected).await;
-    }
-    let req =
-        format!("GET /api/v1/turnout/me/live HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n");
-    if s.get_mut().write_all(req.as_bytes()).await.is_err() {
-        return fail(connected).await;
-    }
-    let mut first = true;
-    loop {
-        line.clear();
-        match s.read_line(&mut line).await {
-            Ok(0) | Err(_) => {
-                if first {
-                    fail(connected.clone()).await;
-                }
-                return;
-            }
-            Ok(_) => {}
-        }
-        if line.contains("\"remaining\"") {
-            if first {
-                first = false;
-                let _ = connected.send(true).await;
-            } else {
-                updates.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-async fn run_connections(b: &Bench, clients: usize) -> anyhow::Result<serde_json::Value> {
-    let name = b.backend.as_str();
-    let limit = raise_nofile(clients as u64 * 2 + 256)?;
-    eprintln!(
-        "[{name}] turnout-connections: {clients} watcher clients (open-file limit {limit})..."
-    );
-    let places = b.store.bench_seed_universe(10_000, 100).await?;
-    let tokens = watchers(&b.store, &places).await?;
-    let upload = tempfile::tempdir()?;
-    let (addr, stop) = server(&b.store, upload.path()).await?;
-    let base = format!("http://{addr}");
-    let http = reqwest::Client::new();
-    let mut cookies = Vec::new();
-    for t in &tokens {
-        cookies.push(login(&http, &base, t).await?);
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bool>(clients.max(1));
-    let updates = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut handles = Vec::with_capacity(clients);
-    for i in 0..clients {
-        handles.push(tokio::spawn(watcher_client(
-            addr.clone(),
-            cookies[i % cookies.len()].clone(),
-            tx.clone(),
-            updates.clone(),
-        )));
-        // Connect in waves so the listen backlog never overflows.
-        if i % 500 == 499 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    drop(tx);
-    let (mut up, mut errors) = (0u64, 0u64);
-    while up + errors < clients as u64 {
-        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-            Ok(Some(true)) => up += 1,
-            Ok(Some(false)) => errors += 1,
-            _ => {
-                errors = clients as u64 - up;
-                break;
-            }
-        }
-    }
-    let connect_s = started.elapsed().as_secs_f64();
-    // One report at the first place: each of its clients must see it.
-    let place0 = (0..clients).filter(|i| i % cookies.len() == 0).count() as u64;
-    let codes0 = codes(&b.store, &places[0]).await?;
-    let t = Instant::now();
-    let r = http
-        .post(format!("{base}/api/v1/turnout/reports"))
-        .header("cookie", &cookies[0])
-        .json(&json!({"reports": [{"report_id": "conn-1", "voter_code": codes0[0]}]}))
-        .send()
-        .await?;
-    if r.status() != 200 {
-        errors += 1;
-    }
-    while updates.load(Ordering::Relaxed) < place0 && t.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let update_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let missed = place0.saturating_sub(updates.load(Ordering::Relaxed));
-    let rss = crate::bench::peak_rss_mb();
-    for h in handles {
-        h.abort();
-    }
-    let _ = stop.send(());
-    Ok(json!({
-        "bench": "turnout-connections",
-        "backend": name,
-        "clients": up,
-        "peak_rss_mb": rss,
-        "errors": errors + missed,
-        "connect_s": (connect_s * 10.0).round() / 10.0,
-        "update_all_ms": update_ms.round(),
-        "clients_of_updated_place": place0,
     }))
 }

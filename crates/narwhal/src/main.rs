@@ -5,6 +5,7 @@ mod bench;
 mod bench_donations;
 mod bench_email;
 mod bench_turnout;
+mod bench_turnout_conns;
 mod blast;
 mod config;
 mod demo;
