@@ -37,7 +37,7 @@ use narwhal_mail::Secret;
 use narwhal_pay::events::Applied;
 use narwhal_pay::processor::RefundOutcome;
 use narwhal_pay::service::{
-    Attestations, DonationError, DonationRequest, Donations, Donor, Outcome, Taken,
+    Attestations, DonationError, DonationRequest, Donations, Donor, Outcome, Recurrence, Taken,
 };
 use narwhal_pay::stripe::webhook;
 use narwhal_store::donations::{DonationRow, DonationSearch};
@@ -384,6 +384,57 @@ pub struct NewDonationBody {
     /// Attribution: where the donor came from.
     #[serde(default)]
     pub source: Option<String>,
+    /// Repeat the gift every month or week (the card is kept for it).
+    #[serde(default)]
+    pub recurring: Option<RecurringBody>,
+}
+
+/// A recurring gift's schedule in an API body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecurringBody {
+    /// `month` or `week`.
+    pub every: String,
+    /// The last day (UTC, `YYYY-MM-DD`) on which an installment may be charged.
+    #[serde(default)]
+    pub ends_on: Option<String>,
+}
+
+impl RecurringBody {
+    /// The service's schedule: `ends_on` becomes the end of that day (UTC).
+    pub(crate) fn into_recurrence(self) -> Result<Recurrence, DonationError> {
+        let ends_at = match self.ends_on.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(day) => Some(end_of_day_ms(day).ok_or_else(|| {
+                bad(
+                    "recurring.ends_on",
+                    "invalid_date",
+                    "the end date must be a date like 2026-11-03",
+                )
+            })?),
+        };
+        Ok(Recurrence {
+            every: self.every.trim().to_ascii_lowercase(),
+            ends_at,
+        })
+    }
+}
+
+/// The last millisecond (UTC) of a `YYYY-MM-DD` day.
+pub(crate) fn end_of_day_ms(day: &str) -> Option<i64> {
+    let mut parts = day.split('-');
+    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return None;
+    }
+    let (y, m, d): (i64, u32, u32) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let days = narwhal_domain::civil::days_from_civil(y, m, d);
+    // 2026-02-30 is not a day: it would come back as March 2.
+    (narwhal_domain::civil::civil_from_days(days) == (y, m, d))
+        .then_some((days + 1) * 86_400_000 - 1)
 }
 
 fn bad(field: &'static str, code: &'static str, message: &str) -> DonationError {
@@ -454,6 +505,9 @@ pub struct DonationView {
     /// shown once; send it to the donor.
     #[serde(skip_serializing_if = "Option::is_none")]
     pledge_token: Option<String>,
+    /// For a new recurring gift: the donor's cancel link, shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancel_url: Option<String>,
     created_at: i64,
     updated_at: i64,
 }
@@ -493,6 +547,7 @@ pub(crate) fn view(d: &DonationRow, replayed: bool) -> DonationView {
         error_code: d.error_code.clone(),
         replayed,
         pledge_token: None,
+        cancel_url: None,
         created_at: d.created_at,
         updated_at: d.updated_at,
     }
@@ -525,6 +580,9 @@ pub(crate) fn taken_response(t: Taken) -> Response {
             };
             let mut v = view(&t.donation, t.replayed);
             v.pledge_token = t.pledge_token;
+            v.cancel_url = t
+                .plan_cancel_token
+                .map(|c| format!("/donate/recurring/cancel/{c}"));
             (status, Json(v)).into_response()
         }
     }
@@ -559,6 +617,14 @@ pub async fn create(
             "the processor's token for the card (pm_...) is required",
         ))));
     }
+    let recurring = match body
+        .recurring
+        .map(RecurringBody::into_recurrence)
+        .transpose()
+    {
+        Ok(r) => r,
+        Err(e) => return Ok(refused_response(Refused::Donation(e))),
+    };
     let a = body.attestations;
     let req = DonationRequest {
         idempotency_key: key,
@@ -575,7 +641,7 @@ pub async fn create(
         refcode: body.refcode,
         source: body.source,
         channel: "api".into(),
-        recurring: None,
+        recurring,
         client_ip: Some(client_ip(edge, &peer, &headers)),
         plan_id: None,
         customer: None,
@@ -656,6 +722,87 @@ pub struct RefundBody {
     /// Cents to refund; absent: all that is left.
     #[serde(default)]
     pub amount_cents: Option<i64>,
+}
+
+/// `POST /api/v1/donations/giving-links`: a one-click giving link for a donor with a
+/// saved card, to put in an email (`donations:write`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GivingLinkBody {
+    /// The donor (a person with a saved card).
+    pub person_id: i64,
+    /// Dollars (`"25"`), or `amount_cents`.
+    #[serde(default)]
+    pub amount: Option<Value>,
+    /// The amount in cents, instead of `amount`.
+    #[serde(default)]
+    pub amount_cents: Option<i64>,
+    /// How long the link works (default 14 days, at most 90).
+    #[serde(default)]
+    pub valid_days: Option<i64>,
+}
+
+/// A giving link as issued: the URL is shown once (only its hash is stored).
+#[derive(Debug, Serialize)]
+pub struct GivingLinkView {
+    /// `/donate/give/TOKEN`, relative to the donation pages' public address.
+    pub url: String,
+    /// What one tap gives.
+    pub amount_cents: i64,
+    /// When the link stops working (ms).
+    pub expires_at: i64,
+    /// The saved card it charges, as the confirm page shows it.
+    pub card_brand: Option<String>,
+    /// Its last 4 digits.
+    pub card_last4: Option<String>,
+}
+
+/// How long a giving link works unless the request says.
+const DEFAULT_LINK_DAYS: i64 = 14;
+
+/// `POST /api/v1/donations/giving-links`.
+pub async fn giving_link(
+    State(s): State<AppState>,
+    Json(body): Json<GivingLinkBody>,
+) -> ApiResult<Response> {
+    let edge = edge(&s)?;
+    let amount = match amount_of(body.amount.as_ref(), body.amount_cents) {
+        Ok(a) => a,
+        Err(e) => return Ok(refused_response(Refused::Donation(e))),
+    };
+    let days = body.valid_days.unwrap_or(DEFAULT_LINK_DAYS);
+    if !(1..=90).contains(&days) {
+        return Ok(refused_response(Refused::Donation(bad(
+            "valid_days",
+            "invalid_valid_days",
+            "a giving link works for 1 to 90 days",
+        ))));
+    }
+    let person = narwhal_domain::PersonId(body.person_id);
+    let Some(method) = s.store.saved_methods(person).await?.into_iter().next() else {
+        return Ok(refused_response(Refused::Donation(bad(
+            "person_id",
+            "no_saved_method",
+            "this person has no saved card to give with",
+        ))));
+    };
+    let valid_ms = days * 86_400_000;
+    let token = edge
+        .service
+        .issue_one_click_link(person, method.id, amount, valid_ms)
+        .await
+        .map_err(donation_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(GivingLinkView {
+            url: format!("/donate/give/{token}"),
+            amount_cents: amount,
+            expires_at: narwhal_store::now_ms() + valid_ms,
+            card_brand: method.card_brand,
+            card_last4: method.card_last4,
+        }),
+    )
+        .into_response())
 }
 
 /// `POST /api/v1/donations/{public_id}/refund` (staff, `donations:refund`): refunds at
@@ -843,7 +990,12 @@ pub fn schemas() -> serde_json::Map<String, Value> {
                 "examples": [{"own_funds": true, "citizen_or_resident": true, "not_contractor": true}]},
             "payment_method": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_]+$", "description": "the processor's token; never a card number", "examples": ["pm_card_visa"]},
             "save_method": {"type": "boolean", "examples": [false]},
-            "refcode": opt("email-0412"), "source": opt("newsletter")}},
+            "refcode": opt("email-0412"), "source": opt("newsletter"),
+            "recurring": {"type": ["object", "null"], "additionalProperties": false, "required": ["every"],
+                "description": "repeat the gift (the card is kept for it); the answer's cancel_url is the donor's cancel link",
+                "properties": {"every": {"type": "string", "enum": ["month", "week"]},
+                    "ends_on": {"type": ["string", "null"], "description": "last day an installment may be charged (UTC)", "examples": ["2026-11-03"]}},
+                "examples": [null]}}},
         "Donation": {"type": "object", "required": ["id", "state", "outcome", "amount_cents", "currency", "refunded_cents", "channel", "person_id", "itemized", "needs_followup", "replayed", "created_at", "updated_at"],
             "properties": {
                 "id": {"type": "string", "examples": ["don_5c2e0a9b7d1f3e4a6b8c0d2e"]},
@@ -857,10 +1009,20 @@ pub fn schemas() -> serde_json::Map<String, Value> {
                 "error_code": {"type": ["string", "null"]}, "message": {"type": ["string", "null"], "description": "what to tell the donor"},
                 "replayed": {"type": "boolean", "description": "the idempotency key was seen before; nothing was charged now"},
                 "pledge_token": {"type": "string", "description": "a new pledge's payment link token (/donate/pledge/TOKEN), shown once"},
+                "cancel_url": {"type": "string", "description": "a new recurring gift's cancel link for the donor, shown once"},
                 "created_at": {"type": "integer"}, "updated_at": {"type": "integer"}}},
         "DonationPage": {"type": "object", "required": ["donations", "next_before"], "properties": {
             "donations": {"type": "array", "items": r("Donation")},
             "next_before": {"type": ["integer", "null"], "description": "pass as before= for the next page"}}},
+        "GivingLinkRequest": {"type": "object", "additionalProperties": false, "required": ["person_id"], "properties": {
+            "person_id": {"type": "integer", "examples": [42]},
+            "amount": {"type": ["string", "number", "null"], "description": "dollars, or amount_cents", "examples": ["25"]},
+            "amount_cents": {"type": ["integer", "null"], "minimum": 1, "examples": [null]},
+            "valid_days": {"type": ["integer", "null"], "minimum": 1, "maximum": 90, "description": "default 14", "examples": [14]}}},
+        "GivingLink": {"type": "object", "required": ["url", "amount_cents", "expires_at"], "properties": {
+            "url": {"type": "string", "description": "/donate/give/TOKEN: a single-use one-tap confirm page, shown once", "examples": ["/donate/give/7Hq2..."]},
+            "amount_cents": {"type": "integer"}, "expires_at": {"type": "integer"},
+            "card_brand": {"type": ["string", "null"]}, "card_last4": {"type": ["string", "null"]}}},
         "RefundRequest": {"type": "object", "additionalProperties": false, "properties": {
             "amount_cents": {"type": ["integer", "null"], "minimum": 1, "description": "absent: all that is left", "examples": [500]}}}
     });

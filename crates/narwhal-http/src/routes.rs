@@ -156,6 +156,7 @@ pub const ROUTES: &[Route] = routes! {
     POST "/api/v1/mail/dsn" Scoped(MailSend), 200, "Ingest one delivery status notification (the raw message/rfc822): bounces update consent and suppressions", Raw, Some("FeedbackIngested") => feedback::dsn;
     POST "/api/v1/donations" Scoped(DonationsWrite), 201, "Take a donation (Idempotency-Key header or body field; 200 on a replay, 202 while an ambiguous charge is confirmed; 402 declined, 422 over_limit, 409 idempotency_in_flight, 429 card-testing limits)", Json("NewDonation"), Some("Donation") => donations::create;
     GET "/api/v1/donations" Scoped(DonationsRead), 200, "Search donations (state, refcode, email, since, until, before, limit), newest first", NO_BODY, Some("DonationPage") => donations::index;
+    POST "/api/v1/donations/giving-links" Scoped(DonationsWrite), 201, "A single-use, expiring one-click giving link for a donor with a saved card (422 no_saved_method), to put in an email", Json("GivingLinkRequest"), Some("GivingLink") => donations::giving_link;
     GET "/api/v1/donations/{public_id}" Scoped(DonationsRead), 200, "One donation", NO_BODY, Some("Donation") => donations::show;
     POST "/api/v1/donations/{public_id}/refund" Scoped(DonationsRefund), 200, "Refund all or part of a donation at its processor, and record it", Json("RefundRequest"), Some("Donation") => donations::refund;
 };

@@ -347,6 +347,17 @@ impl Donations {
         Ok(())
     }
 
+    /// The plan a cancel link stops, for its confirm page.
+    pub async fn plan_by_cancel_token(
+        &self,
+        cancel_token: &str,
+    ) -> Result<Option<Plan>, DonationError> {
+        Ok(self
+            .store
+            .plan_by_cancel_token(&token_hash(cancel_token))
+            .await?)
+    }
+
     /// Cancels a plan from the donor's cancel link; `false` if the link is unknown or
     /// the plan already ended.
     pub async fn cancel_plan(&self, cancel_token: &str) -> Result<bool, DonationError> {

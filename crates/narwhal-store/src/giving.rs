@@ -419,6 +419,20 @@ impl Store {
         })
     }
 
+    /// The plan a cancel token's hash belongs to, whatever its state.
+    pub async fn plan_by_cancel_token(&self, cancel_token_hash: &str) -> Result<Option<Plan>> {
+        on_read!(self, p => {
+            let row = sqlx::query(&format!("SELECT {PLAN_COLUMNS} FROM recurring_plans WHERE cancel_token_hash = $1"))
+                .bind(cancel_token_hash)
+                .fetch_optional(p)
+                .await?;
+            match row {
+                Some(r) => Ok(Some(plan_from_row!(r))),
+                None => Ok(None),
+            }
+        })
+    }
+
     /// Cancels a plan by its cancel token's hash; `None` if no active plan has it.
     pub async fn cancel_plan(&self, cancel_token_hash: &str) -> Result<Option<i64>> {
         let now = now_ms();

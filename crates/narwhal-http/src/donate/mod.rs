@@ -13,6 +13,8 @@
 //!
 //! [`Donations::take`]: narwhal_pay::service::Donations::take
 
+mod giving;
+
 use crate::donations::{
     amount_of, client_ip, edge, intake, outcome_message, refused_response, DonationsEdge, Peer,
     Refused,
@@ -42,6 +44,7 @@ fn env() -> &'static Environment<'static> {
             ("layout.html", include_str!("layout.html")),
             ("form.html", include_str!("form.html")),
             ("message.html", include_str!("message.html")),
+            ("confirm.html", include_str!("confirm.html")),
         ] {
             if let Err(err) = e.add_template(name, src) {
                 tracing::error!(template = name, error = %err, "donation template does not parse");
@@ -59,6 +62,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/donate/pledge/{token}",
             get(pledge_page).post(pledge_submit),
+        )
+        .route(
+            "/donate/give/{token}",
+            get(giving::one_click_page).post(giving::one_click_submit),
+        )
+        .route(
+            "/donate/recurring/cancel/{token}",
+            get(giving::cancel_page).post(giving::cancel_submit),
         )
 }
 
@@ -273,7 +284,7 @@ impl DonateForm {
         for k in FIELDS
             .iter()
             .map(|f| f.0)
-            .chain(["amount", "amount_other", "refcode", "source"])
+            .chain(["amount", "amount_other", "frequency", "refcode", "source"])
             .chain(ATTESTATIONS.iter().map(|a| a.0))
         {
             if Some(k) != refused {
@@ -332,6 +343,21 @@ async fn submit(
             false,
         );
     }
+    let recurring = match f.get("frequency").as_str() {
+        "" | "once" => None,
+        every @ ("month" | "week") => Some(narwhal_pay::service::Recurrence {
+            every: every.to_string(),
+            ends_at: None,
+        }),
+        _ => {
+            return again(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("frequency"),
+                "Please choose once, every month or every week.",
+                false,
+            )
+        }
+    };
     let key = if f.idempotency_key.trim().is_empty() {
         new_token().0
     } else {
@@ -364,7 +390,7 @@ async fn submit(
         refcode: f.opt("refcode"),
         source: f.opt("source"),
         channel: "page".into(),
-        recurring: None,
+        recurring,
         client_ip: Some(client_ip(edge, &peer, &headers)),
         plan_id: None,
         customer: None,
@@ -372,7 +398,11 @@ async fn submit(
     };
     match intake(&s, edge, req, f.challenge_response.as_deref()).await {
         Ok(t) => match t.outcome {
-            Outcome::Succeeded => see_other(&format!("/donate/thanks/{}", t.donation.public_id)),
+            // A new plan's cancel link is shown once, on the thank-you page.
+            Outcome::Succeeded => match &t.plan_cancel_token {
+                Some(c) => see_other(&format!("/donate/thanks/{}?plan={c}", t.donation.public_id)),
+                None => see_other(&format!("/donate/thanks/{}", t.donation.public_id)),
+            },
             Outcome::Declined | Outcome::Failed => again(
                 StatusCode::PAYMENT_REQUIRED,
                 None,
@@ -447,8 +477,18 @@ fn confirming(edge: &DonationsEdge, public_id: &str) -> Response {
     )
 }
 
+/// `?plan=TOKEN` on the thank-you page of a new recurring gift: its cancel link.
+#[derive(Deserialize, Default)]
+struct ThanksQuery {
+    plan: Option<String>,
+}
+
 /// The thank-you page: only for a donation whose charge is committed.
-async fn thanks(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+async fn thanks(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<ThanksQuery>,
+) -> Response {
     let Ok(edge) = edge(&s) else {
         return not_configured();
     };
@@ -468,18 +508,49 @@ async fn thanks(State(s): State<AppState>, Path(id): Path<String>) -> Response {
         Err(e) => return ApiError::from(e).into_response(),
     };
     match narwhal_pay::service::outcome_of(&d.state) {
-        Outcome::Succeeded => message(
-            edge,
-            StatusCode::OK,
-            "ok",
-            "Thank you!",
-            &format!(
-                "Your contribution of {} was received.",
-                format_dollars(d.amount_cents)
-            ),
-            None,
-            false,
-        ),
+        Outcome::Succeeded => {
+            // The plan this gift started (its first installment has no plan id yet).
+            let plan = match q.plan.filter(|p| !p.is_empty()) {
+                Some(token) => edge
+                    .service
+                    .plan_by_cancel_token(&token)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|p| p.person_id == d.person_id && p.state == "active")
+                    .map(|p| (p.every, token)),
+                None => None,
+            };
+            match plan {
+                Some((every, token)) => message(
+                    edge,
+                    StatusCode::OK,
+                    "ok",
+                    "Thank you!",
+                    &format!(
+                        "Your contribution of {} was received, and it will repeat every {every}. Keep this page's link to cancel at any time.",
+                        format_dollars(d.amount_cents)
+                    ),
+                    Some((
+                        format!("/donate/recurring/cancel/{token}"),
+                        "Cancel my recurring gift",
+                    )),
+                    false,
+                ),
+                None => message(
+                    edge,
+                    StatusCode::OK,
+                    "ok",
+                    "Thank you!",
+                    &format!(
+                        "Your contribution of {} was received.",
+                        format_dollars(d.amount_cents)
+                    ),
+                    None,
+                    false,
+                ),
+            }
+        }
         Outcome::Processing => {
             let mut r = confirming(edge, &d.public_id);
             *r.status_mut() = StatusCode::OK;
@@ -495,6 +566,12 @@ async fn thanks(State(s): State<AppState>, Path(id): Path<String>) -> Response {
             false,
         ),
     }
+}
+
+/// `YYYY-MM-DD` (UTC) of a time in ms.
+fn day_of(ms: i64) -> String {
+    let (y, m, d) = narwhal_domain::civil::civil_from_days(ms.div_euclid(86_400_000));
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 fn unknown_link(edge: &DonationsEdge) -> Response {

@@ -326,6 +326,7 @@ donation_tests!(
     webhooks_are_verified_deduplicated_and_order_free,
     card_testing_is_stopped_while_donors_keep_going,
     the_page_never_posts_a_card_and_staff_see_the_donations,
+    recurring_gifts_and_giving_links_work_from_the_donors_side,
 );
 
 async fn a_gift_is_charged_once_whatever_is_retried(backend: Backend) {
@@ -1055,5 +1056,197 @@ async fn the_page_never_posts_a_card_and_staff_see_the_donations(backend: Backen
     );
     assert!(html.contains("primary (primary)"), "the current route");
     assert!(html.contains("No reconciliation has run yet"));
+    app.stop().await;
+}
+
+async fn recurring_gifts_and_giving_links_work_from_the_donors_side(backend: Backend) {
+    let Some(app) = DonApp::spawn(backend, lenient()).await else {
+        return;
+    };
+    // A monthly gift through the API: charged now, a plan started, the cancel link once.
+    let mut body = gift("15", "ivy@example.org", "pm_card_visa");
+    body["recurring"] = json!({"every": "month"});
+    let (s, v) = app.donate("rec-1", &body).await;
+    assert_eq!(s, 201, "{v}");
+    let cancel = v["cancel_url"].as_str().expect("a cancel link").to_string();
+    assert!(cancel.starts_with("/donate/recurring/cancel/"), "{cancel}");
+    let person = v["person_id"].as_i64().unwrap();
+    let plans = app.store.plans(10).await.unwrap();
+    assert_eq!(plans.len(), 1);
+    assert_eq!(
+        (plans[0].every.as_str(), plans[0].state.as_str()),
+        ("month", "active")
+    );
+    // The replay of the same key starts nothing more and shows no cancel link again.
+    let (s, v) = app.donate("rec-1", &body).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v.get("cancel_url").is_none(), "{v}");
+    assert_eq!(app.store.plans(10).await.unwrap().len(), 1);
+    // Bad schedules are refused with their codes, and nothing is charged for them.
+    let charges = app.primary.ledger().len();
+    for (i, (recurring, code)) in [
+        (json!({"every": "day"}), "invalid_interval"),
+        (
+            json!({"every": "month", "ends_on": "2026-02-30"}),
+            "invalid_date",
+        ),
+        (
+            json!({"every": "month", "ends_on": "2001-01-01"}),
+            "invalid_end",
+        ),
+        (json!({"every": "month", "often": true}), "invalid_field"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut b = gift("15", "ivy@example.org", "pm_card_visa");
+        b["recurring"] = recurring;
+        let (s, v) = app.donate(&format!("rec-bad-{i}"), &b).await;
+        assert_eq!(s, 422, "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
+    assert_eq!(app.primary.ledger().len(), charges);
+
+    // The cancel link: a page first (a link preview cancels nothing), then the button.
+    let html = app.text(&cancel).await;
+    assert!(
+        html.contains("Cancel your recurring gift") && html.contains("every month"),
+        "{html}"
+    );
+    assert_eq!(app.store.plans(10).await.unwrap()[0].state, "active");
+    let r = app.post_form(&cancel, &[("x", "")]).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("is canceled"));
+    assert_eq!(app.store.plans(10).await.unwrap()[0].state, "canceled");
+    let r = app.post_form(&cancel, &[("x", "")]).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("already ended"));
+    let r = app
+        .client
+        .get(app.url("/donate/recurring/cancel/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A giving link for the donor's saved card: staff issue it, the donor taps once.
+    let issue = |b: Value| {
+        let app = &app;
+        async move {
+            let r = app
+                .client
+                .post(app.url("/api/v1/donations/giving-links"))
+                .bearer_auth(&app.token)
+                .json(&b)
+                .send()
+                .await
+                .unwrap();
+            split(r).await
+        }
+    };
+    let (s, v) = issue(json!({"person_id": person, "amount": "10"})).await;
+    assert_eq!(s, 201, "{v}");
+    let link = v["url"].as_str().unwrap().to_string();
+    assert_eq!(v["amount_cents"], 1000);
+    for (b, code) in [
+        (
+            json!({"person_id": person + 1000, "amount": "10"}),
+            "no_saved_method",
+        ),
+        (
+            json!({"person_id": person, "amount": "-1"}),
+            "invalid_amount",
+        ),
+        (
+            json!({"person_id": person, "amount": "10", "valid_days": 0}),
+            "invalid_valid_days",
+        ),
+    ] {
+        let (s, v) = issue(b).await;
+        assert_eq!(s, 422, "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
+    let r = app
+        .client
+        .post(app.url("/api/v1/donations/giving-links"))
+        .json(&json!({"person_id": person, "amount": "10"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let html = app.text(&link).await;
+    assert!(html.contains("$10.00") && html.contains("4242"), "{html}");
+    assert!(!html.contains(CARD));
+    let before = app.primary.ledger().len();
+    let r = app.post_form(&link, &[("x", "")]).await;
+    assert_eq!(r.status(), 303);
+    let thanks = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(app.text(&thanks).await.contains("$10.00"));
+    assert_eq!(app.primary.ledger().len(), before + 1);
+    // A second tap shows the same gift and charges nothing; the page says it was used.
+    let r = app.post_form(&link, &[("x", "")]).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"].to_str().unwrap(), thanks);
+    assert_eq!(app.primary.ledger().len(), before + 1);
+    let r = app.client.get(app.url(&link)).send().await.unwrap();
+    assert_eq!(r.status(), 410);
+    // An expired link gives nothing.
+    let service = Donations::new(app.store.clone(), app.router.clone(), PayConfig::default());
+    let method = app
+        .store
+        .saved_methods(narwhal_domain::PersonId(person))
+        .await
+        .unwrap()[0]
+        .id;
+    let stale = service
+        .issue_one_click_link(narwhal_domain::PersonId(person), method, 500, -1)
+        .await
+        .unwrap();
+    let r = app
+        .post_form(&format!("/donate/give/{stale}"), &[("x", "")])
+        .await;
+    assert_eq!(r.status(), 410);
+    assert_eq!(app.primary.ledger().len(), before + 1);
+
+    // The page: "every week" starts a plan, and the thank-you page carries its cancel link.
+    let mut form: Vec<(&str, &str)> = vec![
+        ("amount", "20.00"),
+        ("frequency", "week"),
+        ("first_name", "Mae"),
+        ("last_name", "Jemison"),
+        ("email", "mae@example.org"),
+        ("address1", "1 Space Way"),
+        ("city", "Decatur"),
+        ("state", "AL"),
+        ("zip", "35601"),
+        ("employer", "NASA"),
+        ("occupation", "Astronaut"),
+        ("own_funds", "yes"),
+        ("citizen_or_resident", "yes"),
+        ("not_contractor", "yes"),
+        ("personal_card", "yes"),
+        ("payment_method", "pm_card_visa"),
+        ("idempotency_key", "page-weekly-1"),
+    ];
+    let r = app.post_form("/donate", &form).await;
+    assert_eq!(r.status(), 303);
+    let thanks = r.headers()["location"].to_str().unwrap().to_string();
+    let html = app.text(&thanks).await;
+    assert!(
+        html.contains("every week") && html.contains("recurring&#x2f;cancel&#x2f;"),
+        "{html}"
+    );
+    assert!(app
+        .store
+        .plans(10)
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.every == "week"));
+    form.retain(|(k, _)| *k != "frequency" && *k != "idempotency_key");
+    form.push(("frequency", "daily"));
+    form.push(("idempotency_key", "page-weekly-2"));
+    let r = app.post_form("/donate", &form).await;
+    assert_eq!(r.status(), 422);
     app.stop().await;
 }
