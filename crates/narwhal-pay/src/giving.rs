@@ -304,7 +304,7 @@ impl Donations {
                         tracing::info!(
                             plan = plan.id,
                             failures,
-                            "recurring gift failed; notice sent, retrying"
+                            "recurring gift failed; the donor is told, and it is retried"
                         );
                         self.store
                             .record_plan_run(

@@ -1,5 +1,7 @@
-//! Emails to donors: a receipt for every gift that succeeded, and, for a pledge taken
-//! while every processor was down, a payment link once processing is back.
+//! Emails to donors: a receipt for every gift that succeeded; for a pledge taken
+//! while every processor was down, a payment link once processing is back; and for a
+//! recurring gift's declined installment, when the next try is (with a cancel link) or
+//! that the plan stopped.
 //!
 //! Sent by [`Notices::run_once`] (the serving node's settler calls it every few
 //! seconds) from the donation rows themselves (see `narwhal_store::donations::
@@ -17,6 +19,7 @@ use narwhal_domain::Email;
 use narwhal_mail::provider::{Content, MessageKey, Provider, RejectScope};
 use narwhal_mail::{OutgoingMessage, SendOutcome};
 use narwhal_store::donations::{DonationRow, NoticeKind};
+use narwhal_store::giving::Plan;
 use narwhal_store::{Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +44,8 @@ pub struct NoticeConfig {
 pub struct NoticesRun {
     pub receipts: u32,
     pub pledge_links: u32,
+    /// Notices of a declined recurring installment.
+    pub installment_notices: u32,
     /// Emails no account took this time (claimed; sent again after the lease).
     pub deferred: u32,
 }
@@ -95,7 +100,7 @@ impl Notices {
             .claim_donor_notices(NoticeKind::Receipt, PER_RUN, lease)
             .await?
         {
-            match self.send(&d, NoticeKind::Receipt, None).await {
+            match self.send(&d, Mail::Receipt).await {
                 true => {
                     self.store
                         .donor_notice_sent(d.id, NoticeKind::Receipt)
@@ -105,6 +110,7 @@ impl Notices {
                 false => run.deferred += 1,
             }
         }
+        self.installment_notices(lease, &mut run).await?;
         let pledges = self
             .store
             .claim_donor_notices(NoticeKind::PledgeLink, PER_RUN, lease)
@@ -125,7 +131,7 @@ impl Notices {
                     .await?;
                 continue;
             }
-            match self.send(&d, NoticeKind::PledgeLink, Some(&token)).await {
+            match self.send(&d, Mail::PledgeLink(&token)).await {
                 true => {
                     self.store
                         .donor_notice_sent(d.id, NoticeKind::PledgeLink)
@@ -139,11 +145,73 @@ impl Notices {
             tracing::info!(
                 receipts = run.receipts,
                 pledge_links = run.pledge_links,
+                installment_notices = run.installment_notices,
                 deferred = run.deferred,
                 "donations: donor emails"
             );
         }
         Ok(run)
+    }
+
+    /// Tells donors whose recurring installment was declined when the next try is (with
+    /// a cancel link of its own), or that the plan stopped after its last try.
+    async fn installment_notices(
+        &self,
+        lease: i64,
+        run: &mut NoticesRun,
+    ) -> Result<(), StoreError> {
+        let kind = NoticeKind::InstallmentFailed;
+        let claimed = self.store.claim_donor_notices(kind, PER_RUN, lease).await?;
+        // Several declines of one plan waiting at once (mail was down): one email, about
+        // the newest.
+        let mut newest = std::collections::HashMap::new();
+        for d in &claimed {
+            let e = newest.entry(d.plan_id).or_insert(d.id);
+            *e = (*e).max(d.id);
+        }
+        for d in claimed {
+            if newest.get(&d.plan_id) != Some(&d.id) {
+                self.store.donor_notice_sent(d.id, kind).await?;
+                continue;
+            }
+            let plan = match d.plan_id {
+                Some(id) => self.store.plan(id).await?,
+                None => None,
+            };
+            let due = plan.filter(|p| match p.state.as_str() {
+                // Retried and charged since, or canceled or completed: nothing to say.
+                "active" => p.failures > 0,
+                "failed" => true,
+                _ => false,
+            });
+            let Some(plan) = due else {
+                self.store.donor_notice_sent(d.id, kind).await?;
+                continue;
+            };
+            if plan.state == "active" && plan.next_charge_at <= d.updated_at {
+                // The plan's run has not recorded the decline yet: next time.
+                self.store.release_donor_notice(d.id).await?;
+                continue;
+            }
+            let cancel = if plan.state == "active" {
+                let (token, hash) = new_token();
+                self.store.add_plan_cancel_link(plan.id, &hash).await?;
+                Some(token)
+            } else {
+                None
+            };
+            match self
+                .send(&d, Mail::InstallmentFailed(&plan, cancel.as_deref()))
+                .await
+            {
+                true => {
+                    self.store.donor_notice_sent(d.id, kind).await?;
+                    run.installment_notices += 1;
+                }
+                false => run.deferred += 1,
+            }
+        }
+        Ok(())
     }
 
     /// Whether a processor passes its health check now (due pledges only: one
@@ -159,7 +227,7 @@ impl Notices {
 
     /// Sends one email through the first account that takes it. `true` when it is
     /// done with (taken, or refused for good: retrying would not help).
-    async fn send(&self, d: &DonationRow, kind: NoticeKind, token: Option<&str>) -> bool {
+    async fn send(&self, d: &DonationRow, what: Mail<'_>) -> bool {
         let Ok(donor) = serde_json::from_str::<Donor>(&d.donor_json) else {
             tracing::warn!(donation = %d.public_id, "donor fields unreadable; no email");
             return true;
@@ -168,9 +236,12 @@ impl Notices {
             tracing::warn!(donation = %d.public_id, "donor address not valid; no email");
             return true;
         };
-        let (subject, text) = match (kind, token) {
-            (NoticeKind::PledgeLink, Some(t)) => self.pledge_link(d, &donor, t),
-            _ => self.receipt(d, &donor),
+        let (subject, text) = match what {
+            Mail::PledgeLink(t) => self.pledge_link(d, &donor, t),
+            Mail::Receipt => self.receipt(d, &donor),
+            Mail::InstallmentFailed(plan, cancel) => {
+                self.installment_failed(d, &donor, plan, cancel)
+            }
         };
         let message = OutgoingMessage {
             key: MessageKey(u64::try_from(d.id).unwrap_or(0)),
@@ -237,6 +308,40 @@ impl Notices {
         (subject, text)
     }
 
+    fn installment_failed(
+        &self,
+        d: &DonationRow,
+        donor: &Donor,
+        plan: &Plan,
+        cancel: Option<&str>,
+    ) -> (String, String) {
+        let every = if plan.every == "week" {
+            "weekly"
+        } else {
+            "monthly"
+        };
+        let amount = format_dollars(d.amount_cents);
+        let subject = format!("Your {every} gift of {amount} did not go through");
+        let what_next = match cancel {
+            Some(token) => format!(
+                "We will try your card again on {}. If your card has changed, simply start a new gift on our donation page; to stop this recurring gift, use this link:\n\n{}/donate/recurring/cancel/{token}",
+                date_of(plan.next_charge_at),
+                self.config.base_url.trim_end_matches('/')
+            ),
+            None => format!(
+                "After {} tries we have stopped this recurring gift: nothing more will be charged. You can start a new gift on our donation page at any time.",
+                plan.failures
+            ),
+        };
+        let text = format!(
+            "{},\n\nYour {every} contribution of {amount} on {} was declined by your card's bank, so nothing was charged.\n\n{what_next}{}",
+            donor.first_name.trim(),
+            date_of(d.created_at),
+            self.footer()
+        );
+        (subject, text)
+    }
+
     fn pledge_link(&self, d: &DonationRow, donor: &Donor, token: &str) -> (String, String) {
         let subject = format!(
             "Complete your {} pledge to {}",
@@ -256,6 +361,15 @@ impl Notices {
         );
         (subject, text)
     }
+}
+
+/// Which email [`Notices::send`] writes.
+enum Mail<'a> {
+    Receipt,
+    /// With the pledge's new completion token.
+    PledgeLink(&'a str),
+    /// With the plan, and a new cancel token while the plan is active.
+    InstallmentFailed(&'a Plan, Option<&'a str>),
 }
 
 /// `YYYY-MM-DD` (UTC) of a time in ms.

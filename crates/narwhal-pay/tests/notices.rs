@@ -2,7 +2,9 @@
 //! Donor emails on both backends, through a real SMTP conversation with the project's
 //! sink: a receipt once per succeeded gift (never with card data), a pledge's payment
 //! link only once a processor answers again, whose new token completes the pledge
-//! while the old one stops working, and the next mail account when one is down.
+//! while the old one stops working, the next mail account when one is down, and a
+//! declined recurring installment's notice (the next try with a cancel link that
+//! works, or once that the plan stopped).
 
 #[path = "support/rig.rs"]
 mod rig;
@@ -12,7 +14,7 @@ use narwhal_fakes::stripe::{FakeStripe, FakeStripeConfig, Fault};
 use narwhal_mail::smtp::{SmtpConfig, SmtpProvider};
 use narwhal_mail::Provider;
 use narwhal_pay::notices::{NoticeConfig, Notices};
-use narwhal_pay::service::{Donations, Outcome, PayConfig};
+use narwhal_pay::service::{Donations, Outcome, PayConfig, Recurrence};
 use narwhal_store::both_backends;
 use narwhal_store::donations::NoticeKind;
 use narwhal_store::test_support::TestDb;
@@ -180,8 +182,121 @@ async fn a_down_mail_account_hands_over_to_the_next(db: TestDb) {
     assert_eq!(mail_to(&r.sink, "cy@example.org").len(), 1);
 }
 
+/// A monthly plan started by a first gift of $15 from `email`: its first cancel token.
+async fn monthly(r: &Rig, key: &str, email: &str) -> String {
+    let mut first = gift(key, email, 1_500, "pm_card_visa");
+    first.recurring = Some(Recurrence {
+        every: "month".into(),
+        ends_at: None,
+    });
+    let t = r.donations.take(first).await.unwrap();
+    assert_eq!(t.outcome, Outcome::Succeeded);
+    t.plan_cancel_token.unwrap()
+}
+
+const DAY: i64 = 86_400_000;
+
+async fn a_declined_installment_tells_the_donor_and_its_link_cancels(db: TestDb) {
+    let r = rig(db, Vec::new()).await;
+    let first_cancel = monthly(&r, "m1", "dee@example.org").await;
+    let run = r.notices.run_once().await.unwrap();
+    assert_eq!((run.receipts, run.installment_notices), (1, 0));
+    let now = narwhal_store::now_ms();
+    r.primary.set_fault(Fault::DeclineAll);
+    let plans = r.donations.run_due_plans(now + 32 * DAY).await.unwrap();
+    assert_eq!((plans.failed, plans.retrying), (1, 1));
+    let run = r.notices.run_once().await.unwrap();
+    assert_eq!((run.receipts, run.installment_notices), (0, 1), "{run:?}");
+    let mail = mail_to(&r.sink, "dee@example.org");
+    assert_eq!(mail.len(), 2);
+    let m = mail
+        .iter()
+        .find(|m| m.contains("did not go through"))
+        .unwrap();
+    assert!(
+        m.contains("Your monthly gift of $15.00 did not go through"),
+        "{m}"
+    );
+    let plan = &r.donations.store.plans(10).await.unwrap()[0];
+    let retry = time::OffsetDateTime::from_unix_timestamp(plan.next_charge_at / 1000).unwrap();
+    let retry = format!(
+        "{:04}-{:02}-{:02}",
+        retry.year(),
+        u8::from(retry.month()),
+        retry.day()
+    );
+    assert!(
+        m.contains(&format!("try your card again on {retry}")),
+        "{m}"
+    );
+    let prefix = "https://act.campaign.example/donate/recurring/cancel/";
+    let start = m.find(prefix).expect("a cancel link");
+    let token: String = m[start + prefix.len()..]
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    assert!(!token.is_empty() && token != first_cancel);
+    // Told once.
+    let run = r.notices.run_once().await.unwrap();
+    assert_eq!(run.installment_notices, 0);
+    assert_eq!(r.sink.message_count(), 2);
+    // Both links name the plan; the emailed one cancels it, and then nothing is charged.
+    let by_first = r
+        .donations
+        .plan_by_cancel_token(&first_cancel)
+        .await
+        .unwrap();
+    assert_eq!(by_first.map(|p| p.id), Some(plan.id));
+    assert!(r.donations.cancel_plan(&token).await.unwrap());
+    assert!(!r.donations.cancel_plan(&first_cancel).await.unwrap());
+    r.primary.set_fault(Fault::None);
+    let ledger = r.primary.ledger().len();
+    let plans = r.donations.run_due_plans(now + 40 * DAY).await.unwrap();
+    assert_eq!(plans.charged, 0);
+    assert_eq!(r.primary.ledger().len(), ledger);
+}
+
+async fn a_plan_out_of_tries_says_so_once(db: TestDb) {
+    let r = rig(db, Vec::new()).await;
+    monthly(&r, "m2", "eve@example.org").await;
+    let now = narwhal_store::now_ms();
+    r.primary.set_fault(Fault::DeclineAll);
+    // Mail is not run between the tries: four declines, then the plan fails.
+    for days in [32, 33, 36, 43] {
+        r.donations.run_due_plans(now + days * DAY).await.unwrap();
+    }
+    assert_eq!(
+        r.donations.store.plans(10).await.unwrap()[0].state,
+        "failed"
+    );
+    let run = r.notices.run_once().await.unwrap();
+    assert_eq!(run.installment_notices, 1, "{run:?}");
+    let mail: Vec<String> = mail_to(&r.sink, "eve@example.org")
+        .into_iter()
+        .filter(|m| m.contains("did not go through"))
+        .collect();
+    assert_eq!(
+        mail.len(),
+        1,
+        "one email about the plan, not one per decline"
+    );
+    assert!(
+        mail[0].contains("we have stopped this recurring gift"),
+        "{}",
+        mail[0]
+    );
+    assert!(
+        !mail[0].contains("/donate/recurring/cancel/"),
+        "nothing left to cancel"
+    );
+    let run = r.notices.run_once().await.unwrap();
+    assert_eq!(run.installment_notices, 0);
+}
+
 both_backends!(
     a_receipt_goes_out_once_per_succeeded_gift,
     a_pledge_gets_its_link_when_processing_is_back,
     a_down_mail_account_hands_over_to_the_next,
+    a_declined_installment_tells_the_donor_and_its_link_cancels,
+    a_plan_out_of_tries_says_so_once,
 );

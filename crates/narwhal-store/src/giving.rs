@@ -70,6 +70,9 @@ pub struct Plan {
     pub created_at: i64,
 }
 
+/// A plan whose first cancel link or a later one has the hash `$1`.
+const CANCEL_LINK: &str = "(cancel_token_hash = $1 OR id IN (SELECT plan_id FROM plan_cancel_links WHERE token_hash = $1))";
+
 const PLAN_COLUMNS: &str = "id, public_id, person_id, saved_method_id, amount_cents, every, state, next_charge_at, ends_at, installments, failures, donor, refcode, created_at";
 
 macro_rules! plan_from_row {
@@ -419,10 +422,19 @@ impl Store {
         })
     }
 
-    /// The plan a cancel token's hash belongs to, whatever its state.
+    /// Adds a cancel link to a plan (one sent in a later email); the plan's first link
+    /// keeps working.
+    pub async fn add_plan_cancel_link(&self, plan_id: i64, token_hash: &str) -> Result<()> {
+        on_write!(self, p => sqlx::query("INSERT INTO plan_cancel_links (token_hash, plan_id, created_at) VALUES ($1, $2, $3)")
+            .bind(token_hash).bind(plan_id).bind(now_ms()).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// The plan a cancel token's hash belongs to (its first link or a later one),
+    /// whatever its state.
     pub async fn plan_by_cancel_token(&self, cancel_token_hash: &str) -> Result<Option<Plan>> {
         on_read!(self, p => {
-            let row = sqlx::query(&format!("SELECT {PLAN_COLUMNS} FROM recurring_plans WHERE cancel_token_hash = $1"))
+            let row = sqlx::query(&format!("SELECT {PLAN_COLUMNS} FROM recurring_plans WHERE {CANCEL_LINK}"))
                 .bind(cancel_token_hash)
                 .fetch_optional(p)
                 .await?;
@@ -438,10 +450,10 @@ impl Store {
         let now = now_ms();
         on_write!(self, p => {
             let id: Option<i64> = sqlx::query_scalar(
-                "UPDATE recurring_plans SET state = 'canceled', updated_at = $1 WHERE cancel_token_hash = $2 AND state = 'active' RETURNING id",
+                &format!("UPDATE recurring_plans SET state = 'canceled', updated_at = $2 WHERE {CANCEL_LINK} AND state = 'active' RETURNING id"),
             )
-            .bind(now)
             .bind(cancel_token_hash)
+            .bind(now)
             .fetch_optional(p)
             .await?;
             Ok(id)

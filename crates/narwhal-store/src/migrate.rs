@@ -101,6 +101,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0017_turnout_tallies.sql"),
         include_str!("../migrations/postgres/0017_turnout_tallies.sql"),
     ),
+    (
+        24,
+        "installment_notices",
+        include_str!("../migrations/sqlite/0024_installment_notices.sql"),
+        include_str!("../migrations/postgres/0024_installment_notices.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {
