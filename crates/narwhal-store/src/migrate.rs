@@ -102,6 +102,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/postgres/0017_turnout_tallies.sql"),
     ),
     (
+        22,
+        "turnout_voted",
+        include_str!("../migrations/sqlite/0022_turnout_voted.sql"),
+        include_str!("../migrations/postgres/0022_turnout_voted.sql"),
+    ),
+    (
         24,
         "installment_notices",
         include_str!("../migrations/sqlite/0024_installment_notices.sql"),

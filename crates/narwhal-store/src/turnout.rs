@@ -174,31 +174,66 @@ fn resolve_repeats(items: &[ReportIn], out: Vec<Option<Outcome>>) -> Result<Vec<
     Ok(result)
 }
 
-/// What a batch changes for each voter: live reports added (or, negative, undone)
-/// and the earliest new voted time.
-#[derive(Default)]
-struct Deltas(HashMap<i64, (i64, Option<i64>)>);
+/// An hour in ms: the tallies count voters per UTC hour (`voted_at / HOUR_MS`).
+const HOUR_MS: i64 = 3_600_000;
 
-impl Deltas {
-    fn add(&mut self, p: PersonId, d: i64, t: Option<i64>) {
-        let e = self.0.entry(p.0).or_insert((0, None));
-        e.0 += d;
-        e.1 = match (e.1, t) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+/// The tally cells (county, precinct, polling place) of the voters a transaction
+/// touches, each stored once; voters refer to theirs by index.
+#[derive(Default)]
+struct Cells {
+    keys: Vec<(String, String, String)>,
+    index: HashMap<(String, String, String), usize>,
+}
+
+impl Cells {
+    fn intern(&mut self, county: String, precinct: String, place: String) -> usize {
+        let next = self.keys.len();
+        let key = (county, precinct, place);
+        if let Some(i) = self.index.get(&key) {
+            return *i;
+        }
+        self.keys.push(key.clone());
+        self.index.insert(key, next);
+        next
     }
 
-    /// By person id, so that concurrent batches lock rows in one order.
-    fn sorted(&self) -> Vec<(i64, i64, Option<i64>)> {
-        let mut v: Vec<_> = self
-            .0
-            .iter()
-            .filter(|(_, (d, t))| *d != 0 || t.is_some())
-            .map(|(p, (d, t))| (*p, *d, *t))
-            .collect();
-        v.sort_unstable();
-        v
+    fn place(&self, cell: usize) -> &str {
+        &self.keys[cell].2
+    }
+}
+
+/// What a transaction did to one voter: the earliest voted time of the reports it
+/// added (if any), whether it undid one, and the voter's tally cell.
+#[derive(Clone, Copy)]
+struct Change {
+    added: Option<i64>,
+    undone: bool,
+    cell: usize,
+}
+
+/// Every voter whose live reports a transaction changed.
+#[derive(Default)]
+struct Changes(HashMap<i64, Change>);
+
+impl Changes {
+    fn add(&mut self, p: PersonId, cell: usize, t: i64) {
+        let e = self.0.entry(p.0).or_insert(Change {
+            added: None,
+            undone: false,
+            cell,
+        });
+        e.added = Some(e.added.map_or(t, |a| a.min(t)));
+    }
+
+    fn undo(&mut self, p: PersonId, cell: usize) {
+        self.0
+            .entry(p.0)
+            .or_insert(Change {
+                added: None,
+                undone: false,
+                cell,
+            })
+            .undone = true;
     }
 }
 
@@ -215,11 +250,10 @@ fn tuples(backend: Backend, rows: usize, width: usize) -> String {
         .join(", ")
 }
 
-/// The expression that counts a universe row `g` as voted: it has a live report
-/// (`voted_at` and `live_reports` are kept by [`Store::ingest_reports`]).
-const VOTED: &str = "g.voted_at IS NOT NULL";
-/// The expression for a universe row `g` still to turn out (matches the partial index).
-const REMAINING: &str = "g.voted_at IS NULL";
+/// The condition that a universe row `g` is still to turn out: no row in
+/// `turnout_voted`, which [`Store::ingest_reports`] keeps (a primary-key lookup).
+pub(crate) const REMAINING: &str =
+    "NOT EXISTS (SELECT 1 FROM turnout_voted v WHERE v.person_id = g.person_id)";
 
 /// One report row to insert.
 struct NewReport<'a> {
@@ -231,13 +265,18 @@ struct NewReport<'a> {
     voted_at: i64,
 }
 
-/// A universe row found by code or person id: (person, code, polling place).
-type UniverseRow = (PersonId, i64, String);
+/// A universe row found by code or person id: (person, code, polling place, county,
+/// precinct).
+type UniverseRow = (i64, i64, String, String, String);
+
+/// One tally change: (county, precinct, polling place, hour, people added).
+type TallyDelta<'a> = (&'a str, &'a str, &'a str, i64, i64);
 
 /// The bulk statements of the ingest, which differ by backend. PostgreSQL binds whole
 /// arrays (`= ANY`, `unnest`): one statement and one plan whatever the number of
-/// items. SQLite runs multi-row statements of anonymous markers, [`CHUNK`] rows each.
-/// Each method runs inside the caller's transaction.
+/// items. SQLite runs multi-row statements of anonymous markers, [`CHUNK`] rows each,
+/// and reads results back as one JSON array per statement. Each method runs inside
+/// the caller's transaction.
 trait IngestSql {
     /// The universe rows whose `code` (or, with `by_person`, `person_id`) is in `keys`.
     fn universe_rows(
@@ -260,53 +299,42 @@ trait IngestSql {
         ids: &[&str],
     ) -> impl std::future::Future<Output = Result<HashMap<String, i64>>> + Send;
 
-    /// Adds `(person, live reports added, earliest new voted time)` to the universe
-    /// rows, locking them in person order (the input is sorted).
-    fn apply_deltas(
+    /// Inserts `(person, voted_at)` into `turnout_voted` where the person has no row
+    /// (input sorted by person); returns the people inserted now, whose rows this
+    /// transaction then holds. On PostgreSQL an insert racing another transaction's
+    /// waits for it to end, so two first reports of one voter never both insert.
+    fn claim_voters(
         &mut self,
-        deltas: &[(i64, i64, Option<i64>)],
+        rows: &[(i64, i64)],
+    ) -> impl std::future::Future<Output = Result<HashSet<i64>>> + Send;
+
+    /// The `turnout_voted` rows of these people (sorted), locked in that order on
+    /// PostgreSQL. People without a row are left out.
+    fn lock_voters(
+        &mut self,
+        people: &[i64],
+    ) -> impl std::future::Future<Output = Result<HashMap<i64, i64>>> + Send;
+
+    /// The earliest voted time of each person's reports that are not undone (people
+    /// without one are left out), this transaction's own writes included.
+    fn live_minimum(
+        &mut self,
+        people: &[i64],
+    ) -> impl std::future::Future<Output = Result<HashMap<i64, i64>>> + Send;
+
+    /// Sets `turnout_voted.voted_at` for `set` and deletes the rows of `delete`.
+    fn write_voters(
+        &mut self,
+        set: &[(i64, i64)],
+        delete: &[i64],
     ) -> impl std::future::Future<Output = Result<()>> + Send;
-}
 
-/// The universe update the deltas go through: `v (pid, d, t)` is the source.
-const APPLY_DELTAS: &str = "UPDATE gotv_universe AS g SET
-        voted_at = CASE WHEN g.live_reports + v.d <= 0 THEN NULL
-                        WHEN v.t IS NULL THEN g.voted_at
-                        WHEN g.voted_at IS NULL OR g.voted_at > v.t THEN v.t
-                        ELSE g.voted_at END,
-        live_reports = g.live_reports + v.d
-     FROM v WHERE g.person_id = v.pid";
-
-fn universe_row(r: &impl RowGet) -> Result<UniverseRow> {
-    Ok((
-        PersonId(r.get_i64("person_id")?),
-        r.get_i64("code")?,
-        r.get_string("polling_place")?,
-    ))
-}
-
-/// Reading columns the same way from either backend's rows.
-trait RowGet {
-    fn get_i64(&self, col: &str) -> Result<i64>;
-    fn get_string(&self, col: &str) -> Result<String>;
-}
-
-impl RowGet for sqlx::sqlite::SqliteRow {
-    fn get_i64(&self, col: &str) -> Result<i64> {
-        Ok(self.try_get(col)?)
-    }
-    fn get_string(&self, col: &str) -> Result<String> {
-        Ok(self.try_get(col)?)
-    }
-}
-
-impl RowGet for sqlx::postgres::PgRow {
-    fn get_i64(&self, col: &str) -> Result<i64> {
-        Ok(self.try_get(col)?)
-    }
-    fn get_string(&self, col: &str) -> Result<String> {
-        Ok(self.try_get(col)?)
-    }
+    /// Adds to `turnout_tallies` (cells distinct and in key order, so that concurrent
+    /// transactions lock tally rows in one order).
+    fn add_tallies(
+        &mut self,
+        cells: &[TallyDelta<'_>],
+    ) -> impl std::future::Future<Output = Result<()>> + Send;
 }
 
 /// The rows of a `json_group_array(json_array(...))` result.
@@ -315,26 +343,40 @@ fn json_rows<T: serde::de::DeserializeOwned>(text: &str) -> Result<Vec<T>> {
         .map_err(|e| StoreError::Corrupt(format!("an aggregated result did not read back: {e}")))
 }
 
+/// Runs a SQLite query of the form `SELECT json_group_array(...) ... IN (<markers>)`
+/// over `keys` in chunks of [`CHUNK`]; `sql` holds `{}` where the markers go.
+async fn sqlite_json_in<T: serde::de::DeserializeOwned>(
+    c: &mut sqlx::SqliteConnection,
+    sql: &str,
+    keys: &[i64],
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for chunk in keys.chunks(CHUNK) {
+        let sql = sql.replacen(
+            "{}",
+            &crate::db::placeholders(Backend::Sqlite, 1, chunk.len()),
+            1,
+        );
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        for k in chunk {
+            q = q.bind(k);
+        }
+        out.extend(json_rows::<T>(&q.fetch_one(&mut *c).await?)?);
+    }
+    Ok(out)
+}
+
 impl IngestSql for sqlx::SqliteConnection {
     // Results come back as one JSON array per statement: sqlx hands every row from
     // SQLite's thread to the caller's task on its own, which cost more than the
     // statements themselves at a hundred rows per batch.
     async fn universe_rows(&mut self, by_person: bool, keys: &[i64]) -> Result<Vec<UniverseRow>> {
-        let col = if by_person { "person_id" } else { "code" };
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT json_group_array(json_array(person_id, code, polling_place)) FROM gotv_universe WHERE {col} IN ({})",
-                crate::db::placeholders(Backend::Sqlite, 1, chunk.len())
-            );
-            let mut q = sqlx::query_scalar::<_, String>(&sql);
-            for k in chunk {
-                q = q.bind(k);
-            }
-            let rows: Vec<(i64, i64, String)> = json_rows(&q.fetch_one(&mut *self).await?)?;
-            out.extend(rows.into_iter().map(|(p, c, pl)| (PersonId(p), c, pl)));
-        }
-        Ok(out)
+        let sql = if by_person {
+            "SELECT json_group_array(json_array(person_id, code, polling_place, county, precinct)) FROM gotv_universe WHERE person_id IN ({})"
+        } else {
+            "SELECT json_group_array(json_array(person_id, code, polling_place, county, precinct)) FROM gotv_universe WHERE code IN ({})"
+        };
+        sqlite_json_in(self, sql, keys).await
     }
 
     async fn insert_reports(
@@ -395,21 +437,101 @@ impl IngestSql for sqlx::SqliteConnection {
         Ok(owner)
     }
 
-    async fn apply_deltas(&mut self, deltas: &[(i64, i64, Option<i64>)]) -> Result<()> {
-        // One writer: nobody else holds these rows.
-        for chunk in deltas.chunks(CHUNK) {
+    async fn claim_voters(&mut self, rows: &[(i64, i64)]) -> Result<HashSet<i64>> {
+        // The only writer: the people without a row now are the ones inserted.
+        let people: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let have: HashSet<i64> = self.lock_voters(&people).await?.into_keys().collect();
+        let new: Vec<&(i64, i64)> = rows.iter().filter(|r| !have.contains(&r.0)).collect();
+        for chunk in new.chunks(CHUNK) {
             let sql = format!(
-                "WITH v (pid, d, t) AS (VALUES {}) {APPLY_DELTAS}",
-                tuples(Backend::Sqlite, chunk.len(), 3)
+                "INSERT INTO turnout_voted (person_id, voted_at) VALUES {}",
+                tuples(Backend::Sqlite, chunk.len(), 2)
             );
             let mut q = sqlx::query(&sql);
-            for (pid, d, t) in chunk {
-                q = q.bind(pid).bind(d).bind(t);
+            for (p, t) in chunk {
+                q = q.bind(p).bind(t);
+            }
+            q.execute(&mut *self).await?;
+        }
+        Ok(new.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn lock_voters(&mut self, people: &[i64]) -> Result<HashMap<i64, i64>> {
+        // One writer: reading is locking.
+        let rows: Vec<(i64, i64)> = sqlite_json_in(
+            self,
+            "SELECT json_group_array(json_array(person_id, voted_at)) FROM turnout_voted WHERE person_id IN ({})",
+            people,
+        )
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn live_minimum(&mut self, people: &[i64]) -> Result<HashMap<i64, i64>> {
+        let rows: Vec<(i64, i64)> = sqlite_json_in(
+            self,
+            "SELECT json_group_array(json_array(person_id, t)) FROM (SELECT person_id, MIN(voted_at) AS t FROM turnout_reports WHERE person_id IN ({}) AND undone_at IS NULL GROUP BY person_id)",
+            people,
+        )
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn write_voters(&mut self, set: &[(i64, i64)], delete: &[i64]) -> Result<()> {
+        for chunk in set.chunks(CHUNK) {
+            let sql = format!(
+                "WITH v (p, t) AS (VALUES {}) UPDATE turnout_voted SET voted_at = (SELECT v.t FROM v WHERE v.p = turnout_voted.person_id) WHERE person_id IN (SELECT p FROM v)",
+                tuples(Backend::Sqlite, chunk.len(), 2)
+            );
+            let mut q = sqlx::query(&sql);
+            for (p, t) in chunk {
+                q = q.bind(p).bind(t);
+            }
+            q.execute(&mut *self).await?;
+        }
+        for chunk in delete.chunks(CHUNK) {
+            let sql = format!(
+                "DELETE FROM turnout_voted WHERE person_id IN ({})",
+                crate::db::placeholders(Backend::Sqlite, 1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for p in chunk {
+                q = q.bind(p);
             }
             q.execute(&mut *self).await?;
         }
         Ok(())
     }
+
+    async fn add_tallies(&mut self, cells: &[TallyDelta<'_>]) -> Result<()> {
+        for chunk in cells.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO turnout_tallies (county, precinct, polling_place, hour, people) VALUES {} ON CONFLICT DO UPDATE SET people = people + excluded.people",
+                tuples(Backend::Sqlite, chunk.len(), 5)
+            );
+            let mut q = sqlx::query(&sql);
+            for (county, precinct, place, hour, n) in chunk {
+                q = q.bind(county).bind(precinct).bind(place).bind(hour).bind(n);
+            }
+            q.execute(&mut *self).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The `(person, value)` pairs a PostgreSQL query over `people` (bound as `$1`) returns.
+async fn pg_pairs(
+    c: &mut sqlx::PgConnection,
+    sql: &str,
+    people: &[i64],
+) -> Result<HashMap<i64, i64>> {
+    if people.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(sql).bind(people).fetch_all(c).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
 }
 
 impl IngestSql for sqlx::PgConnection {
@@ -418,12 +540,22 @@ impl IngestSql for sqlx::PgConnection {
             return Ok(Vec::new());
         }
         let sql = if by_person {
-            "SELECT person_id, code, polling_place FROM gotv_universe WHERE person_id = ANY($1::BIGINT[])"
+            "SELECT person_id, code, polling_place, county, precinct FROM gotv_universe WHERE person_id = ANY($1::BIGINT[])"
         } else {
-            "SELECT person_id, code, polling_place FROM gotv_universe WHERE code = ANY($1::BIGINT[])"
+            "SELECT person_id, code, polling_place, county, precinct FROM gotv_universe WHERE code = ANY($1::BIGINT[])"
         };
         let rows = sqlx::query(sql).bind(keys).fetch_all(&mut *self).await?;
-        rows.iter().map(universe_row).collect()
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                ))
+            })
+            .collect()
     }
 
     async fn insert_reports(
@@ -472,45 +604,209 @@ impl IngestSql for sqlx::PgConnection {
             .collect()
     }
 
-    async fn apply_deltas(&mut self, deltas: &[(i64, i64, Option<i64>)]) -> Result<()> {
-        if deltas.is_empty() {
-            return Ok(());
+    async fn claim_voters(&mut self, rows: &[(i64, i64)]) -> Result<HashSet<i64>> {
+        if rows.is_empty() {
+            return Ok(HashSet::new());
         }
-        let pids: Vec<i64> = deltas.iter().map(|d| d.0).collect();
-        let ds: Vec<i64> = deltas.iter().map(|d| d.1).collect();
-        let ts: Vec<Option<i64>> = deltas.iter().map(|d| d.2).collect();
-        // Lock the rows in person order first: batches of several nodes touching the
-        // same voters then never wait on each other in a cycle.
-        sqlx::query("SELECT person_id FROM gotv_universe WHERE person_id = ANY($1::BIGINT[]) ORDER BY person_id FOR UPDATE")
-            .bind(&pids)
+        let people: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let times: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        let inserted: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO turnout_voted (person_id, voted_at)
+             SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[])
+             ON CONFLICT (person_id) DO NOTHING RETURNING person_id",
+        )
+        .bind(&people)
+        .bind(&times)
+        .fetch_all(&mut *self)
+        .await?;
+        Ok(inserted.into_iter().collect())
+    }
+
+    async fn lock_voters(&mut self, people: &[i64]) -> Result<HashMap<i64, i64>> {
+        pg_pairs(self, "SELECT person_id, voted_at FROM turnout_voted WHERE person_id = ANY($1::BIGINT[]) ORDER BY person_id FOR UPDATE", people).await
+    }
+
+    async fn live_minimum(&mut self, people: &[i64]) -> Result<HashMap<i64, i64>> {
+        pg_pairs(self, "SELECT person_id, MIN(voted_at) FROM turnout_reports WHERE person_id = ANY($1::BIGINT[]) AND undone_at IS NULL GROUP BY person_id", people).await
+    }
+
+    async fn write_voters(&mut self, set: &[(i64, i64)], delete: &[i64]) -> Result<()> {
+        if !set.is_empty() {
+            let people: Vec<i64> = set.iter().map(|r| r.0).collect();
+            let times: Vec<i64> = set.iter().map(|r| r.1).collect();
+            sqlx::query(
+                "UPDATE turnout_voted AS x SET voted_at = v.t
+                 FROM unnest($1::BIGINT[], $2::BIGINT[]) AS v(p, t) WHERE x.person_id = v.p",
+            )
+            .bind(&people)
+            .bind(&times)
             .execute(&mut *self)
             .await?;
-        let sql = format!(
-            "WITH v AS (SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[]) AS v(pid, d, t)) {APPLY_DELTAS}"
-        );
-        sqlx::query(&sql)
-            .bind(&pids)
-            .bind(&ds)
-            .bind(&ts)
-            .execute(&mut *self)
-            .await?;
+        }
+        if !delete.is_empty() {
+            sqlx::query("DELETE FROM turnout_voted WHERE person_id = ANY($1::BIGINT[])")
+                .bind(delete)
+                .execute(&mut *self)
+                .await?;
+        }
         Ok(())
     }
+
+    async fn add_tallies(&mut self, cells: &[TallyDelta<'_>]) -> Result<()> {
+        if cells.is_empty() {
+            return Ok(());
+        }
+        let counties: Vec<&str> = cells.iter().map(|c| c.0).collect();
+        let precincts: Vec<&str> = cells.iter().map(|c| c.1).collect();
+        let places: Vec<&str> = cells.iter().map(|c| c.2).collect();
+        let hours: Vec<i64> = cells.iter().map(|c| c.3).collect();
+        let people: Vec<i64> = cells.iter().map(|c| c.4).collect();
+        sqlx::query(
+            "INSERT INTO turnout_tallies AS t (county, precinct, polling_place, hour, people)
+             SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[])
+             ON CONFLICT (county, precinct, polling_place, hour) DO UPDATE SET people = t.people + excluded.people",
+        )
+        .bind(&counties)
+        .bind(&precincts)
+        .bind(&places)
+        .bind(&hours)
+        .bind(&people)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Step 4 of the ingest: who counts as voted now, for every voter whose live reports
+/// this transaction changed, and the tallies by as much. A voter's first report
+/// inserts their `turnout_voted` row (the common case: one bulk insert); everyone
+/// else (a later report, an undo, or a first report racing another transaction's) is
+/// settled under the lock of their row, from the row and, after an undo, from their
+/// live reports.
+async fn apply_changes<C: IngestSql + Send>(
+    c: &mut C,
+    changes: &Changes,
+    cells: &Cells,
+) -> Result<()> {
+    let mut tally: HashMap<(usize, i64), i64> = HashMap::new();
+    // First reports: voters with reports added and none undone.
+    let mut firsts: Vec<(i64, i64)> = changes
+        .0
+        .iter()
+        .filter_map(|(p, ch)| ch.added.filter(|_| !ch.undone).map(|t| (*p, t)))
+        .collect();
+    firsts.sort_unstable();
+    let claimed = c.claim_voters(&firsts).await?;
+    for (p, t) in &firsts {
+        if claimed.contains(p) {
+            *tally.entry((changes.0[p].cell, t / HOUR_MS)).or_default() += 1;
+        }
+    }
+    let mut rest: Vec<i64> = changes
+        .0
+        .keys()
+        .filter(|p| !claimed.contains(*p))
+        .copied()
+        .collect();
+    rest.sort_unstable();
+    if !rest.is_empty() {
+        // Lock the rows there are; insert (and so hold) the missing ones. A row another
+        // transaction inserted meanwhile is locked on the next round.
+        let mut before: HashMap<i64, Option<i64>> = HashMap::with_capacity(rest.len());
+        let mut stored: HashMap<i64, i64> = HashMap::with_capacity(rest.len());
+        let mut todo = rest.clone();
+        for round in 0.. {
+            if round == 100 {
+                return Err(StoreError::Corrupt(
+                    "voters' rows kept changing under the ingest".into(),
+                ));
+            }
+            let locked = c.lock_voters(&todo).await?;
+            let missing: Vec<(i64, i64)> = todo
+                .iter()
+                .filter(|p| !locked.contains_key(*p))
+                .map(|p| (*p, changes.0[p].added.unwrap_or(0)))
+                .collect();
+            for (p, t) in locked {
+                before.insert(p, Some(t));
+                stored.insert(p, t);
+            }
+            let inserted = c.claim_voters(&missing).await?;
+            for (p, t) in &missing {
+                if inserted.contains(p) {
+                    before.insert(*p, None);
+                    stored.insert(*p, *t);
+                }
+            }
+            todo = missing
+                .iter()
+                .filter(|(p, _)| !inserted.contains(p))
+                .map(|(p, _)| *p)
+                .collect();
+            if todo.is_empty() {
+                break;
+            }
+        }
+        // After an undo, the earliest live report says; otherwise reports only added.
+        let undone: Vec<i64> = rest
+            .iter()
+            .filter(|p| changes.0[*p].undone)
+            .copied()
+            .collect();
+        let live = c.live_minimum(&undone).await?;
+        let (mut set, mut delete) = (Vec::new(), Vec::new());
+        for p in &rest {
+            let ch = changes.0[p];
+            let was = before.get(p).copied().flatten();
+            let now = if ch.undone {
+                live.get(p).copied()
+            } else {
+                match (was, ch.added) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            };
+            match (stored.get(p), now) {
+                (Some(_), None) => delete.push(*p),
+                (Some(s), Some(n)) if *s != n => set.push((*p, n)),
+                _ => {}
+            }
+            if let Some(t) = was {
+                *tally.entry((ch.cell, t / HOUR_MS)).or_default() -= 1;
+            }
+            if let Some(t) = now {
+                *tally.entry((ch.cell, t / HOUR_MS)).or_default() += 1;
+            }
+        }
+        c.write_voters(&set, &delete).await?;
+    }
+    let mut deltas: Vec<TallyDelta<'_>> = tally
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|((cell, hour), n)| {
+            let (county, precinct, place) = &cells.keys[cell];
+            (county.as_str(), precinct.as_str(), place.as_str(), hour, n)
+        })
+        .collect();
+    deltas.sort_unstable();
+    c.add_tallies(&deltas).await
 }
 
 /// Steps 1 to 3 of the ingest for `groups`, in one transaction on `c`: find who each
 /// item is about, reject what cannot be taken (each batch against its own polling
 /// place), store the reports with one bulk insert, and tell new reports from retries
 /// and reused ids. Fills `outs` (repeats within a batch are left for
-/// [`resolve_repeats`]) and `deltas`; returns the undos, `(batch, item, person, place)`,
-/// for the caller to apply after.
+/// [`resolve_repeats`]) and `changes`, and interns the voters' tally cells in
+/// `cells`; returns the undos, `(batch, item, person, cell)`, for the caller to apply
+/// after.
 async fn take_reports<C: IngestSql + Send>(
     c: &mut C,
     groups: &[ReportGroup<'_>],
     outs: &mut [Vec<Option<Outcome>>],
-    deltas: &mut Deltas,
+    cells: &mut Cells,
+    changes: &mut Changes,
     now: i64,
-) -> Result<Vec<(usize, usize, PersonId, String)>> {
+) -> Result<Vec<(usize, usize, PersonId, usize)>> {
     // 1. Who each item is about, and where they vote.
     let mut codes: Vec<i64> = Vec::new();
     let mut ids: Vec<i64> = Vec::new();
@@ -526,32 +822,34 @@ async fn take_reports<C: IngestSql + Send>(
     codes.dedup();
     ids.sort_unstable();
     ids.dedup();
-    let mut found: HashMap<Target, (PersonId, String)> =
+    let mut found: HashMap<Target, (PersonId, usize)> =
         HashMap::with_capacity(2 * (codes.len() + ids.len()));
     for (by_person, keys) in [(false, &codes), (true, &ids)] {
         if keys.is_empty() {
             continue;
         }
-        for (pid, code, pl) in c.universe_rows(by_person, keys).await? {
-            found.insert(Target::Code(code), (pid, pl.clone()));
-            found.insert(Target::Person(pid), (pid, pl));
+        for (pid, code, pl, county, precinct) in c.universe_rows(by_person, keys).await? {
+            let cell = cells.intern(county, precinct, pl);
+            found.insert(Target::Code(code), (PersonId(pid), cell));
+            found.insert(Target::Person(PersonId(pid)), (PersonId(pid), cell));
         }
     }
+    let cells = &*cells;
     // 2. Reject what cannot be taken; keep the first of repeated items. A report id
     // an earlier batch of this group already stores is checked after the insert, as
     // if that batch had been committed first.
-    let mut marks: Vec<(usize, usize, PersonId, &str)> = Vec::new();
-    let mut undos: Vec<(usize, usize, PersonId, String)> = Vec::new();
+    let mut marks: Vec<(usize, usize, PersonId, usize)> = Vec::new();
+    let mut undos: Vec<(usize, usize, PersonId, usize)> = Vec::new();
     let mut check: Vec<(usize, usize, PersonId)> = Vec::new();
     let mut claimed: HashSet<&str> = HashSet::new();
     for (k, (g, out)) in groups.iter().zip(outs.iter_mut()).enumerate() {
         let mut seen: HashSet<(&str, bool)> = HashSet::with_capacity(g.items.len());
         for (i, item) in g.items.iter().enumerate() {
-            let Some((pid, pl)) = found.get(&item.target) else {
+            let Some((pid, cell)) = found.get(&item.target) else {
                 out[i] = Some(Outcome::Rejected(Rejection::UnknownVoter));
                 continue;
             };
-            if g.place.is_some_and(|w| w != pl) {
+            if g.place.is_some_and(|w| w != cells.place(*cell)) {
                 out[i] = Some(Outcome::Rejected(Rejection::OtherPollingPlace));
                 continue;
             }
@@ -560,9 +858,9 @@ async fn take_reports<C: IngestSql + Send>(
                 continue;
             }
             if item.undo {
-                undos.push((k, i, *pid, pl.clone()));
+                undos.push((k, i, *pid, *cell));
             } else if claimed.insert(item.report_id.as_str()) {
-                marks.push((k, i, *pid, pl.as_str()));
+                marks.push((k, i, *pid, *cell));
             } else {
                 check.push((k, i, *pid));
             }
@@ -571,12 +869,12 @@ async fn take_reports<C: IngestSql + Send>(
     // 3. Reports: one bulk insert; what comes back is new.
     let rows: Vec<NewReport<'_>> = marks
         .iter()
-        .map(|(k, i, pid, pl)| {
+        .map(|(k, i, pid, cell)| {
             let g = &groups[*k];
             NewReport {
                 report_id: &g.items[*i].report_id,
                 person_id: pid.0,
-                polling_place: pl,
+                polling_place: cells.place(*cell),
                 watcher_id: g.watcher_id,
                 channel: g.channel,
                 voted_at: g.items[*i].voted_at,
@@ -584,11 +882,11 @@ async fn take_reports<C: IngestSql + Send>(
         })
         .collect();
     let (inserted, mut owner) = c.insert_reports(&rows, now).await?;
-    for (k, i, pid, _) in &marks {
+    for (k, i, pid, cell) in &marks {
         let item = &groups[*k].items[*i];
         if inserted.contains(&item.report_id) {
             outs[*k][*i] = Some(Outcome::Accepted(*pid));
-            deltas.add(*pid, 1, Some(item.voted_at));
+            changes.add(*pid, *cell, item.voted_at);
         } else {
             check.push((*k, *i, *pid));
         }
@@ -861,7 +1159,8 @@ impl Store {
         let now = now_ms();
         let mut outs: Vec<Vec<Option<Outcome>>> =
             groups.iter().map(|g| vec![None; g.items.len()]).collect();
-        let mut deltas = Deltas::default();
+        let mut cells = Cells::default();
+        let mut changes = Changes::default();
         // Reports of all the batches go through one set of bulk statements. An undo
         // must see the batches before it and only them, so batches holding undos are
         // taken one at a time, in order.
@@ -874,9 +1173,9 @@ impl Store {
         on_write!(self, p => {
             let mut tx = p.begin().await?;
             for span in spans {
-            let undos_todo = take_reports(&mut *tx, &groups[span.clone()], &mut outs[span.clone()], &mut deltas, now).await?;
+            let undos_todo = take_reports(&mut *tx, &groups[span.clone()], &mut outs[span.clone()], &mut cells, &mut changes, now).await?;
             // Undos, after the reports of the same batch.
-            for (k, i, pid, pl) in &undos_todo {
+            for (k, i, pid, cell) in &undos_todo {
                 let g = &groups[span.start + k];
                 let out = &mut outs[span.start + k];
                 let (watcher_id, channel, items) = (g.watcher_id, g.channel, g.items);
@@ -885,12 +1184,12 @@ impl Store {
                     .bind(now).bind(rid).bind(pid.0).execute(&mut *tx).await?.rows_affected();
                 if n == 1 {
                     out[*i] = Some(Outcome::Accepted(*pid));
-                    deltas.add(*pid, -1, None);
+                    changes.undo(*pid, *cell);
                     continue;
                 }
                 // Not there yet: a tombstone, so the report arriving later stays undone.
                 let n = sqlx::query("INSERT INTO turnout_reports (report_id, person_id, polling_place, watcher_id, channel, voted_at, received_at, undone_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (report_id) DO NOTHING")
-                    .bind(rid).bind(pid.0).bind(pl).bind(watcher_id).bind(channel).bind(items[*i].voted_at).bind(now)
+                    .bind(rid).bind(pid.0).bind(cells.place(*cell)).bind(watcher_id).bind(channel).bind(items[*i].voted_at).bind(now)
                     .execute(&mut *tx).await?.rows_affected();
                 if n == 1 {
                     out[*i] = Some(Outcome::Accepted(*pid));
@@ -903,9 +1202,9 @@ impl Store {
                 });
             }
             }
-            // Each voter's live count and voted time, under the row lock.
-            let changed = !deltas.0.is_empty();
-            IngestSql::apply_deltas(&mut *tx, &deltas.sorted()).await?;
+            // Who counts as voted, and the tallies.
+            let changed = !changes.0.is_empty();
+            apply_changes(&mut *tx, &changes, &cells).await?;
             if changed && self.backend() == Backend::Sqlite {
                 // One writer: the clock moves inside the transaction, at no extra sync.
                 sqlx::query("UPDATE turnout_clock SET seq = seq + 1 WHERE id = 1").execute(&mut *tx).await?;
@@ -926,14 +1225,13 @@ impl Store {
 
     /// Turnout of every precinct with a GOTV universe: supporters and how many voted.
     pub async fn turnout_by_precinct(&self) -> Result<Vec<PrecinctTurnout>> {
-        let sql = format!(
-            "SELECT g.county, g.precinct, g.polling_place, COUNT(*) AS universe,
-                    SUM(CASE WHEN {VOTED} THEN 1 ELSE 0 END) AS voted
-             FROM gotv_universe g GROUP BY g.county, g.precinct, g.polling_place
-             ORDER BY g.county, g.precinct"
-        );
+        let sql = "SELECT g.county, g.precinct, g.polling_place, COUNT(*) AS universe,
+                    COUNT(v.person_id) AS voted
+             FROM gotv_universe g LEFT JOIN turnout_voted v ON v.person_id = g.person_id
+             GROUP BY g.county, g.precinct, g.polling_place
+             ORDER BY g.county, g.precinct";
         on_read!(self, p => {
-            let rows = sqlx::query(&sql).fetch_all(p).await?;
+            let rows = sqlx::query(sql).fetch_all(p).await?;
             rows.iter().map(|r| Ok(PrecinctTurnout {
                 county: r.try_get("county")?,
                 precinct: r.try_get("precinct")?,

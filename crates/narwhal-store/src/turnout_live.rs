@@ -6,12 +6,14 @@
 //! - Nothing here lives in one process: a node learns of another node's reports by
 //!   reading [`Store::turnout_clock`], which every ingest that changed something moves
 //!   (inside the transaction on SQLite, right after the commit on PostgreSQL).
-//! - What remains of a list is always a query over `gotv_universe.voted_at`, which the
-//!   ingest keeps in the transaction that stores the reports: a voter reported as voted
-//!   is off every list as soon as the batch is acknowledged.
+//! - What remains of a list is always a query: the universe without the voters in
+//!   `turnout_voted`, which the ingest keeps in the transaction that stores the
+//!   reports, so a voter reported as voted is off every list as soon as the batch is
+//!   acknowledged.
 
 use crate::error::{Result, StoreError};
 use crate::segments::compile;
+use crate::turnout::REMAINING;
 use crate::{now_ms, Store};
 use narwhal_domain::{PersonId, SegmentFilter};
 use serde::Serialize;
@@ -146,9 +148,9 @@ impl Store {
     }
 
     /// Turnout now per precinct, and per precinct and hour since `opens_at`. When the
-    /// polls open on the hour (UTC), from the tallies the triggers of `gotv_universe`
-    /// keep (a few rows per precinct); otherwise by two covering-index scans of the
-    /// universe.
+    /// polls open on the hour (UTC), from the tallies the ingest (and the triggers of
+    /// `gotv_universe`) keep, a few rows per precinct; otherwise by two scans of the
+    /// universe joined with who voted.
     pub async fn turnout_cells(&self, opens_at: i64) -> Result<(Vec<Cell>, Vec<HourCell>)> {
         if opens_at.rem_euclid(HOUR_MS) == 0 {
             return self.turnout_cells_from_tallies(opens_at).await;
@@ -218,16 +220,17 @@ impl Store {
         Ok((cells, hours))
     }
 
-    /// [`Store::turnout_cells`] by scanning the universe (one covering-index scan
-    /// each), for any `opens_at`: also what the tallies are checked against.
+    /// [`Store::turnout_cells`] by scanning the universe joined with who voted, for
+    /// any `opens_at`: also what the tallies are checked against.
     pub async fn turnout_cells_by_scan(&self, opens_at: i64) -> Result<(Vec<Cell>, Vec<HourCell>)> {
         let now_sql =
-            "SELECT county, precinct, polling_place, COUNT(*) AS universe, COUNT(voted_at) AS voted
-             FROM gotv_universe GROUP BY county, precinct, polling_place";
-        let hours_sql = "SELECT county, precinct, polling_place,
-                CASE WHEN voted_at < $1 THEN 0 ELSE (voted_at - $1) / 3600000 END AS hour, COUNT(*) AS voted
-             FROM gotv_universe WHERE voted_at IS NOT NULL
-             GROUP BY county, precinct, polling_place, CASE WHEN voted_at < $1 THEN 0 ELSE (voted_at - $1) / 3600000 END";
+            "SELECT g.county, g.precinct, g.polling_place, COUNT(*) AS universe, COUNT(v.voted_at) AS voted
+             FROM gotv_universe g LEFT JOIN turnout_voted v ON v.person_id = g.person_id
+             GROUP BY g.county, g.precinct, g.polling_place";
+        let hours_sql = "SELECT g.county, g.precinct, g.polling_place,
+                CASE WHEN v.voted_at < $1 THEN 0 ELSE (v.voted_at - $1) / 3600000 END AS hour, COUNT(*) AS voted
+             FROM gotv_universe g JOIN turnout_voted v ON v.person_id = g.person_id
+             GROUP BY g.county, g.precinct, g.polling_place, CASE WHEN v.voted_at < $1 THEN 0 ELSE (v.voted_at - $1) / 3600000 END";
         on_read!(self, p => {
             let rows = sqlx::query(now_sql).fetch_all(p).await?;
             let cells = rows.iter().map(|r| Ok(Cell {
@@ -337,7 +340,7 @@ impl Store {
             "SELECT l.id, l.kind, l.name, l.source, l.created_at,
                 (SELECT COUNT(*) FROM gotv_list_members m WHERE m.list_id = l.id) AS members,
                 (SELECT COUNT(*) FROM gotv_list_members m JOIN gotv_universe g ON g.person_id = m.person_id
-                 WHERE m.list_id = l.id AND g.voted_at IS NULL) AS remaining
+                 WHERE m.list_id = l.id AND {REMAINING}) AS remaining
              FROM gotv_lists l WHERE {cond} ORDER BY l.name"
         );
         on_read!(self, p => {
@@ -361,13 +364,13 @@ impl Store {
         after: Option<PersonId>,
         limit: i64,
     ) -> Result<Vec<ListVoter>> {
-        let sql = "SELECT g.person_id, g.code, g.precinct, g.polling_place, p.first_name, p.last_name,
+        let sql = format!("SELECT g.person_id, g.code, g.precinct, g.polling_place, p.first_name, p.last_name,
                 p.addr_line1, p.addr_line2, p.city, p.zip, p.phone
              FROM gotv_list_members m JOIN gotv_universe g ON g.person_id = m.person_id JOIN people p ON p.id = m.person_id
-             WHERE m.list_id = $1 AND m.person_id > $2 AND g.voted_at IS NULL
-             ORDER BY m.person_id LIMIT $3";
+             WHERE m.list_id = $1 AND m.person_id > $2 AND {REMAINING}
+             ORDER BY m.person_id LIMIT $3");
         on_read!(self, p => {
-            let rows = sqlx::query(sql).bind(list).bind(after.map(|a| a.0).unwrap_or(0)).bind(limit.clamp(1, 10_000)).fetch_all(p).await?;
+            let rows = sqlx::query(&sql).bind(list).bind(after.map(|a| a.0).unwrap_or(0)).bind(limit.clamp(1, 10_000)).fetch_all(p).await?;
             rows.iter().map(|r| Ok(ListVoter {
                 person_id: PersonId(r.try_get("person_id")?),
                 code: r.try_get("code")?,

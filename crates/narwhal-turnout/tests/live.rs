@@ -180,6 +180,15 @@ async fn concurrent_batches_keep_counts_exact(db: TestDb) {
     // Everyone but a has live reports; a's were all undone.
     assert_eq!(voted(&t).await, 4);
     assert_eq!(db.store.voted_count().await.unwrap(), 4);
+    // The tallies the racing writers kept agree with a scan of who voted.
+    let now = narwhal_store::now_ms();
+    let opens = now - now.rem_euclid(3_600_000);
+    let fast = folded(db.store.turnout_cells(opens).await.unwrap());
+    assert_eq!(
+        fast,
+        folded(db.store.turnout_cells_by_scan(opens).await.unwrap())
+    );
+    assert_eq!(fast.0.iter().map(|c| c.4).sum::<i64>(), 4);
     let left: Vec<PersonId> = t
         .remaining("P1", None, 100)
         .await
