@@ -73,7 +73,70 @@ struct Chunk {
     bytes: i64,
 }
 
+/// Records as read, before conversion: (line, record), and what ended the read.
+struct RawChunk {
+    records: Vec<(u64, csv::ByteRecord)>,
+    bytes: i64,
+    /// A malformed file stops the import after the records before it.
+    error: Option<ImportError>,
+}
+
+impl RawChunk {
+    fn new(batch: usize) -> Self {
+        Self {
+            records: Vec::with_capacity(batch),
+            bytes: 0,
+            error: None,
+        }
+    }
+}
+
+/// Turns records into drafts and rejects.
+fn convert(
+    raw: RawChunk,
+    header: &[String],
+    plan: &Plan,
+    m: &Mapping,
+    delim: u8,
+) -> Result<Chunk, ImportError> {
+    let mut chunk = Chunk {
+        drafts: Vec::with_capacity(raw.records.len()),
+        rejects: Vec::new(),
+        rows: 0,
+        bytes: raw.bytes,
+    };
+    for (line, rec) in &raw.records {
+        let len = rec.as_slice().len();
+        if len > MAX_LINE_BYTES {
+            chunk.rejects.push(Reject {
+                line: *line,
+                reason: format!("the row is {len} bytes, over the {MAX_LINE_BYTES}-byte limit"),
+                raw: String::new(),
+            });
+        } else if rec.len() == 1 && rec.get(0).is_some_and(|f| f.is_empty()) {
+            continue; // a blank line
+        } else {
+            match row_to_draft(rec, header, plan, m) {
+                Ok(d) => chunk.drafts.push(d),
+                Err(reason) => chunk.rejects.push(Reject {
+                    line: *line,
+                    reason,
+                    raw: raw_line(rec, delim),
+                }),
+            }
+        }
+        chunk.rows += 1;
+    }
+    // As before the converters existed: a malformed record fails the import, and the
+    // rows of its unfinished batch are not written.
+    match raw.error {
+        Some(e) => Err(e),
+        None => Ok(chunk),
+    }
+}
+
 /// Column positions the mapping needs, found in the header.
+#[derive(Clone)]
 struct Plan {
     fields: HashMap<String, usize>,
     custom: Vec<(CustomFieldKey, usize)>,
@@ -309,76 +372,78 @@ pub async fn run(
             reason: e.to_string(),
         })?;
 
-    // Parse on a thread of its own so that parsing and writing overlap.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Chunk, ImportError>>(4);
+    // Reading, parsing and writing overlap: one thread splits the file into records,
+    // `converters` threads turn them into drafts (the costly part: decoding and
+    // normalizing 70 columns), and this task resolves and writes. Chunks are dealt to
+    // the converters in turn and taken back in the same turn, so the file's order (and
+    // with it which record wins within the file) is kept.
     let batch = opts.batch_rows.max(1);
-    let m = mapping.clone();
+    let converters = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Chunk, ImportError>>(4);
+    let mut raw_txs = Vec::with_capacity(converters);
+    let mut done_rxs = Vec::with_capacity(converters);
+    let mut threads = Vec::with_capacity(converters + 2);
+    for _ in 0..converters {
+        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<RawChunk>(2);
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Result<Chunk, ImportError>>(2);
+        raw_txs.push(raw_tx);
+        done_rxs.push(done_rx);
+        let (m, header, plan) = (mapping.clone(), header.clone(), plan.clone());
+        threads.push(std::thread::spawn(move || {
+            for raw in raw_rx {
+                let out = convert(raw, &header, &plan, &m, delim);
+                if done_tx.send(out).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
     let parse_path = shown.clone();
-    let parser = std::thread::spawn(move || {
-        let mut rec = csv::ByteRecord::new();
-        let mut chunk = Chunk {
-            drafts: Vec::with_capacity(batch),
-            rejects: Vec::new(),
-            rows: 0,
-            bytes: 0,
-        };
+    threads.push(std::thread::spawn(move || {
+        let mut turn = 0usize;
+        let mut raw = RawChunk::new(batch);
         loop {
+            let mut rec = csv::ByteRecord::new();
             match rdr.read_byte_record(&mut rec) {
                 Ok(false) => break,
                 Ok(true) => {
                     let line = rec.position().map(|p| p.line()).unwrap_or(0);
-                    chunk.rows += 1;
-                    let len = rec.as_slice().len();
-                    if len > MAX_LINE_BYTES {
-                        chunk.rejects.push(Reject {
-                            line,
-                            reason: format!(
-                                "the row is {len} bytes, over the {MAX_LINE_BYTES}-byte limit"
-                            ),
-                            raw: String::new(),
-                        });
-                    } else if rec.len() == 1 && rec.get(0).is_some_and(|f| f.is_empty()) {
-                        chunk.rows -= 1; // a blank line
-                    } else {
-                        match row_to_draft(&rec, &header, &plan, &m) {
-                            Ok(d) => chunk.drafts.push(d),
-                            Err(reason) => chunk.rejects.push(Reject {
-                                line,
-                                reason,
-                                raw: raw_line(&rec, delim),
-                            }),
-                        }
-                    }
-                    if chunk.drafts.len() + chunk.rejects.len() >= batch {
-                        chunk.bytes = rdr.position().byte() as i64;
-                        let full = std::mem::replace(
-                            &mut chunk,
-                            Chunk {
-                                drafts: Vec::with_capacity(batch),
-                                rejects: Vec::new(),
-                                rows: 0,
-                                bytes: 0,
-                            },
-                        );
-                        if tx.blocking_send(Ok(full)).is_err() {
+                    raw.records.push((line, rec));
+                    if raw.records.len() >= batch {
+                        raw.bytes = rdr.position().byte() as i64;
+                        let full = std::mem::replace(&mut raw, RawChunk::new(batch));
+                        if raw_txs[turn % converters].send(full).is_err() {
                             return;
                         }
+                        turn += 1;
                     }
                 }
                 Err(e) => {
-                    let line = e.position().map(|p| p.line()).unwrap_or(0);
-                    let _ = tx.blocking_send(Err(ImportError::Read {
+                    raw.error = Some(ImportError::Read {
                         path: parse_path.clone(),
-                        line,
+                        line: e.position().map(|p| p.line()).unwrap_or(0),
                         reason: e.to_string(),
-                    }));
-                    return;
+                    });
+                    break;
                 }
             }
         }
-        chunk.bytes = rdr.position().byte() as i64;
-        let _ = tx.blocking_send(Ok(chunk));
-    });
+        raw.bytes = rdr.position().byte() as i64;
+        let _ = raw_txs[turn % converters].send(raw);
+    }));
+    // Collect the converters' chunks in the order they were dealt.
+    threads.push(std::thread::spawn(move || {
+        let mut turn = 0usize;
+        while let Ok(out) = done_rxs[turn % converters].recv() {
+            let stop = out.is_err();
+            if tx.blocking_send(out).is_err() || stop {
+                return;
+            }
+            turn += 1;
+        }
+    }));
 
     let mut counts = ImportCounts {
         bytes_total,
@@ -440,7 +505,9 @@ pub async fn run(
         on_progress(&counts);
     }
     drop(rx);
-    let _ = parser.join();
+    for t in threads {
+        let _ = t.join();
+    }
     if result.is_ok() && counts.inserted + counts.updated + counts.merged >= 10_000 {
         if let Err(e) = hub.store.after_bulk_load().await {
             tracing::warn!(error = %e, "refreshing statistics after the import failed");

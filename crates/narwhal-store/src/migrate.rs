@@ -102,6 +102,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/postgres/0017_turnout_tallies.sql"),
     ),
     (
+        18,
+        "people_state",
+        include_str!("../migrations/sqlite/0018_people_state.sql"),
+        include_str!("../migrations/postgres/0018_people_state.sql"),
+    ),
+    (
         22,
         "turnout_voted",
         include_str!("../migrations/sqlite/0022_turnout_voted.sql"),

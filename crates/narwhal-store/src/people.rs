@@ -233,7 +233,7 @@ macro_rules! summary_from {
 }
 
 /// Escapes one value for PostgreSQL's COPY text format.
-fn copy_field(out: &mut String, v: Option<&str>) {
+pub(crate) fn copy_field(out: &mut String, v: Option<&str>) {
     match v {
         None => out.push_str("\\N"),
         Some(s) => {
@@ -259,7 +259,6 @@ impl Store {
         phones: &[String],
     ) -> Result<KeyMatches> {
         let mut m = KeyMatches::default();
-        let backend = self.backend();
         if let crate::db::Pools::Postgres(p) = &self.pools {
             // One query per key kind with an array parameter: planning a 900-marker
             // IN list costs more than the lookups themselves.
@@ -277,33 +276,22 @@ impl Store {
             }
             return Ok(m);
         }
-        on_read!(self, p => {
-            for chunk in voter_ids.chunks(KEY_CHUNK) {
-                let sql = format!("SELECT voter_id, id, row_hash FROM people WHERE voter_id IN ({})", placeholders(backend, 1, chunk.len()));
-                let mut q = sqlx::query(&sql);
-                for v in chunk { q = q.bind(v); }
-                for r in q.fetch_all(p).await? {
-                    m.voter.insert(r.try_get("voter_id")?, (PersonId(r.try_get("id")?), r.try_get("row_hash")?));
+        // SQLite: each kind's keys as one JSON array, walked by json_each against the
+        // key's index (one bound value per kind instead of one per key).
+        if let crate::db::Pools::Sqlite { read, .. } = &self.pools {
+            for (sql, keys, dst) in [
+                ("SELECT j.value AS k, p.id, p.row_hash FROM json_each($1) j CROSS JOIN people p ON p.voter_id = j.value", voter_ids, &mut m.voter),
+                ("SELECT j.value AS k, p.id, p.row_hash FROM json_each($1) j CROSS JOIN person_emails e ON e.email = j.value CROSS JOIN people p ON p.id = e.person_id", emails, &mut m.email),
+                ("SELECT j.value AS k, p.id, p.row_hash FROM json_each($1) j CROSS JOIN person_phones e ON e.phone = j.value CROSS JOIN people p ON p.id = e.person_id", phones, &mut m.phone),
+            ] {
+                if keys.is_empty() {
+                    continue;
+                }
+                for r in sqlx::query(sql).bind(serde_json::to_string(keys)?).fetch_all(read).await? {
+                    dst.insert(r.try_get("k")?, (PersonId(r.try_get("id")?), r.try_get("row_hash")?));
                 }
             }
-            for chunk in emails.chunks(KEY_CHUNK) {
-                let sql = format!("SELECT e.email AS k, p.id, p.row_hash FROM person_emails e JOIN people p ON p.id = e.person_id WHERE e.email IN ({})", placeholders(backend, 1, chunk.len()));
-                let mut q = sqlx::query(&sql);
-                for v in chunk { q = q.bind(v); }
-                for r in q.fetch_all(p).await? {
-                    m.email.insert(r.try_get("k")?, (PersonId(r.try_get("id")?), r.try_get("row_hash")?));
-                }
-            }
-            for chunk in phones.chunks(KEY_CHUNK) {
-                let sql = format!("SELECT e.phone AS k, p.id, p.row_hash FROM person_phones e JOIN people p ON p.id = e.person_id WHERE e.phone IN ({})", placeholders(backend, 1, chunk.len()));
-                let mut q = sqlx::query(&sql);
-                for v in chunk { q = q.bind(v); }
-                for r in q.fetch_all(p).await? {
-                    m.phone.insert(r.try_get("k")?, (PersonId(r.try_get("id")?), r.try_get("row_hash")?));
-                }
-            }
-            Ok::<_, StoreError>(())
-        })?;
+        }
         Ok(m)
     }
 
@@ -515,27 +503,16 @@ impl Store {
                 ("person_emails", "email", &emails, false),
                 ("person_phones", "phone", &phones, false),
             ] {
-                for chunk in pairs.chunks(INSERT_CHUNK * 4) {
-                    let values: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(backend, 1 + i * 4, 4))).collect();
-                    let sql = format!("INSERT INTO {table} (person_id, {col}, source_id, created_at) VALUES {} ON CONFLICT ({col}) DO NOTHING", values.join(", "));
-                    let mut q = sqlx::query(&sql);
-                    for (pid, v) in chunk {
-                        q = q.bind(*pid).bind(*v).bind(None::<i64>).bind(now);
-                    }
-                    let n = q.execute(&mut *tx).await?.rows_affected();
-                    if strict && n != chunk.len() as u64 {
-                        return Err(StoreError::Conflict(format!("an {col} was claimed by another writer; retry")));
-                    }
+                if pairs.is_empty() {
+                    continue;
+                }
+                let n = tx.insert_keys(table, col, pairs, now).await?;
+                if strict && n != pairs.len() as u64 {
+                    return Err(StoreError::Conflict(format!("an {col} was claimed by another writer; retry")));
                 }
             }
-            for chunk in ptags.chunks(INSERT_CHUNK * 8) {
-                let values: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(backend, 1 + i * 2, 2))).collect();
-                let sql = format!("INSERT INTO person_tags (person_id, tag_id) VALUES {} ON CONFLICT DO NOTHING", values.join(", "));
-                let mut q = sqlx::query(&sql);
-                for (pid, tid) in chunk {
-                    q = q.bind(*pid).bind(*tid);
-                }
-                q.execute(&mut *tx).await?;
+            if !ptags.is_empty() {
+                tx.insert_tags(&ptags).await?;
             }
 
             for a in &cs.audit {
@@ -551,14 +528,42 @@ impl Store {
     }
 }
 
-/// The fastest way each backend takes many new people rows: multi-row INSERTs on
-/// SQLite, COPY on PostgreSQL.
+/// The fastest way each backend takes many new rows: on SQLite multi-row INSERTs for
+/// people and, for keys and tags (two scalars a row), the batch as one JSON array
+/// walked by `json_each` (one bound value per statement); on PostgreSQL COPY and arrays.
 pub(crate) trait BulkInsert {
     async fn insert_people(&mut self, inserts: &[NewPerson], ids: &[i64], now: i64) -> Result<()>;
+    /// Inserts (person id, key) pairs, skipping keys already held; returns how many landed.
+    async fn insert_keys(
+        &mut self,
+        table: &str,
+        col: &str,
+        pairs: &[(i64, &str)],
+        now: i64,
+    ) -> Result<u64>;
+    /// Inserts (person id, tag id) pairs, skipping those present.
+    async fn insert_tags(&mut self, pairs: &[(i64, i64)]) -> Result<()>;
+}
+
+/// Rows as one JSON array of arrays, for `json_each` on SQLite.
+fn json_rows<T: Serialize>(rows: impl Iterator<Item = T>) -> Result<String> {
+    let mut buf = Vec::with_capacity(1 << 16);
+    buf.push(b'[');
+    for (i, r) in rows.enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        serde_json::to_writer(&mut buf, &r)?;
+    }
+    buf.push(b']');
+    // serde_json writes UTF-8 only.
+    String::from_utf8(buf).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
 impl BulkInsert for sqlx::Transaction<'_, sqlx::Sqlite> {
     async fn insert_people(&mut self, inserts: &[NewPerson], ids: &[i64], now: i64) -> Result<()> {
+        // Bound values, not JSON: json_each renders each row's array back to text for
+        // `->>` to parse again, which cost more than sqlx's binding.
         for (ci, chunk) in inserts.chunks(INSERT_CHUNK).enumerate() {
             let per = N_ROW_COLS + 4;
             let values: Vec<String> = (0..chunk.len())
@@ -581,6 +586,33 @@ impl BulkInsert for sqlx::Transaction<'_, sqlx::Sqlite> {
         }
         Ok(())
     }
+
+    async fn insert_keys(
+        &mut self,
+        table: &str,
+        col: &str,
+        pairs: &[(i64, &str)],
+        now: i64,
+    ) -> Result<u64> {
+        // `WHERE true`: an INSERT ... SELECT with an upsert clause needs a WHERE to parse.
+        let sql = format!(
+            "INSERT INTO {table} (person_id, {col}, source_id, created_at) SELECT value ->> 0, value ->> 1, NULL, $2 FROM json_each($1) WHERE true ON CONFLICT ({col}) DO NOTHING"
+        );
+        let r = sqlx::query(&sql)
+            .bind(json_rows(pairs.iter())?)
+            .bind(now)
+            .execute(&mut **self)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn insert_tags(&mut self, pairs: &[(i64, i64)]) -> Result<()> {
+        sqlx::query("INSERT INTO person_tags (person_id, tag_id) SELECT value ->> 0, value ->> 1 FROM json_each($1) WHERE true ON CONFLICT DO NOTHING")
+            .bind(json_rows(pairs.iter())?)
+            .execute(&mut **self)
+            .await?;
+        Ok(())
+    }
 }
 
 impl BulkInsert for sqlx::Transaction<'_, sqlx::Postgres> {
@@ -589,6 +621,36 @@ impl BulkInsert for sqlx::Transaction<'_, sqlx::Postgres> {
             return Ok(());
         }
         copy_people(self, inserts, ids, now).await
+    }
+
+    async fn insert_keys(
+        &mut self,
+        table: &str,
+        col: &str,
+        pairs: &[(i64, &str)],
+        now: i64,
+    ) -> Result<u64> {
+        let sql = format!(
+            "INSERT INTO {table} (person_id, {col}, source_id, created_at) SELECT u.p, u.v, NULL, $3 FROM unnest($1::bigint[], $2::text[]) AS u(p, v) ON CONFLICT ({col}) DO NOTHING"
+        );
+        let (pids, vals): (Vec<i64>, Vec<&str>) = pairs.iter().copied().unzip();
+        let r = sqlx::query(&sql)
+            .bind(pids)
+            .bind(vals)
+            .bind(now)
+            .execute(&mut **self)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn insert_tags(&mut self, pairs: &[(i64, i64)]) -> Result<()> {
+        let (pids, tids): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
+        sqlx::query("INSERT INTO person_tags (person_id, tag_id) SELECT * FROM unnest($1::bigint[], $2::bigint[]) ON CONFLICT DO NOTHING")
+            .bind(pids)
+            .bind(tids)
+            .execute(&mut **self)
+            .await?;
+        Ok(())
     }
 }
 
