@@ -196,6 +196,73 @@ impl Donations {
         Ok(taken)
     }
 
+    /// Remembers the device of a donor who saved a card, for one-tap gifts; returns the
+    /// token for its cookie (stored only as a hash).
+    pub async fn remember_device(
+        &self,
+        person_id: i64,
+        saved_method_id: i64,
+        valid_for_ms: i64,
+    ) -> Result<String, DonationError> {
+        let (token, hash) = new_token();
+        self.store
+            .create_donor_device(&hash, person_id, saved_method_id, now_ms() + valid_for_ms)
+            .await?;
+        Ok(token)
+    }
+
+    /// The saved card a remembered device gives with, and the donor's first name.
+    pub async fn device_offer(
+        &self,
+        device_token: &str,
+    ) -> Result<Option<(narwhal_store::giving::SavedMethod, Donor)>, DonationError> {
+        let Some(method) = self.store.donor_device(&token_hash(device_token)).await? else {
+            return Ok(None);
+        };
+        let donor = self.last_donor(method.person_id).await?;
+        Ok(Some((method, donor)))
+    }
+
+    /// Forgets a remembered device (the card stays saved for links and plans).
+    pub async fn forget_device(&self, device_token: &str) -> Result<(), DonationError> {
+        Ok(self
+            .store
+            .forget_donor_device(&token_hash(device_token))
+            .await?)
+    }
+
+    /// A one-tap gift from a remembered device: the saved card, the donor's last
+    /// recorded details, and the page's own idempotency key (a double tap is one gift).
+    /// `None` when the device is not (or no longer) remembered.
+    pub async fn give_from_device(
+        &self,
+        device_token: &str,
+        amount_cents: i64,
+        idempotency_key: String,
+        client_ip: Option<String>,
+    ) -> Result<Option<Taken>, DonationError> {
+        let Some((method, donor)) = self.device_offer(device_token).await? else {
+            return Ok(None);
+        };
+        let req = DonationRequest {
+            idempotency_key,
+            amount_cents,
+            donor,
+            attestations: confirmed_attestations(),
+            payment_method: Some(method.payment_method.clone()),
+            save_method: false,
+            refcode: Some("one-tap".into()),
+            source: None,
+            channel: "one_click".into(),
+            recurring: None,
+            client_ip,
+            plan_id: None,
+            customer: method.customer_ref.clone(),
+            processor: Some(method.processor.clone()),
+        };
+        self.take(req).await.map(Some)
+    }
+
     async fn last_donor(&self, person_id: i64) -> Result<Donor, DonationError> {
         let json = self
             .store

@@ -422,6 +422,47 @@ impl Store {
         })
     }
 
+    /// Remembers a donor's device for one-tap gifts with a saved card until
+    /// `expires_at` (ms).
+    pub async fn create_donor_device(
+        &self,
+        token_hash: &str,
+        person_id: i64,
+        saved_method_id: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        on_write!(self, p => sqlx::query("INSERT INTO donor_devices (token_hash, person_id, saved_method_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(token_hash).bind(person_id).bind(saved_method_id).bind(now_ms()).bind(expires_at)
+            .execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// The saved card a remembered device may give with (not expired, not revoked).
+    pub async fn donor_device(&self, token_hash: &str) -> Result<Option<SavedMethod>> {
+        on_read!(self, p => {
+            let row = sqlx::query(
+                "SELECT m.id, m.person_id, m.processor, m.customer_ref, m.payment_method, m.card_brand, m.card_last4, m.card_exp \
+                 FROM donor_devices d JOIN saved_payment_methods m ON m.id = d.saved_method_id \
+                 WHERE d.token_hash = $1 AND d.expires_at > $2 AND m.revoked_at IS NULL AND m.person_id = d.person_id",
+            )
+            .bind(token_hash)
+            .bind(now_ms())
+            .fetch_optional(p)
+            .await?;
+            match row {
+                Some(r) => Ok(Some(method_from_row!(r))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Forgets a remembered device.
+    pub async fn forget_donor_device(&self, token_hash: &str) -> Result<()> {
+        on_write!(self, p => sqlx::query("DELETE FROM donor_devices WHERE token_hash = $1")
+            .bind(token_hash).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
     /// Adds a cancel link to a plan (one sent in a later email); the plan's first link
     /// keeps working.
     pub async fn add_plan_cancel_link(&self, plan_id: i64, token_hash: &str) -> Result<()> {

@@ -119,6 +119,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0024_installment_notices.sql"),
         include_str!("../migrations/postgres/0024_installment_notices.sql"),
     ),
+    (
+        25,
+        "donor_devices",
+        include_str!("../migrations/sqlite/0025_donor_devices.sql"),
+        include_str!("../migrations/postgres/0025_donor_devices.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {

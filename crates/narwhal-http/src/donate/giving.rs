@@ -1,6 +1,7 @@
 //! The donor's own giving links: a one-click gift (`/donate/give/{token}`, issued by
-//! `POST /api/v1/donations/giving-links` for a donor with a saved card) and the
-//! cancel link of a recurring gift (`/donate/recurring/cancel/{token}`).
+//! `POST /api/v1/donations/giving-links` for a donor with a saved card), one-tap gifts
+//! from a device that saved a card on the page (`/donate/one-tap`, by a cookie), and
+//! the cancel link of a recurring gift (`/donate/recurring/cancel/{token}`).
 //!
 //! Each link is a page first and an action only on its button: a `GET` never gives
 //! or cancels, so a mail scanner or a link preview that fetches the URL does nothing.
@@ -10,8 +11,9 @@
 use super::{message, not_configured, render, see_other, ATTESTATIONS};
 use crate::donations::{client_ip, edge, outcome_message, refused_response, Peer, Refused};
 use crate::AppState;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Form, Path, State};
+use axum::http::header::SET_COOKIE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use minijinja::context;
 use narwhal_domain::money::format_dollars;
@@ -224,4 +226,180 @@ fn cancel_unknown(edge: &crate::donations::DonationsEdge) -> Response {
         None,
         false,
     )
+}
+
+/// The cookie of a device that gives in one tap (its value is a random token, stored
+/// only as a hash, that names one saved card).
+const DEVICE_COOKIE: &str = "narwhal_donor";
+/// How long a device is remembered.
+const DEVICE_DAYS: i64 = 180;
+
+fn device_cookie(value: &str, max_age_s: i64, secure: bool) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{DEVICE_COOKIE}={value}; Path=/donate; HttpOnly; SameSite=Lax; Max-Age={max_age_s}{secure}"
+    ))
+    .ok()
+}
+
+/// After a gift that saved the card: this device gives in one tap from now on. A
+/// failure here only costs the convenience, never the gift (already committed).
+pub(super) async fn remember_device(
+    s: &AppState,
+    edge: &crate::donations::DonationsEdge,
+    r: &mut Response,
+    person_id: i64,
+    saved_method_id: i64,
+) {
+    let days = DEVICE_DAYS * 86_400_000;
+    match edge
+        .service
+        .remember_device(person_id, saved_method_id, days)
+        .await
+    {
+        Ok(token) => {
+            if let Some(c) = device_cookie(&token, days / 1000, s.config.cookie_secure) {
+                r.headers_mut().insert(SET_COOKIE, c);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not remember the donor's device"),
+    }
+}
+
+/// What the page offers a remembered device: the donor's first name, the card, and a
+/// fresh idempotency key for the one-tap form.
+pub(super) async fn one_tap_offer(
+    edge: &crate::donations::DonationsEdge,
+    headers: &HeaderMap,
+) -> Option<minijinja::Value> {
+    let token = crate::auth::cookie(headers, DEVICE_COOKIE)?;
+    let (method, donor) = edge.service.device_offer(&token).await.ok()??;
+    let card = match (&method.card_brand, &method.card_last4) {
+        (Some(b), Some(l)) => format!("{b} card ending in {l}"),
+        _ => "saved card".to_string(),
+    };
+    let (key, _) = narwhal_pay::service::new_token();
+    Some(context! { name => donor.first_name.trim().to_string(), card, key })
+}
+
+/// The one-tap form: an amount button and the page's idempotency key.
+#[derive(serde::Deserialize, Default)]
+pub(super) struct OneTapForm {
+    #[serde(default)]
+    amount: String,
+    #[serde(default)]
+    idempotency_key: String,
+}
+
+/// `POST /donate/one-tap`: gives the chosen amount with this device's saved card.
+pub(super) async fn one_tap_submit(
+    State(s): State<AppState>,
+    peer: Peer,
+    headers: HeaderMap,
+    Form(f): Form<OneTapForm>,
+) -> Response {
+    let Ok(edge) = edge(&s) else {
+        return not_configured();
+    };
+    let forgotten = || {
+        message(
+            edge,
+            StatusCode::UNAUTHORIZED,
+            "alert",
+            "Please use the form",
+            "This device no longer remembers your card. Please contribute with the form.",
+            Some(("/donate".into(), "Contribute")),
+            false,
+        )
+    };
+    let Some(device) = crate::auth::cookie(&headers, DEVICE_COOKIE) else {
+        return forgotten();
+    };
+    let amount =
+        match crate::donations::amount_of(Some(&serde_json::Value::String(f.amount.clone())), None)
+        {
+            Ok(a) => a,
+            Err(DonationError::Invalid { message, .. }) => {
+                return super::message(
+                    edge,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "alert",
+                    "Please choose an amount",
+                    &format!("Amount: {message}"),
+                    Some(("/donate".into(), "Back")),
+                    false,
+                )
+            }
+            Err(e) => return refused_response(Refused::Donation(e)),
+        };
+    let key = f.idempotency_key.trim();
+    if key.is_empty() || key.len() > 255 {
+        return super::message(
+            edge,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "alert",
+            "Please try again",
+            "The form was incomplete. Please open the donation page again.",
+            Some(("/donate".into(), "Back")),
+            false,
+        );
+    }
+    let ip = client_ip(edge, &peer, &headers);
+    let keys = [crate::abuse::Key::Ip(ip.clone())];
+    if let Err(r) = edge.guard.admit(&keys, std::time::Instant::now()) {
+        s.metrics.count("donation_blocked_total");
+        return refused_response(Refused::Abuse(r));
+    }
+    match edge
+        .service
+        .give_from_device(&device, amount, format!("onetap_{key}"), Some(ip))
+        .await
+    {
+        Ok(None) => forgotten(),
+        Ok(Some(t)) => match t.outcome {
+            Outcome::Succeeded => see_other(&format!("/donate/thanks/{}", t.donation.public_id)),
+            Outcome::Processing => super::confirming(edge, &t.donation.public_id),
+            Outcome::Pledged => super::pledged(edge, t.pledge_token.as_deref()),
+            Outcome::Declined | Outcome::Failed => {
+                s.metrics.count("donation_declines_total");
+                edge.guard.record_decline(&keys, std::time::Instant::now());
+                message(
+                    edge,
+                    StatusCode::PAYMENT_REQUIRED,
+                    "alert",
+                    "Not completed",
+                    outcome_message(&t.outcome).unwrap_or_default(),
+                    Some(("/donate".into(), "Contribute with another card")),
+                    false,
+                )
+            }
+        },
+        Err(DonationError::Invalid { message, .. }) => super::message(
+            edge,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "alert",
+            "Not completed",
+            &message,
+            Some(("/donate".into(), "Back")),
+            false,
+        ),
+        Err(e) => refused_response(Refused::Donation(e)),
+    }
+}
+
+/// `POST /donate/one-tap/forget`: this device stops giving in one tap.
+pub(super) async fn one_tap_forget(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let Ok(edge) = edge(&s) else {
+        return not_configured();
+    };
+    if let Some(device) = crate::auth::cookie(&headers, DEVICE_COOKIE) {
+        if let Err(e) = edge.service.forget_device(&device).await {
+            return refused_response(Refused::Donation(e));
+        }
+    }
+    let mut r = see_other("/donate");
+    if let Some(c) = device_cookie("", 0, s.config.cookie_secure) {
+        r.headers_mut().insert(SET_COOKIE, c);
+    }
+    r
 }

@@ -68,6 +68,14 @@ pub fn router() -> Router<AppState> {
             get(giving::one_click_page).post(giving::one_click_submit),
         )
         .route(
+            "/donate/one-tap",
+            axum::routing::post(giving::one_tap_submit),
+        )
+        .route(
+            "/donate/one-tap/forget",
+            axum::routing::post(giving::one_tap_forget),
+        )
+        .route(
             "/donate/recurring/cancel/{token}",
             get(giving::cancel_page).post(giving::cancel_submit),
         )
@@ -172,6 +180,7 @@ fn form_page(
     errors: &BTreeMap<String, String>,
     error: Option<&str>,
     challenge: bool,
+    quick: Option<Value>,
 ) -> Response {
     let (key, _) = new_token();
     let amounts: Vec<Value> = edge
@@ -205,7 +214,7 @@ fn form_page(
         "form.html",
         edge,
         context! {
-            action, pledge, key, amounts, fields, attestations, challenge, error,
+            action, pledge, key, amounts, fields, attestations, challenge, error, quick,
             values => Value::from_serialize(values),
             errors => Value::from_serialize(errors),
             refcode => values.get("refcode").cloned().unwrap_or_default(),
@@ -224,7 +233,11 @@ struct Attribution {
     amount: Option<String>,
 }
 
-async fn page(State(s): State<AppState>, Query(q): Query<Attribution>) -> Response {
+async fn page(
+    State(s): State<AppState>,
+    Query(q): Query<Attribution>,
+    headers: HeaderMap,
+) -> Response {
     let Ok(edge) = edge(&s) else {
         return not_configured();
     };
@@ -238,6 +251,7 @@ async fn page(State(s): State<AppState>, Query(q): Query<Attribution>) -> Respon
             values.insert(k.to_string(), v);
         }
     }
+    let quick = giving::one_tap_offer(edge, &headers).await;
     form_page(
         edge,
         StatusCode::OK,
@@ -247,6 +261,7 @@ async fn page(State(s): State<AppState>, Query(q): Query<Attribution>) -> Respon
         &BTreeMap::new(),
         None,
         false,
+        quick,
     )
 }
 
@@ -284,7 +299,14 @@ impl DonateForm {
         for k in FIELDS
             .iter()
             .map(|f| f.0)
-            .chain(["amount", "amount_other", "frequency", "refcode", "source"])
+            .chain([
+                "amount",
+                "amount_other",
+                "frequency",
+                "save_method",
+                "refcode",
+                "source",
+            ])
             .chain(ATTESTATIONS.iter().map(|a| a.0))
         {
             if Some(k) != refused {
@@ -319,6 +341,7 @@ async fn submit(
             &errors,
             Some(msg),
             challenge,
+            None,
         )
     };
     let typed = f.opt("amount_other").or_else(|| f.opt("amount"));
@@ -386,7 +409,7 @@ async fn submit(
             personal_card: f.yes("personal_card"),
         },
         payment_method: Some(pm),
-        save_method: false,
+        save_method: f.yes("save_method"),
         refcode: f.opt("refcode"),
         source: f.opt("source"),
         channel: "page".into(),
@@ -398,11 +421,23 @@ async fn submit(
     };
     match intake(&s, edge, req, f.challenge_response.as_deref()).await {
         Ok(t) => match t.outcome {
-            // A new plan's cancel link is shown once, on the thank-you page.
-            Outcome::Succeeded => match &t.plan_cancel_token {
-                Some(c) => see_other(&format!("/donate/thanks/{}?plan={c}", t.donation.public_id)),
-                None => see_other(&format!("/donate/thanks/{}", t.donation.public_id)),
-            },
+            // A new plan's cancel link is shown once, on the thank-you page; a saved
+            // card makes this device one that gives in one tap.
+            Outcome::Succeeded => {
+                let mut r = match &t.plan_cancel_token {
+                    Some(c) => {
+                        see_other(&format!("/donate/thanks/{}?plan={c}", t.donation.public_id))
+                    }
+                    None => see_other(&format!("/donate/thanks/{}", t.donation.public_id)),
+                };
+                if f.yes("save_method") {
+                    if let Some(method) = t.saved_method_id {
+                        giving::remember_device(&s, edge, &mut r, t.donation.person_id, method)
+                            .await;
+                    }
+                }
+                r
+            }
             Outcome::Declined | Outcome::Failed => again(
                 StatusCode::PAYMENT_REQUIRED,
                 None,
@@ -600,6 +635,7 @@ async fn pledge_page(State(s): State<AppState>, Path(token): Path<String>) -> Re
             &BTreeMap::new(),
             None,
             false,
+            None,
         ),
         Ok(None) => unknown_link(edge),
         Err(e) => refused_response(Refused::Donation(e)),
@@ -632,6 +668,7 @@ async fn pledge_submit(
             &BTreeMap::new(),
             Some(msg),
             false,
+            None,
         )
     };
     if pm.is_empty() {

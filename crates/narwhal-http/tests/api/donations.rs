@@ -327,6 +327,7 @@ donation_tests!(
     card_testing_is_stopped_while_donors_keep_going,
     the_page_never_posts_a_card_and_staff_see_the_donations,
     recurring_gifts_and_giving_links_work_from_the_donors_side,
+    a_device_that_saved_a_card_gives_in_one_tap,
 );
 
 async fn a_gift_is_charged_once_whatever_is_retried(backend: Backend) {
@@ -1248,5 +1249,126 @@ async fn recurring_gifts_and_giving_links_work_from_the_donors_side(backend: Bac
     form.push(("idempotency_key", "page-weekly-2"));
     let r = app.post_form("/donate", &form).await;
     assert_eq!(r.status(), 422);
+    app.stop().await;
+}
+
+async fn a_device_that_saved_a_card_gives_in_one_tap(backend: Backend) {
+    let Some(app) = DonApp::spawn(backend, lenient()).await else {
+        return;
+    };
+    let form = |key: &'static str, save: bool| {
+        let mut f: Vec<(&str, &str)> = vec![
+            ("amount", "25.00"),
+            ("first_name", "Lin"),
+            ("last_name", "Ng"),
+            ("email", "lin@example.org"),
+            ("address1", "3 Elm St"),
+            ("city", "Dayton"),
+            ("state", "OH"),
+            ("zip", "45402"),
+            ("employer", "Self"),
+            ("occupation", "Writer"),
+            ("own_funds", "yes"),
+            ("citizen_or_resident", "yes"),
+            ("not_contractor", "yes"),
+            ("personal_card", "yes"),
+            ("payment_method", "pm_card_visa"),
+            ("idempotency_key", key),
+        ];
+        if save {
+            f.push(("save_method", "yes"));
+        }
+        f
+    };
+    // Without saving, no device cookie and no one-tap offer.
+    let r = app.post_form("/donate", &form("tap-0", false)).await;
+    assert_eq!(r.status(), 303);
+    assert!(r.headers().get("set-cookie").is_none());
+    // Saving the card remembers this device (an HttpOnly cookie for /donate only).
+    let r = app.post_form("/donate", &form("tap-1", true)).await;
+    assert_eq!(r.status(), 303);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.starts_with("narwhal_donor=")
+            && set.contains("HttpOnly")
+            && set.contains("Path=/donate"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    let page = |cookie: Option<String>| {
+        let app = &app;
+        async move {
+            let mut req = app.client.get(app.url("/donate"));
+            if let Some(c) = cookie {
+                req = req.header("cookie", c);
+            }
+            req.send().await.unwrap().text().await.unwrap()
+        }
+    };
+    assert!(!page(None).await.contains("one tap"));
+    let html = page(Some(cookie.clone())).await;
+    assert!(
+        html.contains("Welcome back, Lin") && html.contains("ending in 4242"),
+        "{html}"
+    );
+    assert!(!html.contains(CARD));
+    let key_at = html.find("id=\"one-tap\"").unwrap();
+    let key_html = &html[key_at..];
+    let needle = "name=\"idempotency_key\" value=\"";
+    let v = key_html.find(needle).unwrap() + needle.len();
+    let key: String = key_html[v..].chars().take_while(|c| *c != '"').collect();
+    assert!(
+        key.len() > 20,
+        "the page gives the one-tap form its own key: {key}"
+    );
+    // One tap gives; a double tap (same page, same key) is the same gift.
+    let before = app.primary.ledger().len();
+    let tap = |cookie: String, amount: &'static str, key: String| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url("/donate/one-tap"))
+                .header("cookie", cookie)
+                .form(&[("amount", amount.to_string()), ("idempotency_key", key)])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = tap(cookie.clone(), "10.00", key.clone()).await;
+    assert_eq!(r.status(), 303);
+    let thanks = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(app.text(&thanks).await.contains("$10.00"));
+    let r = tap(cookie.clone(), "10.00", key.clone()).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"].to_str().unwrap(), thanks);
+    assert_eq!(app.primary.ledger().len(), before + 1);
+    // Bad amounts and a missing key are refused, charging nothing.
+    assert_eq!(tap(cookie.clone(), "-5", "k-2".into()).await.status(), 422);
+    assert_eq!(tap(cookie.clone(), "10", String::new()).await.status(), 422);
+    // A forged cookie gives nothing.
+    assert_eq!(
+        tap("narwhal_donor=forged".into(), "10", "k-3".into())
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(app.primary.ledger().len(), before + 1);
+    // Forgetting the device clears the cookie and the server's record of it.
+    let r = app
+        .client
+        .post(app.url("/donate/one-tap/forget"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    assert_eq!(tap(cookie.clone(), "10", "k-4".into()).await.status(), 401);
+    assert!(!page(Some(cookie)).await.contains("Welcome back"));
+    assert_eq!(app.primary.ledger().len(), before + 1);
     app.stop().await;
 }
