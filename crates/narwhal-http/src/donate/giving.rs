@@ -102,24 +102,7 @@ pub(super) async fn one_click_submit(
     // Read before the tap uses it, to show the form again after a decline.
     let offer = edge.service.one_click_offer(&token).await.ok();
     match edge.service.give_one_click(&token, Some(ip)).await {
-        Ok(t) => match t.outcome {
-            Outcome::Succeeded => see_other(&format!("/donate/thanks/{}", t.donation.public_id)),
-            Outcome::Processing => super::confirming(edge, &t.donation.public_id),
-            Outcome::Pledged => super::pledged(edge, t.pledge_token.as_deref()),
-            Outcome::Declined | Outcome::Failed => {
-                s.metrics.count("donation_declines_total");
-                edge.guard.record_decline(&keys, std::time::Instant::now());
-                message(
-                    edge,
-                    StatusCode::PAYMENT_REQUIRED,
-                    "alert",
-                    "Not completed",
-                    outcome_message(&t.outcome).unwrap_or_default(),
-                    Some(("/donate".into(), "Contribute with another card")),
-                    false,
-                )
-            }
-        },
+        Ok(t) => saved_card_outcome(&s, edge, &keys, &t),
         Err(e @ DonationError::Invalid { .. }) => match (&e, offer) {
             // The link was fine a moment ago: the gift itself was refused.
             (DonationError::Invalid { message, .. }, Some(o))
@@ -142,6 +125,34 @@ pub(super) async fn one_click_submit(
             _ => link_refused(edge, e),
         },
         Err(e) => refused_response(Refused::Donation(e)),
+    }
+}
+
+/// The page after a gift with a saved card (a giving link or a one-tap device): the
+/// thank-you page, or why not, with a decline counted against the source.
+fn saved_card_outcome(
+    s: &AppState,
+    edge: &crate::donations::DonationsEdge,
+    keys: &[crate::abuse::Key],
+    t: &narwhal_pay::service::Taken,
+) -> Response {
+    match t.outcome {
+        Outcome::Succeeded => see_other(&format!("/donate/thanks/{}", t.donation.public_id)),
+        Outcome::Processing => super::confirming(edge, &t.donation.public_id),
+        Outcome::Pledged => super::pledged(edge, t.pledge_token.as_deref()),
+        Outcome::Declined | Outcome::Failed => {
+            s.metrics.count("donation_declines_total");
+            edge.guard.record_decline(keys, std::time::Instant::now());
+            message(
+                edge,
+                StatusCode::PAYMENT_REQUIRED,
+                "alert",
+                "Not completed",
+                outcome_message(&t.outcome).unwrap_or_default(),
+                Some(("/donate".into(), "Contribute with another card")),
+                false,
+            )
+        }
     }
 }
 
@@ -356,24 +367,7 @@ pub(super) async fn one_tap_submit(
         .await
     {
         Ok(None) => forgotten(),
-        Ok(Some(t)) => match t.outcome {
-            Outcome::Succeeded => see_other(&format!("/donate/thanks/{}", t.donation.public_id)),
-            Outcome::Processing => super::confirming(edge, &t.donation.public_id),
-            Outcome::Pledged => super::pledged(edge, t.pledge_token.as_deref()),
-            Outcome::Declined | Outcome::Failed => {
-                s.metrics.count("donation_declines_total");
-                edge.guard.record_decline(&keys, std::time::Instant::now());
-                message(
-                    edge,
-                    StatusCode::PAYMENT_REQUIRED,
-                    "alert",
-                    "Not completed",
-                    outcome_message(&t.outcome).unwrap_or_default(),
-                    Some(("/donate".into(), "Contribute with another card")),
-                    false,
-                )
-            }
-        },
+        Ok(Some(t)) => saved_card_outcome(&s, edge, &keys, &t),
         Err(DonationError::Invalid { message, .. }) => super::message(
             edge,
             StatusCode::UNPROCESSABLE_ENTITY,
