@@ -114,6 +114,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/postgres/0022_turnout_voted.sql"),
     ),
     (
+        23,
+        "report_id_bytewise",
+        include_str!("../migrations/sqlite/0023_report_id_bytewise.sql"),
+        include_str!("../migrations/postgres/0023_report_id_bytewise.sql"),
+    ),
+    (
         24,
         "installment_notices",
         include_str!("../migrations/sqlite/0024_installment_notices.sql"),
