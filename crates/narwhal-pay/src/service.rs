@@ -265,7 +265,7 @@ pub struct Donations {
 struct Batches {
     people: Batcher<PersonDraft, PersonId>,
     begin: Batcher<NewDonation, Begun>,
-    finish: Batcher<Completion, bool>,
+    finish: Batcher<Completion, DonationRow>,
 }
 
 /// The most items in one group commit.
@@ -499,10 +499,12 @@ impl Donations {
                     // Finishing is idempotent (guarded transitions, ledger keyed by
                     // txn), so a batch that failed (a deadlock, a dropped connection)
                     // is simply run again.
+                    // Each caller gets its donation as committed, so the donor is
+                    // answered without reading it again.
                     let mut last = String::new();
                     for _ in 0..3 {
-                        match store.finish_donations(&batch, &config.limits).await {
-                            Ok(v) => return Ok(v),
+                        match store.finish_donations_read(&batch, &config.limits).await {
+                            Ok(v) => return Ok(v.into_iter().map(|(_, row)| row).collect()),
                             Err(e) => last = e.to_string(),
                         }
                     }
@@ -527,11 +529,9 @@ impl Donations {
     pub async fn take(&self, req: DonationRequest) -> Result<Taken, DonationError> {
         let draft = validate(&req)?;
         let hash = request_hash(&req);
-        // A replay of a finished request answers from the store without touching the
-        // hub or a processor.
-        if let Some(existing) = self.existing(&req.idempotency_key, &hash).await? {
-            return Ok(existing);
-        }
+        // A replay is recognized by the commit that would store the gift (its key is
+        // taken), not by a read before: a new gift, by far the common case, saves that
+        // round trip. Resolving a replay's donor again changes nothing (same fields).
         let person_id = self
             .batches
             .people
@@ -560,7 +560,7 @@ impl Donations {
         let new = NewDonation {
             public_id: public_id.clone(),
             idempotency_key: req.idempotency_key.trim().to_string(),
-            request_hash: hash.clone(),
+            request_hash: hash,
             person_id,
             amount_cents: req.amount_cents,
             currency: self.config.currency.clone(),
@@ -622,14 +622,6 @@ impl Donations {
             taken.plan_cancel_token = Some(cancel);
         }
         Ok(taken)
-    }
-
-    async fn existing(&self, key: &str, hash: &str) -> Result<Option<Taken>, DonationError> {
-        match self.store.donation_by_idempotency_key(key.trim()).await? {
-            None => Ok(None),
-            Some(row) if row.request_hash != hash => Err(DonationError::KeyReused),
-            Some(row) => self.replay(row).map(Some),
-        }
     }
 
     fn replay(&self, row: DonationRow) -> Result<Taken, DonationError> {
@@ -790,9 +782,9 @@ impl Donations {
         // are keyed) rather than leaving the donor's gift to the settler for a minute.
         let mut pause = FINISH_RETRY_PAUSE;
         let mut tries = 1;
-        loop {
+        let donation = loop {
             match self.batches.finish.submit(completion.clone()).await {
-                Ok(_) => break,
+                Ok(row) => break row,
                 Err(e) if tries < FINISH_TRIES => {
                     tracing::warn!(error = %e, "recording a donation's outcome failed; trying again");
                     tokio::time::sleep(pause).await;
@@ -801,8 +793,7 @@ impl Donations {
                 }
                 Err(e) => return Err(unavailable(e)),
             }
-        }
-        let donation = self.load(id).await?;
+        };
         let outcome = outcome_of(&donation.state);
         Ok(Taken {
             pledge_token: if outcome == Outcome::Pledged {

@@ -229,10 +229,23 @@ impl Store {
     /// connection. When the database is slow or away the pool's queue stays short: a
     /// request that cannot get a connection in time fails with a database error (the
     /// HTTP edge answers 503 `unavailable` with `Retry-After`) instead of queueing
-    /// behind every other one until the client gives up. On SQLite the same handle.
+    /// behind every other one until the client gives up. On SQLite a read pool of its
+    /// own with the same bound, beside the same single writer (writes from requests
+    /// queue in group commits, which bound their own wait): without it, a node that
+    /// falls behind lines every request up for a read connection for up to 30 s, so
+    /// that by the time a request is served its client has given up, and throughput
+    /// collapses.
     pub fn shedding(&self, wait: Duration) -> Store {
         match &self.pools {
-            Pools::Sqlite { .. } => self.clone(),
+            Pools::Sqlite { read, write } => Store {
+                pools: Pools::Sqlite {
+                    read: SqlitePoolOptions::new()
+                        .max_connections(read.options().get_max_connections())
+                        .acquire_timeout(wait)
+                        .connect_lazy_with((*read.connect_options()).clone()),
+                    write: write.clone(),
+                },
+            },
             Pools::Postgres(p) => Store {
                 pools: Pools::Postgres(
                     pg_pool_options(p.options().get_max_connections(), wait)
@@ -328,6 +341,25 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
+    /// A read on a serving handle whose connections are all taken fails with a pool
+    /// timeout, soon (a loaded machine gets seconds of slack), instead of queueing.
+    async fn turned_away_quickly(serving: &Store) {
+        let started = std::time::Instant::now();
+        let shed = serving.ping().await;
+        assert!(
+            matches!(
+                shed,
+                Err(crate::StoreError::Database(sqlx::Error::PoolTimedOut))
+            ),
+            "{shed:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "turned away quickly, not queued: {:?}",
+            started.elapsed()
+        );
+    }
+
     /// A serving pool whose every connection is busy (a slow or saturated database)
     /// turns the next caller away after its short wait, with a database error the HTTP
     /// edge answers 503 with `Retry-After`, instead of queueing it; once connections
@@ -353,20 +385,7 @@ mod tests {
         for _ in 0..pool.options().get_max_connections() {
             held.push(pool.acquire().await.unwrap());
         }
-        let started = std::time::Instant::now();
-        let shed = serving.ping().await;
-        assert!(
-            matches!(
-                shed,
-                Err(crate::StoreError::Database(sqlx::Error::PoolTimedOut))
-            ),
-            "{shed:?}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "turned away quickly, not queued: {:?}",
-            started.elapsed()
-        );
+        turned_away_quickly(&serving).await;
         // A pool made from it for ingest waits as briefly.
         let Pools::Postgres(ingest) = &serving.dedicated(2).pools else {
             panic!("a PostgreSQL store");
@@ -378,6 +397,37 @@ mod tests {
         drop(held);
         serving.ping().await.unwrap();
         serving.close().await;
+    }
+
+    /// On SQLite the serving handle's reads are bounded the same way, and it writes
+    /// through the very same single writer.
+    #[tokio::test]
+    async fn a_saturated_sqlite_read_pool_sheds_instead_of_queueing() {
+        let Some(db) = crate::test_support::TestDb::new(Backend::Sqlite).await else {
+            return;
+        };
+        let serving = db.store.shedding(Duration::from_millis(300));
+        let (Pools::Sqlite { read, write }, Pools::Sqlite { write: own, .. }) =
+            (&serving.pools, &db.store.pools)
+        else {
+            panic!("an SQLite store");
+        };
+        assert_eq!(
+            read.options().get_acquire_timeout(),
+            Duration::from_millis(300)
+        );
+        assert_eq!(write.options().get_max_connections(), 1);
+        let mut held = Vec::new();
+        for _ in 0..read.options().get_max_connections() {
+            held.push(read.acquire().await.unwrap());
+        }
+        // The writer is the same pool: holding its one connection blocks the other handle.
+        let writer = write.acquire().await.unwrap();
+        assert!(own.try_acquire().is_none(), "one writer for both handles");
+        drop(writer);
+        turned_away_quickly(&serving).await;
+        drop(held);
+        serving.ping().await.unwrap();
     }
 
     #[test]

@@ -513,6 +513,107 @@ async fn a_batch_decides_exactly_like_one_gift_at_a_time(db: TestDb) {
     assert!(s.unbalanced_ledger_txns().await.unwrap().is_empty());
 }
 
+/// A batch of new gifts goes through the set-based path (one statement for its inserts
+/// on PostgreSQL); finishing the charges hands back each donation as committed; a
+/// replay and a gift over the limit in a later batch are still answered one by one.
+async fn new_gifts_in_a_batch_and_their_charges_come_back_as_committed(db: TestDb) {
+    let s = &db.store;
+    let table = LimitTable::default();
+    let mut pledge = gift("n-pledge", 31, 4_000);
+    pledge.first_attempt = None;
+    pledge.pledge_token_hash = Some("n-pledge-hash".into());
+    let batch = vec![
+        gift("n-a", 30, 100_000),
+        gift("n-b", 30, 50_000),
+        gift("n-c", 32, 20_000),
+        pledge,
+    ];
+    let begun = s.begin_donations(&batch, &table).await.unwrap();
+    let ids: Vec<i64> = begun.iter().map(created_id).collect();
+    let totals = s.contribution_totals(PersonId(30)).await.unwrap();
+    assert_eq!(totals.get("E:P2026"), Some(&150_000), "{totals:?}");
+    assert_eq!(
+        s.contribution_totals(PersonId(31))
+            .await
+            .unwrap()
+            .get("E:P2026"),
+        Some(&4_000)
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let attempts = s.donation_attempts(*id).await.unwrap();
+        if i < 3 {
+            assert_eq!(attempts.len(), 1, "{attempts:?}");
+            assert_eq!(attempts[0].state, "started");
+            assert_eq!(
+                attempts[0].attempt_key,
+                format!("don_{}-1", batch[i].idempotency_key)
+            );
+        } else {
+            assert!(attempts.is_empty(), "a pledge has no attempt: {attempts:?}");
+            let row = s.donation_by_id(*id).await.unwrap().unwrap();
+            assert_eq!(row.state, "pledged");
+        }
+    }
+    let done = |i: usize, pi: &str, cents: i64| Completion {
+        donation_id: ids[i],
+        attempt_key: Some(format!("don_{}-1", batch[i].idempotency_key)),
+        finish: charged(pi, cents),
+    };
+    let completions = vec![
+        done(0, "pi_n_a", 100_000),
+        done(1, "pi_n_b", 50_000),
+        done(2, "pi_n_c", 20_000),
+    ];
+    let finished = s.finish_donations_read(&completions, &table).await.unwrap();
+    for ((changed, row), (i, pi)) in
+        finished
+            .iter()
+            .zip([(0, "pi_n_a"), (1, "pi_n_b"), (2, "pi_n_c")])
+    {
+        assert!(changed);
+        assert_eq!(row.id, ids[i]);
+        assert_eq!(row.state, "succeeded");
+        assert_eq!(row.processor_ref.as_deref(), Some(pi));
+        assert_eq!(row.card_last4.as_deref(), Some("4242"));
+        assert_eq!(row.fee_cents, Some(batch[i].amount_cents * 3 / 100));
+        // What came back is what is stored.
+        let stored = s.donation_by_id(ids[i]).await.unwrap().unwrap();
+        assert_eq!(stored.state, row.state);
+        assert_eq!(stored.updated_at, row.updated_at);
+        let attempts = s.donation_attempts(ids[i]).await.unwrap();
+        assert_eq!(attempts[0].state, "succeeded");
+        assert_eq!(attempts[0].processor_ref.as_deref(), Some(pi));
+        let ledger = s.ledger_of(ids[i]).await.unwrap();
+        assert_eq!(ledger.len(), 4, "charge and fee, two legs each: {ledger:?}");
+        assert_eq!(ledger.iter().map(|e| e.amount_cents).sum::<i64>(), 0);
+    }
+    assert!(s.unbalanced_ledger_txns().await.unwrap().is_empty());
+    // The same charges again: nothing moves, nothing is posted twice, rows still come back.
+    let again = s.finish_donations_read(&completions, &table).await.unwrap();
+    assert!(again
+        .iter()
+        .all(|(changed, row)| !changed && row.state == "succeeded"));
+    assert_eq!(s.ledger_of(ids[0]).await.unwrap().len(), 4);
+    // A replay and a gift over the limit next to new gifts: each gets its own answer.
+    let later = vec![
+        gift("n-a", 30, 100_000),
+        gift("n-d", 33, 10_000),
+        gift("n-e", 30, 300_000),
+    ];
+    let begun = s.begin_donations(&later, &table).await.unwrap();
+    assert!(
+        matches!(&begun[0], Begun::Existing(row) if row.id == ids[0] && row.state == "succeeded")
+    );
+    created_id(&begun[1]);
+    assert!(
+        matches!(&begun[2], Begun::OverLimit(r) if r.room_cents == 200_000),
+        "{:?}",
+        begun[2]
+    );
+    let totals = s.contribution_totals(PersonId(30)).await.unwrap();
+    assert_eq!(totals.get("E:P2026"), Some(&150_000), "{totals:?}");
+}
+
 both_backends!(
     same_key_same_params_is_the_same_donation_and_other_params_are_refused,
     two_simultaneous_gifts_over_the_limit_do_not_both_pass,
@@ -522,4 +623,5 @@ both_backends!(
     pledges_wait_and_are_completed_by_a_charge,
     webhook_events_are_recorded_once,
     a_batch_decides_exactly_like_one_gift_at_a_time,
+    new_gifts_in_a_batch_and_their_charges_come_back_as_committed,
 );

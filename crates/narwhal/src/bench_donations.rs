@@ -292,7 +292,10 @@ async fn measure(
             max_cooldown: Duration::from_secs(4),
         },
     ));
-    let service = Donations::new(store.clone(), router.clone(), PayConfig::default());
+    // Requests get the store a server gives them: waits for a connection bounded, so
+    // an overloaded node answers 503 promptly instead of queueing (`serve`).
+    let serving = store.shedding(crate::serve::SHED_AFTER);
+    let service = Donations::new(serving.clone(), router.clone(), PayConfig::default());
     let mut edge = DonationsEdge::new(service.clone());
     // One loopback address sends everything: the card-testing limits would (rightly)
     // stop the bench, so they are set out of reach here.
@@ -302,7 +305,7 @@ async fn measure(
         per_card: u32::MAX,
         ..AbuseConfig::default()
     }));
-    let state = AppState::new(store.clone(), HttpConfig::default()).with_donations(edge);
+    let state = AppState::new(serving.clone(), HttpConfig::default()).with_donations(edge);
     let (token, hash) = narwhal_http::auth::new_token();
     store
         .create_token(
