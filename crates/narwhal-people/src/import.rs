@@ -17,6 +17,7 @@ use narwhal_domain::{
 };
 use narwhal_store::imports::ImportCounts;
 use narwhal_store::Store;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -207,28 +208,40 @@ fn raw_line(rec: &csv::ByteRecord, delim: u8) -> String {
 }
 
 /// One row to a draft, or the reason it is rejected.
-fn row_to_draft(
-    rec: &csv::ByteRecord,
+fn row_to_draft<'r>(
+    rec: &'r csv::ByteRecord,
     header: &[String],
     p: &Plan,
-    m: &Mapping,
+    m: &'r Mapping,
 ) -> Result<PersonDraft, String> {
     if rec.len() != p.width {
         return Err(format!("expected {} fields, found {}", p.width, rec.len()));
     }
-    let cell = |i: usize| -> Result<String, String> {
+    // Cells are borrowed from the record where they can be (UTF-8): a row has dozens,
+    // and copying each one twice was a good part of the cost of converting a row.
+    let cell = |i: usize| -> Result<Cow<'r, str>, String> {
         let b = rec.get(i).unwrap_or_default();
-        decode(b, m.source.encoding).map(|s| s.trim().to_string()).ok_or_else(|| {
+        let bad = || {
             format!("invalid UTF-8 in column {} (set encoding = \"latin1\" under [source] if the file is Latin-1)", header[i])
-        })
+        };
+        match m.source.encoding {
+            Encoding::Utf8 => std::str::from_utf8(b)
+                .map(|s| Cow::Borrowed(s.trim()))
+                .map_err(|_| bad()),
+            Encoding::Latin1 => decode(b, Encoding::Latin1)
+                .map(|s| Cow::Owned(s.trim().to_string()))
+                .ok_or_else(bad),
+        }
     };
-    let field = |name: &str| -> Result<String, String> {
+    let field = |name: &str| -> Result<Cow<'r, str>, String> {
         let v = match p.fields.get(name) {
             Some(&i) => cell(i)?,
-            None => String::new(),
+            None => Cow::Borrowed(""),
         };
         if v.is_empty() {
-            Ok(m.defaults.get(name).cloned().unwrap_or_default())
+            Ok(Cow::Borrowed(
+                m.defaults.get(name).map(String::as_str).unwrap_or_default(),
+            ))
         } else {
             Ok(v)
         }
@@ -245,10 +258,10 @@ fn row_to_draft(
         d.voter_id =
             Some(VoterId::parse(&v).map_err(|e| format!("column {}: {e}", col("voter_id")))?);
     }
-    d.name.first_name = Some(field("first_name")?);
-    d.name.middle_name = Some(field("middle_name")?);
-    d.name.last_name = Some(field("last_name")?);
-    d.name.suffix = Some(field("suffix")?);
+    d.name.first_name = Some(field("first_name")?.into_owned());
+    d.name.middle_name = Some(field("middle_name")?.into_owned());
+    d.name.last_name = Some(field("last_name")?.into_owned());
+    d.name.suffix = Some(field("suffix")?.into_owned());
     for f in ["email", "email2"] {
         let v = field(f)?;
         if !v.is_empty() {
@@ -283,7 +296,7 @@ fn row_to_draft(
     for (k, i) in &p.custom {
         let v = cell(*i)?;
         if !v.is_empty() {
-            d.custom.insert(k.clone(), v);
+            d.custom.insert(k.clone(), v.into_owned());
         }
     }
     d.tags.extend(m.tags.always.iter().cloned());
@@ -376,18 +389,19 @@ pub async fn run(
     // `converters` threads turn them into drafts (the costly part: decoding and
     // normalizing 70 columns), and this task resolves and writes. Chunks are dealt to
     // the converters in turn and taken back in the same turn, so the file's order (and
-    // with it which record wins within the file) is kept.
+    // with it which record wins within the file) is kept. Queues hold one chunk each,
+    // to keep the memory of a large import bounded.
     let batch = opts.batch_rows.max(1);
     let converters = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Chunk, ImportError>>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Chunk, ImportError>>(1);
     let mut raw_txs = Vec::with_capacity(converters);
     let mut done_rxs = Vec::with_capacity(converters);
     let mut threads = Vec::with_capacity(converters + 2);
     for _ in 0..converters {
-        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<RawChunk>(2);
-        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Result<Chunk, ImportError>>(2);
+        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<RawChunk>(1);
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Result<Chunk, ImportError>>(1);
         raw_txs.push(raw_tx);
         done_rxs.push(done_rx);
         let (m, header, plan) = (mapping.clone(), header.clone(), plan.clone());
