@@ -102,7 +102,9 @@ fn account(fake: &FakeSes, a: &FakeAccount, name: &str, spec: &str) -> Account {
     }
 }
 
-fn config(node: &str) -> SendConfig {
+/// A node's settings; `lease_ms` is how long its job and slice claims last without a
+/// heartbeat (short, so that a killed node's work is taken over within the test).
+fn config(node: &str, lease_ms: i64) -> SendConfig {
     let compose = narwhal_mail::blast::Compose {
         sender: narwhal_mail::template::Sender {
             name: "Friends of Ada".into(),
@@ -116,8 +118,8 @@ fn config(node: &str) -> SendConfig {
         .unwrap(),
     };
     let mut c = SendConfig::new(node, compose);
-    c.job_lease_ms = 1_500;
-    c.slice_lease_ms = 1_500;
+    c.job_lease_ms = lease_ms;
+    c.slice_lease_ms = lease_ms;
     c.lanes = 2;
     c
 }
@@ -128,8 +130,15 @@ struct Node {
 }
 
 fn start(store: &Store, accounts: Vec<Account>, node: &str) -> Node {
+    start_leased(store, accounts, node, 1_500)
+}
+
+fn start_leased(store: &Store, accounts: Vec<Account>, node: &str, lease_ms: i64) -> Node {
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = blast::spawn(BlastSender::new(store.clone(), accounts, config(node)), rx);
+    let task = blast::spawn(
+        BlastSender::new(store.clone(), accounts, config(node, lease_ms)),
+        rx,
+    );
     Node { stop, task }
 }
 
@@ -267,15 +276,19 @@ async fn two_nodes_split_one_blast_without_duplicates(db: TestDb) {
     let id = new_blast(store).await;
     store.schedule_blast(id, now_ms(), 2).await.unwrap();
     // Each node sends through its own account, so the fake's ledger shows who sent what.
-    let n1 = start(
+    // Both stay alive, so their claims must never lapse, however loaded the machine:
+    // leases far longer than a slice takes.
+    let n1 = start_leased(
         store,
         vec![account(&fake, &a, "a", "100/s,max_burst=10")],
         "n1",
+        20_000,
     );
-    let n2 = start(
+    let n2 = start_leased(
         store,
         vec![account(&fake, &b, "b", "100/s,max_burst=10")],
         "n2",
+        20_000,
     );
     wait_for(store, id, 60, |b| b.state == BlastState::Done).await;
     n1.stop().await;
