@@ -239,10 +239,10 @@ fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-pub fn init_logging(s: &Settings) {
+/// Logs to stderr; `NARWHAL_LOG` (an `EnvFilter`) overrides `default`.
+pub fn init_logging(s: &Settings, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("NARWHAL_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter = EnvFilter::try_from_env("NARWHAL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -77,7 +77,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    config::init_logging(&settings);
+    // A bench prints its progress and figures; the server inside it logging every
+    // request at info would drown them and spend the CPU being measured.
+    let default_log = match cli.command {
+        Command::Bench(_) => "warn",
+        _ => "info,sqlx=warn",
+    };
+    config::init_logging(&settings, default_log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
