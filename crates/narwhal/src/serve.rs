@@ -94,10 +94,6 @@ pub async fn serve_store(
     let stop_rx_blasts = stop_rx.clone();
     // Background work waits for connections as long as it must; requests are shed.
     let bulk = store.dedicated(BULK_POOL);
-    // The donation service's group-commit workers keep the patient pool: their callers'
-    // waits are bounded at admission (`admit_wait`), and a worker turned away by a busy
-    // pool would fail a whole batch (as `bench donations` found).
-    let patient = store.clone();
     let store = store.shedding(SHED_AFTER);
     let worker = narwhal_people::worker::spawn(
         bulk.clone(),
@@ -137,7 +133,7 @@ pub async fn serve_store(
     let (state, settler) = if settings.donations.enabled() {
         let edge = settings
             .donations
-            .build(&patient, &|n| std::env::var(n).ok())?;
+            .build(&store, &|n| std::env::var(n).ok())?;
         let settler = crate::donations_setup::spawn_settler(
             edge.service.clone(),
             settings.donations.settle_every(),
