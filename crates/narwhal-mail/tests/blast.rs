@@ -129,8 +129,9 @@ struct Node {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A live node: leases far longer than a slice takes, however loaded the machine.
 fn start(store: &Store, accounts: Vec<Account>, node: &str) -> Node {
-    start_leased(store, accounts, node, 1_500)
+    start_leased(store, accounts, node, 20_000)
 }
 
 fn start_leased(store: &Store, accounts: Vec<Account>, node: &str, lease_ms: i64) -> Node {
@@ -276,19 +277,15 @@ async fn two_nodes_split_one_blast_without_duplicates(db: TestDb) {
     let id = new_blast(store).await;
     store.schedule_blast(id, now_ms(), 2).await.unwrap();
     // Each node sends through its own account, so the fake's ledger shows who sent what.
-    // Both stay alive, so their claims must never lapse, however loaded the machine:
-    // leases far longer than a slice takes.
-    let n1 = start_leased(
+    let n1 = start(
         store,
         vec![account(&fake, &a, "a", "100/s,max_burst=10")],
         "n1",
-        20_000,
     );
-    let n2 = start_leased(
+    let n2 = start(
         store,
         vec![account(&fake, &b, "b", "100/s,max_burst=10")],
         "n2",
-        20_000,
     );
     wait_for(store, id, 60, |b| b.state == BlastState::Done).await;
     n1.stop().await;
@@ -311,10 +308,11 @@ async fn a_node_killed_mid_blast_is_taken_over_with_bounded_counted_duplicates(d
     fake.set_fault(Fault::Latency(Duration::from_millis(150)));
     let id = new_blast(store).await;
     store.schedule_blast(id, now_ms(), 1).await.unwrap();
-    let n1 = start(
+    let n1 = start_leased(
         store,
         vec![account(&fake, &a, "a", "1000/s,max_burst=20")],
         "n1",
+        1_500,
     );
     wait_for(store, id, 30, |b| b.counts.sent >= 20).await;
     // Kill it: no shutdown, no cleanup; a slice may be in flight.
