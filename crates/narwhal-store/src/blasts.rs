@@ -1429,8 +1429,12 @@ mod tests {
         let sql = match store.backend() {
             Backend::Sqlite => "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1) \
                 INSERT INTO blast_recipients (blast_id, person_id, state, attempts) SELECT 7, 30000000 + x, 0, 0 FROM c",
-            Backend::Postgres => "INSERT INTO blast_recipients (blast_id, person_id, state, attempts) \
-                SELECT 7, 30000000 + g, 0, 0 FROM generate_series(1, $1::BIGINT) g",
+            // Written in their final state at once: updating them and then compacting
+            // with VACUUM FULL measured the same bytes, except while any other
+            // transaction of the cluster (a neighbouring test) held an older snapshot,
+            // which keeps every old row version alive through the VACUUM.
+            Backend::Postgres => "INSERT INTO blast_recipients (blast_id, person_id, state, attempts, account) \
+                SELECT 7, 30000000 + g, 2, 1, 3 FROM generate_series(1, $1::BIGINT) g",
         };
         on_write!(store, p => sqlx::query(sql).bind(N).execute(p).await.map(|r| r.rows_affected()))
             .unwrap();
@@ -1438,9 +1442,6 @@ mod tests {
             // The path every row takes: claimed under a lease, then sent.
             on_write!(store, p => sqlx::query("UPDATE blast_recipients SET state = 1, not_before = 1700000000000").execute(p).await.map(|r| r.rows_affected())).unwrap();
             on_write!(store, p => sqlx::query("UPDATE blast_recipients SET state = 2, attempts = 1, account = 3, not_before = NULL").execute(p).await.map(|r| r.rows_affected())).unwrap();
-        } else {
-            on_write!(store, p => sqlx::query("UPDATE blast_recipients SET state = 2, attempts = 1, account = 3, not_before = NULL").execute(p).await.map(|r| r.rows_affected())).unwrap();
-            on_write!(store, p => sqlx::query("VACUUM FULL blast_recipients").execute(p).await.map(|r| r.rows_affected())).unwrap();
         }
         let (bytes, rows) = store.ledger_bytes().await.unwrap();
         assert_eq!(rows, N);

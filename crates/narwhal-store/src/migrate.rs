@@ -131,6 +131,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0025_donor_devices.sql"),
         include_str!("../migrations/postgres/0025_donor_devices.sql"),
     ),
+    (
+        27,
+        "lock_totals",
+        include_str!("../migrations/sqlite/0027_lock_totals.sql"),
+        include_str!("../migrations/postgres/0027_lock_totals.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {

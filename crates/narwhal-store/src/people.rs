@@ -260,19 +260,32 @@ impl Store {
     ) -> Result<KeyMatches> {
         let mut m = KeyMatches::default();
         if let crate::db::Pools::Postgres(p) = &self.pools {
-            // One query per key kind with an array parameter: planning a 900-marker
-            // IN list costs more than the lookups themselves.
-            for (sql, keys, dst) in [
-                ("SELECT voter_id AS k, id, row_hash FROM people WHERE voter_id = ANY($1)", voter_ids, &mut m.voter),
-                ("SELECT e.email AS k, p.id, p.row_hash FROM person_emails e JOIN people p ON p.id = e.person_id WHERE e.email = ANY($1)", emails, &mut m.email),
-                ("SELECT e.phone AS k, p.id, p.row_hash FROM person_phones e JOIN people p ON p.id = e.person_id WHERE e.phone = ANY($1)", phones, &mut m.phone),
-            ] {
-                if keys.is_empty() {
-                    continue;
-                }
-                for r in sqlx::query(sql).bind(keys).fetch_all(p).await? {
-                    dst.insert(r.try_get("k")?, (PersonId(r.try_get("id")?), r.try_get("row_hash")?));
-                }
+            // One statement for the three key kinds, each an array parameter (planning
+            // a 900-marker IN list costs more than the lookups themselves): one round
+            // trip per lookup, whatever keys a record has.
+            if voter_ids.is_empty() && emails.is_empty() && phones.is_empty() {
+                return Ok(m);
+            }
+            let rows = sqlx::query(
+                "SELECT 0::int4 AS kind, voter_id AS k, id, row_hash FROM people WHERE voter_id = ANY($1) \
+                 UNION ALL SELECT 1, e.email, p.id, p.row_hash FROM person_emails e JOIN people p ON p.id = e.person_id WHERE e.email = ANY($2) \
+                 UNION ALL SELECT 2, e.phone, p.id, p.row_hash FROM person_phones e JOIN people p ON p.id = e.person_id WHERE e.phone = ANY($3)",
+            )
+            .bind(voter_ids)
+            .bind(emails)
+            .bind(phones)
+            .fetch_all(p)
+            .await?;
+            for r in rows {
+                let dst = match r.try_get::<i32, _>("kind")? {
+                    0 => &mut m.voter,
+                    1 => &mut m.email,
+                    _ => &mut m.phone,
+                };
+                dst.insert(
+                    r.try_get("k")?,
+                    (PersonId(r.try_get("id")?), r.try_get("row_hash")?),
+                );
             }
             return Ok(m);
         }
@@ -434,6 +447,11 @@ impl Store {
         tag_names.sort_unstable();
         tag_names.dedup();
 
+        if let crate::db::Pools::Postgres(p) = &self.pools {
+            if n > 0 && n <= ONE_STATEMENT_MAX && cs.updates.is_empty() && tag_names.is_empty() {
+                return insert_new_people_one_statement(p, cs, now).await;
+            }
+        }
         on_write!(self, p => {
             let mut tx = p.begin().await?;
             // Reserve ids so that keys and tags can be written without relying on RETURNING order.
@@ -526,6 +544,133 @@ impl Store {
             Ok(ids.into_iter().map(PersonId).collect())
         })
     }
+}
+
+/// The most new people (with no updates and no tags beside them) that PostgreSQL writes
+/// in one statement; larger batches (imports) take COPY.
+const ONE_STATEMENT_MAX: i64 = 256;
+
+/// The one statement that writes a small batch of new people on PostgreSQL: ids from
+/// the sequence, the rows, their emails and phones and the batch's audit entries. Its
+/// text is fixed (arrays, not a VALUES list per batch size), so every connection
+/// prepares it once. It is one round trip where the general path takes seven or more
+/// (BEGIN, ids, COPY, keys, one per audit entry, COMMIT), which is what a donor's
+/// resolution costs when the database is far away. A key or voter id another writer
+/// took meanwhile fails the whole statement (unique violation), so nothing is written
+/// and the caller resolves again, as with the general path's strict key check.
+const INSERT_NEW_PEOPLE: &str = "WITH v AS MATERIALIZED ( \
+       SELECT nextval('people_id_seq') AS id, u.* FROM unnest( \
+         $1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+         $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], \
+         $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::bigint[]) \
+       AS u (ord, voter_id, first_name, middle_name, last_name, suffix, search_name, email, phone, \
+         addr_line1, addr_line2, city, state, zip, county, precinct, addr_key, email_consent, sms_consent, \
+         custom, provenance, row_hash)), \
+     p AS (INSERT INTO people (id, voter_id, first_name, middle_name, last_name, suffix, search_name, email, phone, \
+         addr_line1, addr_line2, city, state, zip, county, precinct, addr_key, email_consent, sms_consent, \
+         custom, provenance, row_hash, version, created_at, updated_at) \
+       SELECT id, voter_id, first_name, middle_name, last_name, suffix, search_name, email, phone, \
+         addr_line1, addr_line2, city, state, zip, county, precinct, addr_key, email_consent, sms_consent, \
+         custom, provenance, row_hash, 1, $23, $23 FROM v), \
+     e AS (INSERT INTO person_emails (person_id, email, source_id, created_at) \
+       SELECT v.id, k.val, NULL, $23 FROM unnest($24::int[], $25::text[]) AS k (ord, val) JOIN v USING (ord)), \
+     ph AS (INSERT INTO person_phones (person_id, phone, source_id, created_at) \
+       SELECT v.id, k.val, NULL, $23 FROM unnest($26::int[], $27::text[]) AS k (ord, val) JOIN v USING (ord)), \
+     a AS (INSERT INTO audit_log (at, actor, action, entity, entity_id, detail) \
+       SELECT $23, x.actor, x.action, x.entity, COALESCE(v.id::text, x.entity_id), x.detail \
+       FROM unnest($28::int[], $29::text[], $30::text[], $31::text[], $32::text[], $33::text[]) \
+         AS x (ord, actor, action, entity, entity_id, detail) LEFT JOIN v USING (ord)) \
+     SELECT ord, id FROM v ORDER BY ord";
+
+async fn insert_new_people_one_statement(
+    p: &sqlx::PgPool,
+    cs: &ChangeSet,
+    now: i64,
+) -> Result<Vec<PersonId>> {
+    let n = cs.inserts.len();
+    let mut cols: [Vec<Option<&str>>; N_ROW_COLS - 1] =
+        std::array::from_fn(|_| Vec::with_capacity(n));
+    let mut ords: Vec<i32> = Vec::with_capacity(n);
+    let mut hashes: Vec<i64> = Vec::with_capacity(n);
+    let (mut e_ord, mut e_val, mut p_ord, mut p_val) = (vec![], vec![], vec![], vec![]);
+    let customs: Vec<String> = cs
+        .inserts
+        .iter()
+        .map(|i| json_text(&i.row.custom))
+        .collect();
+    let provs: Vec<String> = cs
+        .inserts
+        .iter()
+        .map(|i| json_text(&i.row.provenance))
+        .collect();
+    for (i, np) in cs.inserts.iter().enumerate() {
+        let r = &np.row;
+        let ord = i as i32 + 1;
+        ords.push(ord);
+        hashes.push(r.row_hash);
+        for (c, f) in cols.iter_mut().zip(text_fields(r, &customs[i], &provs[i])) {
+            c.push(f);
+        }
+        for e in &np.emails {
+            e_ord.push(ord);
+            e_val.push(e.as_str());
+        }
+        for ph in &np.phones {
+            p_ord.push(ord);
+            p_val.push(ph.as_str());
+        }
+    }
+    // Audit entries naming "#N" get the N-th new person's id; others keep theirs.
+    let mut a_ord: Vec<Option<i32>> = Vec::with_capacity(cs.audit.len());
+    let (mut a_actor, mut a_action, mut a_entity, mut a_id, mut a_detail) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for a in &cs.audit {
+        let of_insert = a
+            .entity_id
+            .strip_prefix('#')
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|&i| i < n);
+        a_ord.push(of_insert.map(|i| i as i32 + 1));
+        a_actor.push(a.actor.as_str());
+        a_action.push(a.action.as_str());
+        a_entity.push(a.entity.as_str());
+        a_id.push(a.entity_id.as_str());
+        a_detail.push(a.detail.to_string());
+    }
+    let mut q = sqlx::query(INSERT_NEW_PEOPLE).bind(ords);
+    for c in cols {
+        q = q.bind(c);
+    }
+    let rows = q
+        .bind(hashes)
+        .bind(now)
+        .bind(e_ord)
+        .bind(e_val)
+        .bind(p_ord)
+        .bind(p_val)
+        .bind(a_ord)
+        .bind(a_actor)
+        .bind(a_action)
+        .bind(a_entity)
+        .bind(a_id)
+        .bind(a_detail)
+        .fetch_all(p)
+        .await
+        .map_err(|e| {
+            StoreError::from_unique(
+                e,
+                "a key of a new person was claimed by another writer; retry",
+            )
+        })?;
+    if rows.len() != n {
+        return Err(StoreError::Corrupt(format!(
+            "{} of {n} new people were written",
+            rows.len()
+        )));
+    }
+    rows.iter()
+        .map(|r| Ok(PersonId(r.try_get("id")?)))
+        .collect()
 }
 
 /// The fastest way each backend takes many new rows: on SQLite multi-row INSERTs for
@@ -654,6 +799,37 @@ impl BulkInsert for sqlx::Transaction<'_, sqlx::Postgres> {
     }
 }
 
+/// A row's columns in `ROW_COLS` order up to `provenance` (all but `row_hash`), as
+/// text: what COPY and the one-statement insert both send.
+fn text_fields<'a>(
+    r: &'a PersonRow,
+    custom: &'a str,
+    prov: &'a str,
+) -> [Option<&'a str>; N_ROW_COLS - 1] {
+    [
+        r.voter_id.as_deref(),
+        r.first_name.as_deref(),
+        r.middle_name.as_deref(),
+        r.last_name.as_deref(),
+        r.suffix.as_deref(),
+        Some(&r.search_name),
+        r.email.as_deref(),
+        r.phone.as_deref(),
+        r.addr_line1.as_deref(),
+        r.addr_line2.as_deref(),
+        r.city.as_deref(),
+        r.state.as_deref(),
+        r.zip.as_deref(),
+        r.county.as_deref(),
+        r.precinct.as_deref(),
+        r.addr_key.as_deref(),
+        Some(&r.email_consent),
+        Some(&r.sms_consent),
+        Some(custom),
+        Some(prov),
+    ]
+}
+
 async fn copy_people(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     inserts: &[NewPerson],
@@ -668,38 +844,14 @@ async fn copy_people(
         let hash = r.row_hash.to_string();
         let id_s = id.to_string();
         let now_s = now.to_string();
-        let fields: [Option<&str>; N_ROW_COLS + 4] = [
-            Some(&id_s),
-            r.voter_id.as_deref(),
-            r.first_name.as_deref(),
-            r.middle_name.as_deref(),
-            r.last_name.as_deref(),
-            r.suffix.as_deref(),
-            Some(&r.search_name),
-            r.email.as_deref(),
-            r.phone.as_deref(),
-            r.addr_line1.as_deref(),
-            r.addr_line2.as_deref(),
-            r.city.as_deref(),
-            r.state.as_deref(),
-            r.zip.as_deref(),
-            r.county.as_deref(),
-            r.precinct.as_deref(),
-            r.addr_key.as_deref(),
-            Some(&r.email_consent),
-            Some(&r.sms_consent),
-            Some(&custom),
-            Some(&prov),
-            Some(&hash),
-            Some("1"),
-            Some(&now_s),
-            Some(&now_s),
-        ];
-        for (i, f) in fields.iter().enumerate() {
+        let fields = std::iter::once(Some(id_s.as_str()))
+            .chain(text_fields(r, &custom, &prov))
+            .chain([Some(hash.as_str()), Some("1"), Some(&now_s), Some(&now_s)]);
+        for (i, f) in fields.enumerate() {
             if i > 0 {
                 buf.push('\t');
             }
-            copy_field(&mut buf, *f);
+            copy_field(&mut buf, f);
         }
         buf.push('\n');
     }

@@ -78,6 +78,27 @@ struct Planned<'a> {
     allocation: narwhal_domain::limits::Allocation,
 }
 
+/// PostgreSQL: a batch's new donations, its totals' increments and its first attempts,
+/// in one statement of fixed text (see `begin_donations_bulk`).
+const BEGIN_DONATIONS_PG: &str = "WITH v AS (SELECT * FROM json_to_recordset($1::json) AS v (public_id text, idempotency_key text, \
+       request_hash text, person_id bigint, amount_cents bigint, currency text, state text, channel text, refcode text, \
+       source text, donor text, employer text, occupation text, allocations text, itemized boolean, needs_followup boolean, \
+       payment_method text, save_method boolean, plan_id bigint, pledge_token_hash text, client_ip text)), \
+     d AS (INSERT INTO donations (public_id, idempotency_key, request_hash, person_id, amount_cents, currency, state, channel, \
+       refcode, source, donor, employer, occupation, allocations, itemized, needs_followup, payment_method, save_method, plan_id, \
+       pledge_token_hash, client_ip, created_at, updated_at) \
+       SELECT public_id, idempotency_key, request_hash, person_id, amount_cents, currency, state, channel, \
+       refcode, source, donor, employer, occupation, allocations, itemized, needs_followup, payment_method, save_method, plan_id, \
+       pledge_token_hash, client_ip, $4, $4 FROM v \
+       ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key), \
+     t AS (INSERT INTO contribution_totals (person_id, period, total_cents) \
+       SELECT * FROM json_to_recordset($2::json) AS x (person_id bigint, period text, total_cents bigint) \
+       ON CONFLICT (person_id, period) DO UPDATE SET total_cents = contribution_totals.total_cents + excluded.total_cents), \
+     a AS (INSERT INTO donation_attempts (donation_id, seq, processor, attempt_key, state, started_at) \
+       SELECT d.id, 1, x.processor, x.attempt_key, $5, $4 \
+       FROM d JOIN json_to_recordset($3::json) AS x (idempotency_key text, processor text, attempt_key text) USING (idempotency_key)) \
+     SELECT id, idempotency_key FROM d";
+
 impl Store {
     /// Stores a batch of new donations in one durable commit: for each, checks its
     /// idempotency key, reads the donor's totals under the donor's lock, designates it
@@ -122,21 +143,23 @@ impl Store {
         );
         on_write!(self, p => {
             let mut tx = p.begin().await?;
-            if backend == Backend::Postgres {
-                // The donors' locks, in a fixed order, so two batches never wait on each
-                // other in a cycle (the same keys as every other path that changes totals).
-                let list = people.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-                sqlx::query("SELECT pg_advisory_xact_lock(8, hashtext(p::text)) FROM (SELECT DISTINCT unnest(string_to_array($1, ','))::bigint AS p ORDER BY 1) s")
-                    .bind(list)
-                    .execute(&mut *tx)
-                    .await?;
-            }
             let mut totals: HashMap<(i64, String), i64> = HashMap::new();
             {
-                let mut q = sqlx::query(&totals_sql);
-                for person in &people {
-                    q = q.bind(*person);
-                }
+                let q = if backend == Backend::Postgres {
+                    // The donors' locks, in a fixed order so that two batches never wait
+                    // on each other in a cycle (the same keys as every other path that
+                    // changes totals), then their totals as they are once the locks are
+                    // held: one round trip (migration 0027's function).
+                    let list = people.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+                    sqlx::query("SELECT o_person AS person_id, o_period AS period, o_total AS total_cents FROM narwhal_lock_totals(string_to_array($1, ',')::bigint[])")
+                        .bind(list)
+                } else {
+                    let mut q = sqlx::query(&totals_sql);
+                    for person in &people {
+                        q = q.bind(*person);
+                    }
+                    q
+                };
                 for r in q.fetch_all(&mut *tx).await? {
                     let person: i64 = r.try_get("person_id")?;
                     let period: String = r.try_get("period")?;
@@ -191,71 +214,97 @@ impl Store {
                      VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key",
                     placeholders(backend, planned.len(), COLS, 1)
                 );
-                let totals_from = 1 + planned.len() * COLS;
                 let insert_totals = format!(
                     "INSERT INTO contribution_totals (person_id, period, total_cents) VALUES {} \
                      ON CONFLICT (person_id, period) DO UPDATE SET total_cents = contribution_totals.total_cents + excluded.total_cents",
-                    placeholders(backend, deltas.len(), 3, totals_from)
+                    placeholders(backend, deltas.len(), 3, 1)
                 );
-                let attempts_from = totals_from + deltas.len() * 3;
-                // PostgreSQL: the three inserts as one statement (data-modifying WITH),
-                // one round trip instead of three while the donors' locks are held.
-                // SQLite (no round trips to save, no INSERT in WITH): three statements.
-                let one_statement = backend == Backend::Postgres && !deltas.is_empty();
-                let sql = if one_statement {
-                    let mut sql = format!("WITH d AS ({insert_donations}), t AS ({insert_totals})");
-                    if !attempts.is_empty() {
-                        sql.push_str(&format!(
-                            ", a AS (INSERT INTO donation_attempts (donation_id, seq, processor, attempt_key, state, started_at) \
-                             SELECT d.id, 1, v.processor, v.attempt_key, v.state, v.started_at \
-                             FROM d JOIN (VALUES {}) AS v (idempotency_key, processor, attempt_key, state, started_at) USING (idempotency_key))",
-                            placeholders(backend, attempts.len(), 5, attempts_from)
-                        ));
-                    }
-                    sql.push_str(" SELECT id, idempotency_key FROM d");
-                    sql
-                } else {
-                    insert_donations
-                };
-                let mut q = sqlx::query(&sql);
-                for g in &planned {
-                    let d = g.d;
-                    q = q
-                        .bind(&d.public_id)
-                        .bind(d.idempotency_key.trim())
-                        .bind(&d.request_hash)
-                        .bind(d.person_id.0)
-                        .bind(d.amount_cents)
-                        .bind(&d.currency)
-                        .bind(g.state)
-                        .bind(&d.channel)
-                        .bind(&d.refcode)
-                        .bind(&d.source)
-                        .bind(&d.donor_json)
-                        .bind(&d.employer)
-                        .bind(&d.occupation)
-                        .bind(&g.allocations)
-                        .bind(g.itemized)
-                        .bind(g.needs_followup)
-                        .bind(&d.payment_method)
-                        .bind(d.save_method)
-                        .bind(d.plan_id)
-                        .bind(&d.pledge_token_hash)
-                        .bind(&d.client_ip)
-                        .bind(now)
-                        .bind(now);
-                }
-                if one_statement {
-                    for ((person, period), cents) in &deltas {
-                        q = q.bind(*person).bind(period).bind(*cents);
-                    }
-                    for (key, processor, attempt_key) in &attempts {
-                        q = q.bind(*key).bind(*processor).bind(*attempt_key).bind(attempt::STARTED).bind(now);
-                    }
-                }
                 let mut ids: HashMap<String, i64> = HashMap::with_capacity(planned.len());
-                for r in q.fetch_all(&mut *tx).await? {
-                    ids.insert(r.try_get("idempotency_key")?, r.try_get("id")?);
+                if backend == Backend::Postgres {
+                    // The three inserts as one statement (data-modifying WITH) of fixed
+                    // text, the batch as JSON record sets: one round trip while the
+                    // donors' locks are held, prepared once per connection.
+                    let gifts: Vec<serde_json::Value> = planned
+                        .iter()
+                        .map(|g| {
+                            let d = g.d;
+                            serde_json::json!({
+                                "public_id": d.public_id,
+                                "idempotency_key": d.idempotency_key.trim(),
+                                "request_hash": d.request_hash,
+                                "person_id": d.person_id.0,
+                                "amount_cents": d.amount_cents,
+                                "currency": d.currency,
+                                "state": g.state,
+                                "channel": d.channel,
+                                "refcode": d.refcode,
+                                "source": d.source,
+                                "donor": d.donor_json,
+                                "employer": d.employer,
+                                "occupation": d.occupation,
+                                "allocations": g.allocations,
+                                "itemized": g.itemized,
+                                "needs_followup": g.needs_followup,
+                                "payment_method": d.payment_method,
+                                "save_method": d.save_method,
+                                "plan_id": d.plan_id,
+                                "pledge_token_hash": d.pledge_token_hash,
+                                "client_ip": d.client_ip,
+                            })
+                        })
+                        .collect();
+                    let totals_json: Vec<serde_json::Value> = deltas
+                        .iter()
+                        .map(|((person, period), cents)| serde_json::json!({"person_id": person, "period": period, "total_cents": cents}))
+                        .collect();
+                    let attempts_json: Vec<serde_json::Value> = attempts
+                        .iter()
+                        .map(|(key, processor, attempt_key)| serde_json::json!({"idempotency_key": key, "processor": processor, "attempt_key": attempt_key}))
+                        .collect();
+                    for r in sqlx::query(BEGIN_DONATIONS_PG)
+                        .bind(serde_json::Value::Array(gifts).to_string())
+                        .bind(serde_json::Value::Array(totals_json).to_string())
+                        .bind(serde_json::Value::Array(attempts_json).to_string())
+                        .bind(now)
+                        .bind(attempt::STARTED)
+                        .fetch_all(&mut *tx)
+                        .await?
+                    {
+                        ids.insert(r.try_get("idempotency_key")?, r.try_get("id")?);
+                    }
+                } else {
+                    // SQLite (no round trips to save, no INSERT in WITH): three statements.
+                    let mut q = sqlx::query(&insert_donations);
+                    for g in &planned {
+                        let d = g.d;
+                        q = q
+                            .bind(&d.public_id)
+                            .bind(d.idempotency_key.trim())
+                            .bind(&d.request_hash)
+                            .bind(d.person_id.0)
+                            .bind(d.amount_cents)
+                            .bind(&d.currency)
+                            .bind(g.state)
+                            .bind(&d.channel)
+                            .bind(&d.refcode)
+                            .bind(&d.source)
+                            .bind(&d.donor_json)
+                            .bind(&d.employer)
+                            .bind(&d.occupation)
+                            .bind(&g.allocations)
+                            .bind(g.itemized)
+                            .bind(g.needs_followup)
+                            .bind(&d.payment_method)
+                            .bind(d.save_method)
+                            .bind(d.plan_id)
+                            .bind(&d.pledge_token_hash)
+                            .bind(&d.client_ip)
+                            .bind(now)
+                            .bind(now);
+                    }
+                    for r in q.fetch_all(&mut *tx).await? {
+                        ids.insert(r.try_get("idempotency_key")?, r.try_get("id")?);
+                    }
                 }
                 if ids.len() != planned.len() {
                     // A key stored before (a replay) or by another node meanwhile:
@@ -263,7 +312,7 @@ impl Store {
                     tx.rollback().await?;
                     return Ok(None);
                 }
-                if !one_statement {
+                if backend != Backend::Postgres {
                     if !deltas.is_empty() {
                         let mut q = sqlx::query(&insert_totals);
                         for ((person, period), cents) in &deltas {
@@ -420,22 +469,27 @@ impl Store {
         &self,
         items: &[&Completion],
     ) -> Result<HashMap<i64, DonationRow>> {
-        let backend = self.backend();
         let now = now_ms();
         let from: Vec<String> = allowed_from(DonationState::Succeeded)
             .iter()
             .map(|s| format!("'{}'", s.as_str()))
             .collect();
+        // The text depends on nothing but constants: the batch comes as arrays and the
+        // time as a parameter, so each connection prepares it once (a text per batch
+        // size, or with the time spliced in, was prepared again at every call: one
+        // more round trip each, and a churned statement cache).
         let sql = format!(
-            "WITH v (vid, vkey, vproc, vref, vamount, vfee, vbrand, vlast4, vexp, vfp) AS (VALUES {values}), \
-             a AS (UPDATE donation_attempts SET state = '{succeeded}', processor_ref = COALESCE(v.vref, donation_attempts.processor_ref), finished_at = {now} \
+            "WITH v (vid, vkey, vproc, vref, vamount, vfee, vbrand, vlast4, vexp, vfp) AS ( \
+               SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], \
+                 $7::text[], $8::text[], $9::text[], $10::text[])), \
+             a AS (UPDATE donation_attempts SET state = '{succeeded}', processor_ref = COALESCE(v.vref, donation_attempts.processor_ref), finished_at = $11 \
                    FROM v WHERE donation_attempts.attempt_key = v.vkey AND donation_attempts.state IN ('started', 'ambiguous', 'unavailable')), \
              d AS (UPDATE donations SET state = 'succeeded', processor = v.vproc, processor_ref = v.vref, fee_cents = v.vfee, \
                    card_brand = v.vbrand, card_last4 = v.vlast4, card_exp = v.vexp, card_fingerprint = v.vfp, \
-                   pledge_token_hash = NULL, error_code = NULL, error_message = NULL, updated_at = {now} \
+                   pledge_token_hash = NULL, error_code = NULL, error_message = NULL, updated_at = $11 \
                    FROM v WHERE donations.id = v.vid AND donations.state IN ({from}) RETURNING {DONATION_COLUMNS}), \
              l AS (INSERT INTO ledger_entries (txn, donation_id, kind, account, amount_cents, created_at) \
-                   SELECT x.txn, v.vid, x.kind, x.account, x.cents, {now} FROM d JOIN v ON v.vid = d.id \
+                   SELECT x.txn, v.vid, x.kind, x.account, x.cents, $11 FROM d JOIN v ON v.vid = d.id \
                    CROSS JOIN LATERAL (VALUES \
                      ('charge:' || v.vproc || ':' || v.vref, 'charge', 'processor:' || v.vproc, v.vamount), \
                      ('charge:' || v.vproc || ':' || v.vref, 'charge', 'contributions', -v.vamount), \
@@ -444,34 +498,66 @@ impl Store {
                    WHERE x.kind = 'charge' OR COALESCE(v.vfee, 0) > 0 \
                    ON CONFLICT (txn, account) DO NOTHING) \
              SELECT {DONATION_COLUMNS} FROM d",
-            values = placeholders(backend, items.len(), 10, 1),
             succeeded = attempt::SUCCEEDED,
             from = from.join(", "),
         );
-        on_write!(self, p => {
-            let mut q = sqlx::query(&sql);
-            for c in items {
-                if let Finish::Succeeded { processor, processor_ref, amount_cents, fee_cents, card } = &c.finish {
-                    q = q
-                        .bind(c.donation_id)
-                        .bind(c.attempt_key.as_deref())
-                        .bind(processor)
-                        .bind(processor_ref)
-                        .bind(*amount_cents)
-                        .bind(*fee_cents)
-                        .bind(&card.brand)
-                        .bind(&card.last4)
-                        .bind(&card.exp)
-                        .bind(&card.fingerprint);
-                }
+        let n = items.len();
+        let mut vid = Vec::with_capacity(n);
+        let mut vkey = Vec::with_capacity(n);
+        let mut vproc = Vec::with_capacity(n);
+        let mut vref = Vec::with_capacity(n);
+        let mut vamount = Vec::with_capacity(n);
+        let mut vfee = Vec::with_capacity(n);
+        let mut vbrand = Vec::with_capacity(n);
+        let mut vlast4 = Vec::with_capacity(n);
+        let mut vexp = Vec::with_capacity(n);
+        let mut vfp = Vec::with_capacity(n);
+        for c in items {
+            if let Finish::Succeeded {
+                processor,
+                processor_ref,
+                amount_cents,
+                fee_cents,
+                card,
+            } = &c.finish
+            {
+                vid.push(c.donation_id);
+                vkey.push(c.attempt_key.as_deref());
+                vproc.push(processor.as_str());
+                vref.push(processor_ref.as_str());
+                vamount.push(*amount_cents);
+                vfee.push(*fee_cents);
+                vbrand.push(card.brand.as_str());
+                vlast4.push(card.last4.as_str());
+                vexp.push(card.exp.as_str());
+                vfp.push(card.fingerprint.as_deref());
             }
+        }
+        let crate::db::Pools::Postgres(p) = &self.pools else {
+            return Err(StoreError::Invalid(
+                "the one-statement finish is PostgreSQL's".into(),
+            ));
+        };
+        {
+            let q = sqlx::query(&sql)
+                .bind(vid)
+                .bind(vkey)
+                .bind(vproc)
+                .bind(vref)
+                .bind(vamount)
+                .bind(vfee)
+                .bind(vbrand)
+                .bind(vlast4)
+                .bind(vexp)
+                .bind(vfp)
+                .bind(now);
             let mut moved = HashMap::with_capacity(items.len());
             for r in q.fetch_all(p).await? {
                 let row = donation_from_row!(&r);
                 moved.insert(row.id, row);
             }
             Ok(moved)
-        })
+        }
     }
 
     /// SQLite: charges (each donation once in `items`): attempts closed, donations
