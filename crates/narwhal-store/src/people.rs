@@ -312,6 +312,35 @@ impl Store {
     pub async fn load_people(&self, ids: &[PersonId]) -> Result<Vec<PersonRecord>> {
         let mut out = Vec::with_capacity(ids.len());
         let backend = self.backend();
+        if let crate::db::Pools::Postgres(p) = &self.pools {
+            // One statement (rows with their keys and tags as arrays) instead of four:
+            // a person read is one round trip, which is what it costs when the
+            // database is far away. Fixed text: the ids come as one array.
+            static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                format!(
+                    "SELECT p.id, {cols}, p.version, p.created_at, p.updated_at, \
+                       ARRAY(SELECT e.email FROM person_emails e WHERE e.person_id = p.id ORDER BY e.created_at, e.email) AS emails, \
+                       ARRAY(SELECT e.phone FROM person_phones e WHERE e.person_id = p.id ORDER BY e.created_at, e.phone) AS phones, \
+                       ARRAY(SELECT t.name FROM person_tags pt JOIN tags t ON t.id = pt.tag_id WHERE pt.person_id = p.id ORDER BY t.name) AS tags \
+                     FROM people p WHERE p.id = ANY($1) ORDER BY p.id",
+                    cols = ROW_COLS.split(", ").map(|c| format!("p.{c}")).collect::<Vec<_>>().join(", ")
+                )
+            });
+            let ids: Vec<i64> = ids.iter().map(|i| i.0).collect();
+            for r in sqlx::query(SQL.as_str()).bind(ids).fetch_all(p).await? {
+                out.push(PersonRecord {
+                    id: PersonId(r.try_get("id")?),
+                    row: row_from!(r),
+                    emails: r.try_get("emails")?,
+                    phones: r.try_get("phones")?,
+                    tags: r.try_get("tags")?,
+                    version: r.try_get("version")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                });
+            }
+            return Ok(out);
+        }
         on_read!(self, p => {
             for chunk in ids.chunks(KEY_CHUNK) {
                 let ph = placeholders(backend, 1, chunk.len());
