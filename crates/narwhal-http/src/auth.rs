@@ -150,6 +150,17 @@ pub async fn require(
     if access == Access::Public {
         return next.run(req).await;
     }
+    if access == Access::Watcher {
+        return match crate::turnout::authenticate_watcher(&state, req.headers()).await {
+            Ok(Some((caller, watcher))) => {
+                req.extensions_mut().insert(caller);
+                req.extensions_mut().insert(watcher);
+                next.run(req).await
+            }
+            Ok(None) => ApiError::unauthenticated().into_response(),
+            Err(e) => e.into_response(),
+        };
+    }
     let caller = match authenticate(&state, req.headers()).await {
         Ok(Some(c)) => c,
         Ok(None) => return ApiError::unauthenticated().into_response(),
@@ -213,7 +224,9 @@ pub fn session_cookie(value: &str, max_age_s: i64, secure: bool) -> ApiResult<He
 /// Ends the caller's session, if it came by cookie; returns the clearing cookie.
 pub async fn end_session(state: &AppState, headers: &HeaderMap) -> ApiResult<HeaderValue> {
     if let Some(sid) = cookie(headers, SESSION_COOKIE) {
-        state.store.delete_session(&sha256_hex(&sid)).await?;
+        let hash = sha256_hex(&sid);
+        state.store.delete_session(&hash).await?;
+        state.turnout.logins.forget(&hash);
     }
     session_cookie("", 0, state.config.cookie_secure)
 }

@@ -16,10 +16,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use narwhal_domain::PersonId;
+use narwhal_store::auth::WatcherSession;
 use narwhal_store::turnout::Watcher;
 use narwhal_turnout::{Channel, LoginFailure, ReportItem, Reporter, Turnout, TurnoutError};
 use serde::Deserialize;
 use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 impl From<TurnoutError> for ApiError {
     fn from(e: TurnoutError) -> Self {
@@ -44,18 +48,123 @@ fn login_error(f: LoginFailure) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, code, f.to_string())
 }
 
-/// The watcher row of the calling user; 403 for anyone else (staff, tokens,
-/// volunteers without a polling place).
-async fn watcher(s: &AppState, caller: &Caller) -> ApiResult<Watcher> {
-    let not = || {
+/// How long a node trusts what it read of a watcher's session (the session, its user
+/// and the watcher row) before reading it again: a watcher's phone posts several
+/// batches a second, and two lookups per batch were most of the database's
+/// transactions on election day. Logging out on this node ends a session at once; a
+/// login disabled, re-issued (to another polling place) or logged out on another node
+/// stops working within this time. Session and login expiry times are checked on every
+/// request.
+pub const WATCHER_LOGIN_TTL: Duration = Duration::from_secs(1);
+/// Sessions a node remembers at most (far above one per watcher of a node).
+const WATCHER_LOGINS_MAX: usize = 100_000;
+
+/// One node's recently read watcher sessions, by session hash (see
+/// [`WATCHER_LOGIN_TTL`]). Holds hashes only, never a session id.
+#[derive(Default)]
+pub struct WatcherLogins {
+    map: Mutex<HashMap<String, (Instant, Arc<WatcherSession>)>>,
+}
+
+impl std::fmt::Debug for WatcherLogins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatcherLogins")
+    }
+}
+
+impl WatcherLogins {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<WatcherSession>)>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live session with this hash: remembered if read less than
+    /// [`WATCHER_LOGIN_TTL`] ago, else read now. `None` for an unknown, expired or
+    /// disabled one.
+    async fn resolve(
+        &self,
+        store: &narwhal_store::Store,
+        token_hash: &str,
+    ) -> ApiResult<Option<Arc<WatcherSession>>> {
+        let now = Instant::now();
+        let known = self
+            .lock()
+            .get(token_hash)
+            .filter(|(at, _)| now.duration_since(*at) < WATCHER_LOGIN_TTL)
+            .map(|(_, s)| s.clone());
+        let session = match known {
+            Some(s) => s,
+            None => {
+                let Some(s) = store.watcher_session(token_hash).await? else {
+                    self.forget(token_hash);
+                    return Ok(None);
+                };
+                let s = Arc::new(s);
+                let mut map = self.lock();
+                if map.len() >= WATCHER_LOGINS_MAX {
+                    map.retain(|_, (at, _)| now.duration_since(*at) < WATCHER_LOGIN_TTL);
+                    if map.len() >= WATCHER_LOGINS_MAX {
+                        map.clear();
+                    }
+                }
+                map.insert(token_hash.to_string(), (now, s.clone()));
+                s
+            }
+        };
+        Ok(Some(session).filter(|s| s.session_expires_at > crate::now_ms()))
+    }
+
+    /// Forgets a session (logged out on this node).
+    pub fn forget(&self, token_hash: &str) {
+        self.lock().remove(token_hash);
+    }
+}
+
+/// The watcher row of the caller of a watcher route, put in request extensions by
+/// [`crate::auth::require`] beside the [`Caller`]; `None` for anyone else (staff,
+/// tokens, volunteers without a polling place).
+#[derive(Debug, Clone)]
+pub struct CallerWatcher(Option<Watcher>);
+
+/// Authenticates the caller of a watcher route. A session cookie is resolved through
+/// this node's [`WatcherLogins`]; a bearer token as on any route (it is no watcher).
+pub(crate) async fn authenticate_watcher(
+    s: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> ApiResult<Option<(Caller, CallerWatcher)>> {
+    let sid = match crate::auth::cookie(headers, crate::auth::SESSION_COOKIE) {
+        Some(sid) if !headers.contains_key(axum::http::header::AUTHORIZATION) => sid,
+        _ => {
+            return Ok(crate::auth::authenticate(s, headers)
+                .await?
+                .map(|c| (c, CallerWatcher(None))))
+        }
+    };
+    let Some(w) = s
+        .turnout
+        .logins
+        .resolve(&s.store, &crate::auth::sha256_hex(&sid))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let caller = Caller {
+        actor: format!("user:{}", w.username),
+        scopes: w.role.scopes().to_vec(),
+        session: Some(sid),
+        user: Some(w.user),
+    };
+    Ok(Some((caller, CallerWatcher(w.watcher.clone()))))
+}
+
+/// The watcher row of the calling user; 403 for anyone else, 401 once it expired.
+fn watcher(w: &CallerWatcher) -> ApiResult<Watcher> {
+    let w = w.0.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "this is for poll watchers: log in with your watcher link or PIN",
         )
-    };
-    let user = caller.user.ok_or_else(not)?;
-    let w = service(s).watcher_for(user).await?.ok_or_else(not)?;
+    })?;
     if w.expires_at.is_some_and(|t| t <= crate::now_ms()) {
         return Err(login_error(LoginFailure::Expired));
     }
@@ -104,9 +213,9 @@ pub async fn login(State(s): State<AppState>, Json(b): Json<WatcherLogin>) -> Ap
 /// `GET /api/v1/turnout/me`: readiness, days before: "you are set up for X".
 pub async fn me(
     State(s): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<CallerWatcher>,
 ) -> ApiResult<Json<narwhal_turnout::Readiness>> {
-    let w = watcher(&s, &caller).await?;
+    let w = watcher(&caller)?;
     Ok(Json(service(&s).readiness(&w).await?))
 }
 
@@ -123,10 +232,10 @@ pub struct ListQuery {
 /// `GET /api/v1/turnout/list`: my polling place's supporters not yet voted.
 pub async fn list(
     State(s): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<CallerWatcher>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let w = watcher(&s, &caller).await?;
+    let w = watcher(&caller)?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let voters = service(&s)
         .remaining(&w.polling_place, q.after.map(PersonId), limit)
@@ -156,10 +265,10 @@ pub struct ReportBatch {
 /// gets its own outcome (accepted, duplicate, rejected with a reason).
 pub async fn reports(
     State(s): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<CallerWatcher>,
     Json(b): Json<ReportBatch>,
 ) -> ApiResult<Json<narwhal_turnout::BatchResult>> {
-    let w = watcher(&s, &caller).await?;
+    let w = watcher(&caller)?;
     let channel = b.channel.unwrap_or(Channel::App);
     if channel != Channel::App {
         return Err(ApiError::invalid(
@@ -196,6 +305,8 @@ pub struct TurnoutEdge {
     /// shared pool cannot take election day's connections, and with this node's
     /// group commit.
     service: Turnout,
+    /// Watcher sessions read lately (see [`WATCHER_LOGIN_TTL`]).
+    pub logins: Arc<WatcherLogins>,
 }
 
 /// Connections of the ingest's own pool (PostgreSQL).
@@ -207,6 +318,7 @@ impl TurnoutEdge {
         Self {
             live: narwhal_turnout::live::LiveTurnout::new(store.clone()),
             service: Turnout::with_group_commit(store.dedicated(INGEST_POOL)),
+            logins: Arc::new(WatcherLogins::default()),
         }
     }
 
@@ -288,9 +400,9 @@ pub async fn live(State(s): State<AppState>) -> EventStream {
 /// events (`place`), sent when they change.
 pub async fn my_live(
     State(s): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Extension(caller): Extension<CallerWatcher>,
 ) -> ApiResult<EventStream> {
-    let w = watcher(&s, &caller).await?;
+    let w = watcher(&caller)?;
     let last = std::sync::Mutex::new(None::<(i64, i64)>);
     Ok(live_events(&s, move |d| {
         let f = d

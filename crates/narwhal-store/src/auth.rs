@@ -26,6 +26,18 @@ pub struct ApiToken {
     pub revoked: bool,
 }
 
+/// What [`Store::watcher_session`] reads: a live session's (enabled) user and their
+/// watcher row, if they are a watcher.
+#[derive(Debug, Clone)]
+pub struct WatcherSession {
+    pub user: UserId,
+    pub username: String,
+    pub role: Role,
+    /// When the session ends (ms since the epoch).
+    pub session_expires_at: i64,
+    pub watcher: Option<crate::turnout::Watcher>,
+}
+
 fn parse_role(s: &str) -> Result<Role> {
     Role::parse(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -153,6 +165,43 @@ impl Store {
             }
         });
         Ok(Some(user).filter(|u| !u.disabled))
+    }
+
+    /// The caller of a poll-watcher route in one statement: the session's user (left
+    /// out when disabled), when the session ends, and the user's watcher row if any.
+    /// `None` for an unknown or expired session.
+    pub async fn watcher_session(&self, token_hash: &str) -> Result<Option<WatcherSession>> {
+        let sql = "SELECT u.id, u.username, u.role, u.disabled, s.expires_at AS session_expires_at,
+                w.id AS watcher_id, w.polling_place, w.kind, w.secret_hash, w.issued_at, w.expires_at
+            FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN watchers w ON w.user_id = u.id
+            WHERE s.token_hash = $1 AND s.expires_at > $2";
+        on_read!(self, p => {
+            let Some(r) = sqlx::query(sql).bind(token_hash).bind(now_ms()).fetch_optional(p).await? else { return Ok(None) };
+            if r.try_get::<bool, _>("disabled")? {
+                return Ok(None);
+            }
+            let role: String = r.try_get("role")?;
+            let user = UserId(r.try_get("id")?);
+            let watcher = match r.try_get::<Option<i64>, _>("watcher_id")? {
+                None => None,
+                Some(id) => Some(crate::turnout::Watcher {
+                    id,
+                    user_id: user,
+                    polling_place: r.try_get("polling_place")?,
+                    kind: r.try_get("kind")?,
+                    secret_hash: r.try_get("secret_hash")?,
+                    issued_at: r.try_get("issued_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                }),
+            };
+            Ok(Some(WatcherSession {
+                user,
+                username: r.try_get("username")?,
+                role: parse_role(&role)?,
+                session_expires_at: r.try_get("session_expires_at")?,
+                watcher,
+            }))
+        })
     }
 
     pub async fn delete_session(&self, token_hash: &str) -> Result<()> {

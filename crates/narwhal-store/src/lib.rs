@@ -42,6 +42,7 @@ pub mod test_support;
 pub mod throttles;
 pub mod turnout;
 pub mod turnout_live;
+pub mod turnout_memo;
 
 pub use db::{Backend, DatabaseTarget, Store};
 pub use error::StoreError;

@@ -15,11 +15,13 @@
 
 use crate::error::{Result, StoreError};
 use crate::segments::compile;
+use crate::turnout_memo::{CellKey, IngestMemo};
 use crate::{now_ms, Backend, Store};
 use narwhal_domain::{PersonId, SegmentFilter, UserId};
 use serde::Serialize;
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Voter codes are `seq` scrambled by this bijection of `0..CODE_SPACE`: the
 /// multiplier is coprime with 10^7, so distinct seqs get distinct codes.
@@ -149,7 +151,10 @@ pub struct ReportGroup<'a> {
 }
 
 /// Repeats within a batch are duplicates of their first (or share its rejection).
-fn resolve_repeats(items: &[ReportIn], out: Vec<Option<Outcome>>) -> Result<Vec<Outcome>> {
+pub(crate) fn resolve_repeats(
+    items: &[ReportIn],
+    out: Vec<Option<Outcome>>,
+) -> Result<Vec<Outcome>> {
     let mut first: HashMap<(&str, bool), Outcome> = HashMap::new();
     let mut result = Vec::with_capacity(items.len());
     for (item, o) in items.iter().zip(out) {
@@ -263,6 +268,18 @@ struct NewReport<'a> {
     watcher_id: Option<i64>,
     channel: &'a str,
     voted_at: i64,
+    /// The voter's tally cell (an index into the transaction's [`Cells`]).
+    cell: usize,
+}
+
+/// What [`IngestSql::insert_reports`] did: the report ids it stored, the owners of
+/// ids found already stored when the backend learned them on the way, and, when it
+/// was asked to and could, the voters whose `turnout_voted` row it inserted (their
+/// tallies added too).
+struct Inserted {
+    ids: HashSet<String>,
+    owners: HashMap<String, i64>,
+    claimed: Option<HashSet<i64>>,
 }
 
 /// A universe row found by code or person id: (person, code, polling place, county,
@@ -285,13 +302,17 @@ trait IngestSql {
         keys: &[i64],
     ) -> impl std::future::Future<Output = Result<Vec<UniverseRow>>> + Send;
 
-    /// Inserts the reports whose id is new; returns those ids, and the owners of
-    /// ids found already stored when the backend learned them on the way (else empty).
+    /// Inserts the reports whose id is new. With `claim` (the transaction undoes
+    /// nothing, so every voter with a new report is a first report unless they have
+    /// a row), a backend may also do step 4's claim of those voters (see
+    /// [`IngestSql::claim_voters`], each at the earliest of their new reports) and
+    /// add the claimed to the tallies, in the same statement.
     fn insert_reports(
         &mut self,
         rows: &[NewReport<'_>],
         now: i64,
-    ) -> impl std::future::Future<Output = Result<(HashSet<String>, HashMap<String, i64>)>> + Send;
+        claim: Option<&Cells>,
+    ) -> impl std::future::Future<Output = Result<Inserted>> + Send;
 
     /// Who each of these stored report ids is about.
     fn report_owners(
@@ -383,7 +404,8 @@ impl IngestSql for sqlx::SqliteConnection {
         &mut self,
         rows: &[NewReport<'_>],
         now: i64,
-    ) -> Result<(HashSet<String>, HashMap<String, i64>)> {
+        _claim: Option<&Cells>,
+    ) -> Result<Inserted> {
         // The only writer, inside its transaction: the ids not stored now are exactly
         // the ones the insert stores.
         let ids: Vec<&str> = rows.iter().map(|r| r.report_id).collect();
@@ -417,7 +439,11 @@ impl IngestSql for sqlx::SqliteConnection {
             }
             inserted.extend(chunk.iter().map(|r| r.report_id.to_string()));
         }
-        Ok((inserted, known))
+        Ok(Inserted {
+            ids: inserted,
+            owners: known,
+            claimed: None,
+        })
     }
 
     async fn report_owners(&mut self, ids: &[&str]) -> Result<HashMap<String, i64>> {
@@ -562,9 +588,14 @@ impl IngestSql for sqlx::PgConnection {
         &mut self,
         rows: &[NewReport<'_>],
         now: i64,
-    ) -> Result<(HashSet<String>, HashMap<String, i64>)> {
+        claim: Option<&Cells>,
+    ) -> Result<Inserted> {
         if rows.is_empty() {
-            return Ok((HashSet::new(), HashMap::new()));
+            return Ok(Inserted {
+                ids: HashSet::new(),
+                owners: HashMap::new(),
+                claimed: claim.map(|_| HashSet::new()),
+            });
         }
         let ids: Vec<&str> = rows.iter().map(|r| r.report_id).collect();
         let people: Vec<i64> = rows.iter().map(|r| r.person_id).collect();
@@ -572,21 +603,87 @@ impl IngestSql for sqlx::PgConnection {
         let watchers: Vec<Option<i64>> = rows.iter().map(|r| r.watcher_id).collect();
         let channels: Vec<&str> = rows.iter().map(|r| r.channel).collect();
         let voted: Vec<i64> = rows.iter().map(|r| r.voted_at).collect();
-        let inserted: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO turnout_reports (report_id, person_id, polling_place, watcher_id, channel, voted_at, received_at)
-             SELECT r, p, pl, w, c, v, $7 FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::BIGINT[]) AS t(r, p, pl, w, c, v)
-             ON CONFLICT (report_id) DO NOTHING RETURNING report_id",
-        )
-        .bind(&ids)
-        .bind(&people)
-        .bind(&places)
-        .bind(&watchers)
-        .bind(&channels)
-        .bind(&voted)
-        .bind(now)
-        .fetch_all(&mut *self)
-        .await?;
-        Ok((inserted.into_iter().collect(), HashMap::new()))
+        let Some(cells) = claim else {
+            let inserted: Vec<String> = sqlx::query_scalar(
+                "INSERT INTO turnout_reports (report_id, person_id, polling_place, watcher_id, channel, voted_at, received_at)
+                 SELECT r, p, pl, w, c, v, $7 FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::BIGINT[]) AS t(r, p, pl, w, c, v)
+                 ON CONFLICT (report_id) DO NOTHING RETURNING report_id",
+            )
+            .bind(&ids)
+            .bind(&people)
+            .bind(&places)
+            .bind(&watchers)
+            .bind(&channels)
+            .bind(&voted)
+            .bind(now)
+            .fetch_all(&mut *self)
+            .await?;
+            return Ok(Inserted {
+                ids: inserted.into_iter().collect(),
+                owners: HashMap::new(),
+                claimed: None,
+            });
+        };
+        // One statement for steps 3 and 4 of a transaction without undos: the new
+        // reports, the first reports' voters (in person order, as claim_voters), their
+        // tallies (in the byte order of the cell keys, as add_tallies, so concurrent
+        // transactions lock tally rows in one order), and who owns the ids that were
+        // already stored (read from the statement's snapshot; an id stored by a
+        // transaction that committed after it is looked up by the caller).
+        let row_cells: Vec<i32> = rows
+            .iter()
+            .map(|r| i32::try_from(r.cell).unwrap_or(i32::MAX))
+            .collect();
+        let counties: Vec<&str> = cells.keys.iter().map(|k| k.0.as_str()).collect();
+        let precincts: Vec<&str> = cells.keys.iter().map(|k| k.1.as_str()).collect();
+        let cell_places: Vec<&str> = cells.keys.iter().map(|k| k.2.as_str()).collect();
+        let (inserted, claimed, owned_ids, owners): (Vec<String>, Vec<i64>, Vec<String>, Vec<i64>) =
+            sqlx::query_as(
+                "WITH src AS (
+                    SELECT * FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::BIGINT[], $8::INT[]) AS t(r, p, pl, w, c, v, cell)
+                 ), ins AS (
+                    INSERT INTO turnout_reports (report_id, person_id, polling_place, watcher_id, channel, voted_at, received_at)
+                    SELECT r, p, pl, w, c, v, $7 FROM src
+                    ON CONFLICT (report_id) DO NOTHING RETURNING report_id, person_id, voted_at
+                 ), voted AS (
+                    INSERT INTO turnout_voted (person_id, voted_at)
+                    SELECT person_id, MIN(voted_at) FROM ins GROUP BY person_id ORDER BY person_id
+                    ON CONFLICT (person_id) DO NOTHING RETURNING person_id, voted_at
+                 ), cells AS (
+                    SELECT * FROM unnest($9::TEXT[], $10::TEXT[], $11::TEXT[]) WITH ORDINALITY AS k(county, precinct, place, n)
+                 ), tallied AS (
+                    INSERT INTO turnout_tallies AS t (county, precinct, polling_place, hour, people)
+                    SELECT k.county, k.precinct, k.place, v.voted_at / 3600000, COUNT(*)
+                    FROM voted v JOIN (SELECT DISTINCT p, cell FROM src) pc ON pc.p = v.person_id
+                    JOIN cells k ON k.n = pc.cell + 1
+                    GROUP BY 1, 2, 3, 4
+                    ORDER BY k.county COLLATE \"C\", k.precinct COLLATE \"C\", k.place COLLATE \"C\", 4
+                    ON CONFLICT (county, precinct, polling_place, hour) DO UPDATE SET people = t.people + excluded.people
+                 ), own AS (
+                    SELECT s.r, x.person_id FROM src s JOIN turnout_reports x ON x.report_id = s.r
+                    WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.report_id = s.r)
+                 )
+                 SELECT ARRAY(SELECT report_id FROM ins), ARRAY(SELECT person_id FROM voted),
+                        ARRAY(SELECT r FROM own), ARRAY(SELECT person_id FROM own)",
+            )
+            .bind(&ids)
+            .bind(&people)
+            .bind(&places)
+            .bind(&watchers)
+            .bind(&channels)
+            .bind(&voted)
+            .bind(now)
+            .bind(&row_cells)
+            .bind(&counties)
+            .bind(&precincts)
+            .bind(&cell_places)
+            .fetch_one(&mut *self)
+            .await?;
+        Ok(Inserted {
+            ids: inserted.into_iter().collect(),
+            owners: owned_ids.into_iter().zip(owners).collect(),
+            claimed: Some(claimed.into_iter().collect()),
+        })
     }
 
     async fn report_owners(&mut self, ids: &[&str]) -> Result<HashMap<String, i64>> {
@@ -678,7 +775,8 @@ impl IngestSql for sqlx::PgConnection {
 }
 
 /// Step 4 of the ingest: who counts as voted now, for every voter whose live reports
-/// this transaction changed, and the tallies by as much. A voter's first report
+/// this transaction changed, and the tallies by as much. `claimed`: the voters whose
+/// first report step 3 already claimed and tallied, if it did. A voter's first report
 /// inserts their `turnout_voted` row (the common case: one bulk insert); everyone
 /// else (a later report, an undo, or a first report racing another transaction's) is
 /// settled under the lock of their row, from the row and, after an undo, from their
@@ -687,21 +785,29 @@ async fn apply_changes<C: IngestSql + Send>(
     c: &mut C,
     changes: &Changes,
     cells: &Cells,
+    claimed: Option<HashSet<i64>>,
 ) -> Result<()> {
     let mut tally: HashMap<(usize, i64), i64> = HashMap::new();
-    // First reports: voters with reports added and none undone.
-    let mut firsts: Vec<(i64, i64)> = changes
-        .0
-        .iter()
-        .filter_map(|(p, ch)| ch.added.filter(|_| !ch.undone).map(|t| (*p, t)))
-        .collect();
-    firsts.sort_unstable();
-    let claimed = c.claim_voters(&firsts).await?;
-    for (p, t) in &firsts {
-        if claimed.contains(p) {
-            *tally.entry((changes.0[p].cell, t / HOUR_MS)).or_default() += 1;
+    let claimed = match claimed {
+        // Claimed, and tallied, with the reports' insert.
+        Some(claimed) => claimed,
+        None => {
+            // First reports: voters with reports added and none undone.
+            let mut firsts: Vec<(i64, i64)> = changes
+                .0
+                .iter()
+                .filter_map(|(p, ch)| ch.added.filter(|_| !ch.undone).map(|t| (*p, t)))
+                .collect();
+            firsts.sort_unstable();
+            let claimed = c.claim_voters(&firsts).await?;
+            for (p, t) in &firsts {
+                if claimed.contains(p) {
+                    *tally.entry((changes.0[p].cell, t / HOUR_MS)).or_default() += 1;
+                }
+            }
+            claimed
         }
-    }
+    };
     let mut rest: Vec<i64> = changes
         .0
         .keys()
@@ -798,7 +904,9 @@ async fn apply_changes<C: IngestSql + Send>(
 /// and reused ids. Fills `outs` (repeats within a batch are left for
 /// [`resolve_repeats`]) and `changes`, and interns the voters' tally cells in
 /// `cells`; returns the undos, `(batch, item, person, cell)`, for the caller to apply
-/// after.
+/// after. With `claim` (no undo in the transaction), the backend may claim the first
+/// reports' voters on the way (see [`IngestSql::insert_reports`]) and puts who it
+/// claimed there.
 async fn take_reports<C: IngestSql + Send>(
     c: &mut C,
     groups: &[ReportGroup<'_>],
@@ -806,12 +914,24 @@ async fn take_reports<C: IngestSql + Send>(
     cells: &mut Cells,
     changes: &mut Changes,
     now: i64,
+    claim: Option<&mut Option<HashSet<i64>>>,
+    memo: Option<&IngestMemo>,
+    learned: &mut Vec<(String, i64)>,
 ) -> Result<Vec<(usize, usize, PersonId, usize)>> {
-    // 1. Who each item is about, and where they vote.
+    // 1. Who each item is about, and where they vote (from the memo when it knows).
     let mut codes: Vec<i64> = Vec::new();
     let mut ids: Vec<i64> = Vec::new();
+    let mut found: HashMap<Target, (PersonId, usize)> = HashMap::new();
     for g in groups {
         for i in g.items {
+            if found.contains_key(&i.target) {
+                continue;
+            }
+            if let Some((pid, cell)) = memo.and_then(|m| m.voter(&i.target)) {
+                let cell = cells.intern(cell.0.clone(), cell.1.clone(), cell.2.clone());
+                found.insert(i.target, (pid, cell));
+                continue;
+            }
             match i.target {
                 Target::Code(c) => codes.push(c),
                 Target::Person(p) => ids.push(p.0),
@@ -822,16 +942,26 @@ async fn take_reports<C: IngestSql + Send>(
     codes.dedup();
     ids.sort_unstable();
     ids.dedup();
-    let mut found: HashMap<Target, (PersonId, usize)> =
-        HashMap::with_capacity(2 * (codes.len() + ids.len()));
     for (by_person, keys) in [(false, &codes), (true, &ids)] {
         if keys.is_empty() {
             continue;
         }
+        let mut voters: Vec<(i64, i64, CellKey)> = Vec::new();
+        let mut keys_of: HashMap<usize, CellKey> = HashMap::new();
         for (pid, code, pl, county, precinct) in c.universe_rows(by_person, keys).await? {
             let cell = cells.intern(county, precinct, pl);
             found.insert(Target::Code(code), (PersonId(pid), cell));
             found.insert(Target::Person(PersonId(pid)), (PersonId(pid), cell));
+            if memo.is_some() {
+                let key = keys_of
+                    .entry(cell)
+                    .or_insert_with(|| Arc::new(cells.keys[cell].clone()))
+                    .clone();
+                voters.push((pid, code, key));
+            }
+        }
+        if let Some(m) = memo {
+            m.learn_voters(voters);
         }
     }
     let cells = &*cells;
@@ -878,15 +1008,28 @@ async fn take_reports<C: IngestSql + Send>(
                 watcher_id: g.watcher_id,
                 channel: g.channel,
                 voted_at: g.items[*i].voted_at,
+                cell: *cell,
             }
         })
         .collect();
-    let (inserted, mut owner) = c.insert_reports(&rows, now).await?;
+    let Inserted {
+        ids: inserted,
+        owners: mut owner,
+        claimed: now_claimed,
+    } = c
+        .insert_reports(&rows, now, claim.is_some().then_some(cells))
+        .await?;
+    if let Some(slot) = claim {
+        *slot = now_claimed;
+    }
     for (k, i, pid, cell) in &marks {
         let item = &groups[*k].items[*i];
         if inserted.contains(&item.report_id) {
             outs[*k][*i] = Some(Outcome::Accepted(*pid));
             changes.add(*pid, *cell, item.voted_at);
+            if memo.is_some() {
+                learned.push((item.report_id.clone(), pid.0));
+            }
         } else {
             check.push((*k, *i, *pid));
         }
@@ -900,6 +1043,9 @@ async fn take_reports<C: IngestSql + Send>(
             .collect();
         if !ids.is_empty() {
             owner.extend(c.report_owners(&ids).await?);
+        }
+        if memo.is_some() {
+            learned.extend(owner.iter().map(|(id, p)| (id.clone(), *p)));
         }
         for (k, i, pid) in check {
             outs[k][i] = Some(match owner.get(&groups[k].items[i].report_id) {
@@ -1139,11 +1285,30 @@ impl Store {
         &self,
         groups: &[ReportGroup<'_>],
     ) -> Result<Vec<Vec<Outcome>>> {
+        let (outs, bump) = self.ingest_report_groups_unclocked(groups, None).await?;
+        if bump {
+            self.bump_turnout_clock().await?;
+        }
+        Ok(outs)
+    }
+
+    /// Like [`Store::ingest_report_groups`], without moving the change clock on
+    /// PostgreSQL: the second value says the caller must call
+    /// [`Store::bump_turnout_clock`] (soon, and after this returned), so that a
+    /// group commit moves it once for many transactions, off their answers' path.
+    /// On SQLite the clock moves inside the transaction (false). With a `memo`,
+    /// universe rows it knows are not read again, and it learns what this commit
+    /// established (see [`IngestMemo`]).
+    pub async fn ingest_report_groups_unclocked(
+        &self,
+        groups: &[ReportGroup<'_>],
+        memo: Option<&IngestMemo>,
+    ) -> Result<(Vec<Vec<Outcome>>, bool)> {
         // A deadlock or serialization failure rolled everything back: the batches are
         // idempotent, so running them again is safe.
         let mut tries = 0;
         loop {
-            match self.ingest_groups_once(groups).await {
+            match self.ingest_groups_once(groups, memo).await {
                 Err(StoreError::Database(sqlx::Error::Database(e)))
                     if tries < 5 && matches!(e.code().as_deref(), Some("40P01" | "40001")) =>
                 {
@@ -1155,7 +1320,32 @@ impl Store {
         }
     }
 
-    async fn ingest_groups_once(&self, groups: &[ReportGroup<'_>]) -> Result<Vec<Vec<Outcome>>> {
+    /// Moves the change clock, after a change committed: a node that reads the new
+    /// value reads the change. On PostgreSQL a sequence step (no row lock, so
+    /// concurrent ingests are not serialized by it).
+    pub async fn bump_turnout_clock(&self) -> Result<()> {
+        match &self.pools {
+            crate::db::Pools::Sqlite { write, .. } => {
+                sqlx::query("UPDATE turnout_clock SET seq = seq + 1 WHERE id = 1")
+                    .execute(write)
+                    .await?;
+            }
+            crate::db::Pools::Postgres(p) => {
+                sqlx::query("SELECT nextval('turnout_change_seq')")
+                    .execute(p)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One try of the ingest: the outcomes, and whether the caller must move the clock.
+    async fn ingest_groups_once(
+        &self,
+        groups: &[ReportGroup<'_>],
+        memo: Option<&IngestMemo>,
+    ) -> Result<(Vec<Vec<Outcome>>, bool)> {
+        let mut learned: Vec<(String, i64)> = Vec::new();
         let now = now_ms();
         let mut outs: Vec<Vec<Option<Outcome>>> =
             groups.iter().map(|g| vec![None; g.items.len()]).collect();
@@ -1164,16 +1354,19 @@ impl Store {
         // Reports of all the batches go through one set of bulk statements. An undo
         // must see the batches before it and only them, so batches holding undos are
         // taken one at a time, in order.
-        let spans: Vec<std::ops::Range<usize>> =
-            if groups.iter().any(|g| g.items.iter().any(|i| i.undo)) {
-                (0..groups.len()).map(|k| k..k + 1).collect()
-            } else {
-                std::iter::once(0..groups.len()).collect()
-            };
-        on_write!(self, p => {
+        let undoing = groups.iter().any(|g| g.items.iter().any(|i| i.undo));
+        let spans: Vec<std::ops::Range<usize>> = if undoing {
+            (0..groups.len()).map(|k| k..k + 1).collect()
+        } else {
+            std::iter::once(0..groups.len()).collect()
+        };
+        // Without undos (one span), voters may be claimed with the reports' insert.
+        let mut claimed: Option<HashSet<i64>> = None;
+        let bump = on_write!(self, p => {
             let mut tx = p.begin().await?;
             for span in spans {
-            let undos_todo = take_reports(&mut *tx, &groups[span.clone()], &mut outs[span.clone()], &mut cells, &mut changes, now).await?;
+            let claim = (!undoing).then_some(&mut claimed);
+            let undos_todo = take_reports(&mut *tx, &groups[span.clone()], &mut outs[span.clone()], &mut cells, &mut changes, now, claim, memo, &mut learned).await?;
             // Undos, after the reports of the same batch.
             for (k, i, pid, cell) in &undos_todo {
                 let g = &groups[span.start + k];
@@ -1204,23 +1397,25 @@ impl Store {
             }
             // Who counts as voted, and the tallies.
             let changed = !changes.0.is_empty();
-            apply_changes(&mut *tx, &changes, &cells).await?;
+            apply_changes(&mut *tx, &changes, &cells, claimed.take()).await?;
             if changed && self.backend() == Backend::Sqlite {
                 // One writer: the clock moves inside the transaction, at no extra sync.
                 sqlx::query("UPDATE turnout_clock SET seq = seq + 1 WHERE id = 1").execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            if changed && self.backend() == Backend::Postgres {
-                // After the commit, so a node that sees the new value reads the reports.
-                sqlx::query("SELECT nextval('turnout_change_seq')").execute(p).await?;
+            if let Some(m) = memo {
+                m.learn_reports(learned);
             }
-            Ok::<_, StoreError>(())
+            // On PostgreSQL the clock moves after the commit (the caller's), so a node
+            // that sees the new value reads the reports.
+            Ok::<_, StoreError>(changed && self.backend() == Backend::Postgres)
         })?;
-        groups
+        let outs = groups
             .iter()
             .zip(outs)
             .map(|(g, out)| resolve_repeats(g.items, out))
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((outs, bump))
     }
 
     /// Turnout of every precinct with a GOTV universe: supporters and how many voted.

@@ -7,16 +7,30 @@
 //! batch, so one bad batch gets its own error and takes no other with it. The queue
 //! lives in one process but holds only requests still waiting for their answer,
 //! which a client retries if the node dies.
+//!
+//! A batch every item of which an earlier commit of this node already decided (a
+//! phone's retry of a stored batch) is answered from the node's [`IngestMemo`], with
+//! the outcomes the database would give, without a transaction.
+//!
+//! On PostgreSQL the change clock other nodes poll is moved by a task of its own after
+//! the commits, at most once every [`CLOCK_GAP`] for all of them, instead of by a
+//! statement of its own after each commit. A watcher's answer never waits for it; the
+//! node's own live figures are woken by the caller (see `LiveTurnout::nudge`).
 
 use narwhal_store::turnout::{Outcome, ReportGroup, ReportIn};
+use narwhal_store::turnout_memo::IngestMemo;
 use narwhal_store::{Backend, Store, StoreError};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 /// Batches per transaction at most.
 const MAX_GROUP: usize = 64;
 /// Items per transaction at most.
 const MAX_ITEMS: usize = 10_000;
+/// The change clock moves at most this often for this node's commits (other nodes
+/// poll it every 250 ms).
+pub const CLOCK_GAP: Duration = Duration::from_millis(20);
 
 struct Job {
     place: Option<String>,
@@ -31,6 +45,9 @@ struct Job {
 pub struct GroupCommit {
     store: Store,
     queue: Arc<OnceLock<mpsc::Sender<Job>>>,
+    /// What this node's commits learned: a retry of a stored batch is answered from
+    /// it without a transaction (see [`IngestMemo`]).
+    memo: IngestMemo,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -44,6 +61,7 @@ impl GroupCommit {
         Self {
             store,
             queue: Arc::new(OnceLock::new()),
+            memo: IngestMemo::default(),
         }
     }
 
@@ -56,8 +74,17 @@ impl GroupCommit {
                 Backend::Sqlite => 1,
                 Backend::Postgres => 4,
             };
+            // One pending bump at most: a commit that finds one pending is covered
+            // by it, since that bump starts after the commit.
+            let (clock, pending) = mpsc::channel::<()>(1);
+            tokio::spawn(move_clock(self.store.clone(), pending));
             for _ in 0..workers {
-                tokio::spawn(work(self.store.clone(), rx.clone()));
+                tokio::spawn(work(
+                    self.store.clone(),
+                    self.memo.clone(),
+                    rx.clone(),
+                    clock.clone(),
+                ));
             }
             tx
         })
@@ -72,6 +99,16 @@ impl GroupCommit {
         channel: &'static str,
         items: Vec<ReportIn>,
     ) -> Result<Vec<Outcome>, StoreError> {
+        let known = self.memo.outcomes(&ReportGroup {
+            place,
+            watcher_id,
+            channel,
+            items: &items,
+        });
+        if let Some(outcomes) = known {
+            // Every item was decided by an earlier commit: nothing to store.
+            return Ok(outcomes);
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
             place: place.map(str::to_string),
@@ -94,7 +131,24 @@ impl GroupCommit {
     }
 }
 
-async fn work(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+/// Moves the change clock once per wake-up, then rests [`CLOCK_GAP`]; ends when
+/// every worker has.
+async fn move_clock(store: Store, mut pending: mpsc::Receiver<()>) {
+    while pending.recv().await.is_some() {
+        while let Err(e) = store.bump_turnout_clock().await {
+            tracing::warn!(error = %e, "moving the turnout change clock failed; trying again");
+            tokio::time::sleep(CLOCK_GAP).await;
+        }
+        tokio::time::sleep(CLOCK_GAP).await;
+    }
+}
+
+async fn work(
+    store: Store,
+    memo: IngestMemo,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    clock: mpsc::Sender<()>,
+) {
     loop {
         let mut jobs = Vec::new();
         {
@@ -123,9 +177,16 @@ async fn work(store: Store, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
                 items: &j.items,
             })
             .collect();
-        match store.ingest_report_groups(&groups).await {
-            Ok(outs) => {
+        match store
+            .ingest_report_groups_unclocked(&groups, Some(&memo))
+            .await
+        {
+            Ok((outs, bump)) => {
                 drop(groups);
+                if bump {
+                    // Full: a bump is pending and covers this commit too.
+                    let _ = clock.try_send(());
+                }
                 for (j, o) in jobs.into_iter().zip(outs) {
                     let _ = j.reply.send(Ok(o));
                 }

@@ -4,9 +4,9 @@
 //!
 //! A node learns of reports taken anywhere by polling the store's change clock every
 //! [`POLL`] (a one-row read); a report taken on this node also wakes it at once
-//! ([`LiveTurnout::nudge`]). When the clock moved, the figures are computed once and
-//! shared by every subscriber (dashboards, watchers' live streams), so ten thousand
-//! streams cost one query. Nothing here is state that matters: a node that restarts
+//! ([`LiveTurnout::nudge`]). When the clock moved, or on a nudge, the figures are
+//! computed once and shared by every subscriber (dashboards, watchers' live streams),
+//! so ten thousand streams cost one query. Nothing here is state that matters: a node that restarts
 //! computes the same figures from the database.
 
 use narwhal_store::turnout_live::{Cell, HourCell};
@@ -352,12 +352,15 @@ impl LiveTurnout {
 async fn run(store: Store, tx: watch::Sender<Latest>, wake: Arc<Notify>) {
     let mut last_seq = None;
     let mut last_at = tokio::time::Instant::now();
+    // A nudge recomputes even when the clock has not moved yet: this node's group
+    // commit moves it after the answers (see `crate::group`).
+    let mut nudged = false;
     loop {
         if tx.receiver_count() == 0 {
             return;
         }
         match store.turnout_clock().await {
-            Ok(seq) if Some(seq) != last_seq || last_at.elapsed() >= REFRESH => {
+            Ok(seq) if nudged || Some(seq) != last_seq || last_at.elapsed() >= REFRESH => {
                 match compute(&store).await {
                     Ok(d) => {
                         // The figures may be newer than `seq`; never older.
@@ -375,8 +378,8 @@ async fn run(store: Store, tx: watch::Sender<Latest>, wake: Arc<Notify>) {
             Err(e) => tracing::warn!(error = %e, "live turnout: reading the change clock failed"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = wake.notified() => {}
+            _ = tokio::time::sleep(POLL) => nudged = false,
+            _ = wake.notified() => nudged = true,
             _ = tx.closed() => return,
         }
     }

@@ -445,6 +445,84 @@ async fn group_commit_gives_each_batch_its_own_outcomes(db: TestDb) {
     assert_eq!(voted(&t).await, 3);
 }
 
+async fn group_commit_answers_retries_as_the_database_does(db: TestDb) {
+    // A batch every item of which an earlier commit decided is answered from the group
+    // commit's memory: each answer must equal the one the database gives (asked
+    // through a service without group commit, on the same data).
+    let (_, p) = setup(&db).await;
+    let g = Turnout::with_group_commit(db.store.clone());
+    let plain = Turnout::new(db.store.clone());
+    let issued = g
+        .issue_watcher("w-memo", "P2", narwhal_turnout::LoginKind::Link, None)
+        .await
+        .unwrap();
+    let w = Reporter::Watcher(g.login_link(issued.secret.expose()).await.unwrap().unwrap());
+    let s = Reporter::Staff;
+    let first = g
+        .ingest(
+            &s,
+            Channel::App,
+            &[
+                mark("m0", p["b"], false),
+                mark("m1", p["a"], false),
+                mark("m2", p["d"], false),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.accepted, 3);
+    let probes: Vec<(&Reporter, Vec<ReportItem>)> = vec![
+        // The retry.
+        (
+            &s,
+            vec![mark("m1", p["a"], false), mark("m2", p["d"], false)],
+        ),
+        // An id reused for another voter, and a repeat inside the batch.
+        (
+            &s,
+            vec![
+                mark("m1", p["b"], false),
+                mark("m2", p["d"], false),
+                mark("m2", p["d"], false),
+            ],
+        ),
+        // A P2 watcher: d is theirs, a votes at P1.
+        (
+            &w,
+            vec![mark("m2", p["d"], false), mark("m1", p["a"], false)],
+        ),
+        // A voter not in the universe.
+        (
+            &s,
+            vec![mark("m1", p["a"], false), mark("m9", p["z"], false)],
+        ),
+    ];
+    for (who, items) in &probes {
+        let from_group = g.ingest(who, Channel::App, items).await.unwrap();
+        let from_db = plain.ingest(who, Channel::App, items).await.unwrap();
+        assert_eq!(from_group.results, from_db.results);
+        assert_eq!(from_group.accepted, 0);
+    }
+    // An undo is never answered from memory, and a new id in a known batch is stored.
+    let undo = g
+        .ingest(&s, Channel::App, &[mark("m1", p["a"], true)])
+        .await
+        .unwrap();
+    assert_eq!(undo.accepted, 1);
+    let more = g
+        .ingest(
+            &s,
+            Channel::App,
+            &[mark("m1", p["a"], false), mark("m3", p["e"], false)],
+        )
+        .await
+        .unwrap();
+    let o: Vec<_> = more.results.iter().map(|x| x.outcome).collect();
+    assert_eq!(o, ["duplicate", "accepted"]);
+    assert_eq!(db.store.report_rows().await.unwrap(), 4);
+    assert_eq!(voted(&g).await, 3, "b, d and e; a's only report is undone");
+}
+
 /// (county, precinct, polling place, a count, another count).
 type Row = (String, String, String, i64, i64);
 
@@ -523,4 +601,5 @@ both_backends!(
     early_vote_pre_flushes_once,
     a_report_on_another_node_is_seen_within_a_second,
     group_commit_gives_each_batch_its_own_outcomes,
+    group_commit_answers_retries_as_the_database_does,
 );

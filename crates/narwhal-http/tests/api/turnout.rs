@@ -12,6 +12,7 @@ crate::api_tests!(
     watcher_reads_readiness_and_list,
     batch_ingest_over_http,
     who_may_call_turnout_routes,
+    a_watcher_session_is_reread_within_its_cache_time,
 );
 
 const PLACES: &str = "code,name,address,county,precincts
@@ -330,4 +331,36 @@ async fn who_may_call_turnout_routes(app: TestApp) {
     assert_error(&v, "forbidden");
     // Nothing was written by the refused calls.
     assert_eq!(app.store.report_rows().await.unwrap(), 0);
+}
+
+async fn a_watcher_session_is_reread_within_its_cache_time(app: TestApp) {
+    let (cookie, _) = setup(&app).await;
+    let (s, v) = as_watcher(&app, &cookie, Method::GET, "/api/v1/turnout/me", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["polling_place"]["code"], "P1");
+    // Re-issued elsewhere (the command line) to another place: this node learns it
+    // within the cache time, whatever it remembered.
+    Turnout::new(app.store.clone())
+        .issue_watcher("w1", "P2", LoginKind::Link, None)
+        .await
+        .unwrap();
+    tokio::time::sleep(
+        narwhal_http::turnout::WATCHER_LOGIN_TTL + std::time::Duration::from_millis(50),
+    )
+    .await;
+    let (s, v) = as_watcher(&app, &cookie, Method::GET, "/api/v1/turnout/me", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["polling_place"]["code"], "P2");
+    // Logging out on this node ends the session at once.
+    let r = app
+        .client
+        .delete(app.url("/api/v1/sessions"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (s, v) = as_watcher(&app, &cookie, Method::GET, "/api/v1/turnout/me", None).await;
+    assert_eq!(s, 401, "{v}");
+    assert_error(&v, "unauthenticated");
 }
