@@ -1,14 +1,14 @@
 //! The deployment a game day runs against: by default a local one (a PostgreSQL
-//! schema of its own behind the fault proxy, two fake Stripe accounts and a fake SES
-//! in this process, and N `narwhal serve` child processes on loopback), or an existing
-//! one given by its URLs and database.
+//! schema of its own behind the fault proxy, two fake Stripe accounts, a fake SES and
+//! an SMTP sink in this process, and N `narwhal serve` child processes on loopback), or
+//! an existing one given by its URLs and database.
 
 use super::front::Front;
 use super::proxy::FaultProxy;
 use super::scenario::{FaultKind, Scenario};
 use anyhow::{bail, Context};
 use narwhal_fakes::stripe::{FakeStripe, FakeStripeConfig, DEFAULT_KEY};
-use narwhal_fakes::{FakeAccount, FakeSes};
+use narwhal_fakes::{FakeAccount, FakeSes, SmtpSink};
 use narwhal_store::{DatabaseTarget, Store};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,6 +32,9 @@ pub struct Local {
     pub primary: FakeStripe,
     pub backup: FakeStripe,
     pub ses: FakeSes,
+    /// The second mail account, an SMTP relay: the blast is split over both by room,
+    /// and fails over to it when SES is down or throttling.
+    pub smtp: SmtpSink,
     pub proxy: FaultProxy,
     nodes: Mutex<Vec<NodeProc>>,
     dir: tempfile::TempDir,
@@ -201,10 +204,17 @@ impl Deployment {
             vec![FakeAccount::new(SES_KEY.0, SES_KEY.1).rate(rate)],
         )
         .await?;
+        let smtp = SmtpSink::start().await?;
         let dir = tempfile::tempdir()?;
         std::fs::write(
             dir.path().join("narwhal.toml"),
-            config_toml(&ses.endpoint(), rate, &primary.url(), &backup.url()),
+            config_toml(
+                &ses.endpoint(),
+                smtp.addr().port(),
+                rate,
+                &primary.url(),
+                &backup.url(),
+            ),
         )?;
         let logs = out.join("logs");
         std::fs::create_dir_all(&logs)?;
@@ -220,6 +230,7 @@ impl Deployment {
             primary,
             backup,
             ses,
+            smtp,
             proxy,
             nodes: Mutex::new(nodes),
             dir,
@@ -342,8 +353,10 @@ impl Drop for Local {
 }
 
 /// The nodes' settings. On PostgreSQL the nodes share one send bucket per account,
-/// so each is given the account's whole rate.
-fn config_toml(ses: &str, rate: u32, primary: &str, backup: &str) -> String {
+/// so each is given the account's whole rate. SES comes first (receipts try it first);
+/// the SMTP relay has half SES's rate, so a blast goes on, slower, while SES is down.
+fn config_toml(ses: &str, smtp_port: u16, rate: u32, primary: &str, backup: &str) -> String {
+    let smtp_rate = (rate / 2).max(1);
     format!(
         r#"[mail]
 from_address = "team@campaign.example"
@@ -358,6 +371,13 @@ endpoint = "{ses}"
 access_key_id_env = "GAMEDAY_SES_KEY"
 secret_access_key_env = "GAMEDAY_SES_SECRET"
 throttle = "{rate}/s"
+
+[[mail.accounts]]
+kind = "smtp"
+name = "relay"
+host = "127.0.0.1"
+port = {smtp_port}
+throttle = "{smtp_rate}/s"
 
 [donations]
 committee = "Friends of Game Day"

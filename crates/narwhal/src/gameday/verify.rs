@@ -247,15 +247,29 @@ pub async fn verify(
         ),
     );
 
-    // The blast: the fake SES's ledger.
+    // The blast: the fake SES's ledger and the SMTP sink's messages together (a
+    // recipient handed to both counts twice).
     if let (Some((id, plan)), Some(local)) = (blast, &d.local) {
         let mut got: HashMap<String, i64> = HashMap::new();
-        for a in local.ses.ledger() {
-            // Donors' receipts go through the same account: they are not the blast's.
-            if a.destination.ends_with(DONOR_DOMAIN) {
-                continue;
-            }
-            *got.entry(a.destination).or_default() += 1;
+        // Donors' receipts go through the same accounts: they are not the blast's.
+        let blast_only = |to: &String| !to.ends_with(DONOR_DOMAIN);
+        let via_ses: Vec<String> = local
+            .ses
+            .ledger()
+            .into_iter()
+            .map(|a| a.destination)
+            .filter(blast_only)
+            .collect();
+        let via_smtp: Vec<String> = local
+            .smtp
+            .messages()
+            .into_iter()
+            .flat_map(|m| m.recipients)
+            .filter(blast_only)
+            .collect();
+        let (n_ses, n_smtp) = (via_ses.len(), via_smtp.len());
+        for to in via_ses.into_iter().chain(via_smtp) {
+            *got.entry(to).or_default() += 1;
         }
         let missing: Vec<String> = (1..=plan.recipients)
             .map(synthetic_address)
@@ -278,7 +292,7 @@ pub async fn verify(
             "every blast recipient handed to the provider exactly once (within the in-flight bound)",
             missing.is_empty() && strangers == 0 && extra <= blast_bound && state == "done",
             format!(
-                "{} recipients, blast {state}, {} never sent{}, {extra} duplicates (bound: {blast_bound} in flight when faults began), {strangers} to strangers",
+                "{} recipients ({n_ses} via SES, {n_smtp} via SMTP), blast {state}, {} never sent{}, {extra} duplicates (bound: {blast_bound} in flight when faults began), {strangers} to strangers",
                 plan.recipients,
                 missing.len(),
                 sample(&missing)
