@@ -137,10 +137,13 @@ impl Store {
             w.push(cycle_period(table.cycle));
             w
         };
-        let totals_sql = format!(
-            "SELECT person_id, period, total_cents FROM contribution_totals WHERE person_id IN {}",
-            in_list(backend, people.len(), 1)
-        );
+        // SQLite's read of the totals (PostgreSQL reads them with the locks, below).
+        let totals_sql = (backend == Backend::Sqlite).then(|| {
+            format!(
+                "SELECT person_id, period, total_cents FROM contribution_totals WHERE person_id IN {}",
+                in_list(backend, people.len(), 1)
+            )
+        });
         on_write!(self, p => {
             let mut tx = p.begin().await?;
             let mut totals: HashMap<(i64, String), i64> = HashMap::new();
@@ -154,7 +157,7 @@ impl Store {
                     sqlx::query("SELECT o_person AS person_id, o_period AS period, o_total AS total_cents FROM narwhal_lock_totals(string_to_array($1, ',')::bigint[])")
                         .bind(list)
                 } else {
-                    let mut q = sqlx::query(&totals_sql);
+                    let mut q = sqlx::query(totals_sql.as_deref().unwrap_or_default());
                     for person in &people {
                         q = q.bind(*person);
                     }
@@ -200,7 +203,6 @@ impl Store {
                 out.push(None);
             }
             if !planned.is_empty() {
-                const COLS: usize = 23;
                 let deltas: Vec<_> = deltas.into_iter().collect();
                 let attempts: Vec<(&str, &str, &str)> = planned
                     .iter()
@@ -209,16 +211,6 @@ impl Store {
                         Some((g.d.idempotency_key.trim(), processor.as_str(), key.as_str()))
                     })
                     .collect();
-                let insert_donations = format!(
-                    "INSERT INTO donations (public_id, idempotency_key, request_hash, person_id, amount_cents, currency, state, channel, refcode, source, donor, employer, occupation, allocations, itemized, needs_followup, payment_method, save_method, plan_id, pledge_token_hash, client_ip, created_at, updated_at) \
-                     VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key",
-                    placeholders(backend, planned.len(), COLS, 1)
-                );
-                let insert_totals = format!(
-                    "INSERT INTO contribution_totals (person_id, period, total_cents) VALUES {} \
-                     ON CONFLICT (person_id, period) DO UPDATE SET total_cents = contribution_totals.total_cents + excluded.total_cents",
-                    placeholders(backend, deltas.len(), 3, 1)
-                );
                 let mut ids: HashMap<String, i64> = HashMap::with_capacity(planned.len());
                 if backend == Backend::Postgres {
                     // The three inserts as one statement (data-modifying WITH) of fixed
@@ -274,6 +266,12 @@ impl Store {
                     }
                 } else {
                     // SQLite (no round trips to save, no INSERT in WITH): three statements.
+                    const COLS: usize = 23;
+                    let insert_donations = format!(
+                        "INSERT INTO donations (public_id, idempotency_key, request_hash, person_id, amount_cents, currency, state, channel, refcode, source, donor, employer, occupation, allocations, itemized, needs_followup, payment_method, save_method, plan_id, pledge_token_hash, client_ip, created_at, updated_at) \
+                         VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key",
+                        placeholders(backend, planned.len(), COLS, 1)
+                    );
                     let mut q = sqlx::query(&insert_donations);
                     for g in &planned {
                         let d = g.d;
@@ -314,6 +312,11 @@ impl Store {
                 }
                 if backend != Backend::Postgres {
                     if !deltas.is_empty() {
+                        let insert_totals = format!(
+                            "INSERT INTO contribution_totals (person_id, period, total_cents) VALUES {} \
+                             ON CONFLICT (person_id, period) DO UPDATE SET total_cents = contribution_totals.total_cents + excluded.total_cents",
+                            placeholders(backend, deltas.len(), 3, 1)
+                        );
                         let mut q = sqlx::query(&insert_totals);
                         for ((person, period), cents) in &deltas {
                             q = q.bind(*person).bind(period).bind(*cents);
