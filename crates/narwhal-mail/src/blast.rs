@@ -523,12 +523,17 @@ impl JobCtx {
             let unused = n.saturating_sub(u32::try_from(claim.recipients.len()).unwrap_or(n));
             if unused > 0 {
                 sender.sched().give_back(account, unused, UnixMillis::now());
+                // Best effort: failing here must not drop the slice just claimed (it
+                // would stay leased, be sent again when the lease ends, and be counted
+                // as a possible duplicate); tokens not returned only slow the bucket.
                 if let Some(limits) = sender.shared_limits(account) {
                     let name = sender.accounts[account].provider.name();
-                    store
+                    if let Err(e) = store
                         .give_back_send_tokens(name, &limits, unused, now_ms())
                         .await
-                        .map_err(store_err)?;
+                    {
+                        tracing::warn!(blast.id = %id, error = %e, "could not give unused send tokens back");
+                    }
                 }
             }
             if claim.recipients.is_empty() {

@@ -105,9 +105,12 @@ impl Store {
         if n == 0 {
             return Ok(());
         }
+        // Locks in the order `narwhal_take_send_tokens` does, bucket row first, or the
+        // two deadlock. The minute's update reads the bucket's (`EXISTS (... b)`), which
+        // makes PostgreSQL run the bucket's first; an unread `WITH` runs last.
         sqlx::query(
-            "WITH b AS (UPDATE mail_throttles SET units = LEAST(units + $2 * period_ms, $3 * period_ms) WHERE account = $1) \
-             UPDATE mail_throttle_minutes SET sends = GREATEST(sends - $2, 0) WHERE account = $1 AND minute = $4",
+            "WITH b AS (UPDATE mail_throttles SET units = LEAST(units + $2 * period_ms, $3 * period_ms) WHERE account = $1 RETURNING 1) \
+             UPDATE mail_throttle_minutes SET sends = GREATEST(sends - $2, 0) WHERE account = $1 AND minute = $4 AND EXISTS (SELECT 1 FROM b)",
         )
         .bind(account)
         .bind(i64::from(n))

@@ -66,7 +66,12 @@ fn serve(place: &Place, name: &str) -> Node {
     let mut child = narwhal(place)
         .args(["serve", "--listen", "127.0.0.1:0", "--node-id", name])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // CRASH_DEBUG=1 shows the nodes' warnings (a lane's failure, a requeued job).
+        .stderr(if std::env::var_os("CRASH_DEBUG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .unwrap();
     let mut line = String::new();
