@@ -137,6 +137,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0027_lock_totals.sql"),
         include_str!("../migrations/postgres/0027_lock_totals.sql"),
     ),
+    (
+        28,
+        "tallies_by_place",
+        include_str!("../migrations/sqlite/0028_tallies_by_place.sql"),
+        include_str!("../migrations/postgres/0028_tallies_by_place.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {

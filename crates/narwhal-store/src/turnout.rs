@@ -1093,11 +1093,13 @@ impl Store {
     }
 
     async fn places_where(&self, cond: &str, arg: &str) -> Result<Vec<PollingPlace>> {
+        // From the tallies the ingest and the universe's triggers keep: hour -1 counts
+        // the place's supporters, the other hours those who voted (see migration 0017).
         let sql = format!(
             "SELECT pl.code, pl.name, pl.address,
                 (SELECT COUNT(*) FROM polling_place_precincts x WHERE x.polling_place = pl.code) AS precincts,
-                (SELECT COUNT(*) FROM gotv_universe g WHERE g.polling_place = pl.code) AS universe,
-                (SELECT COUNT(*) FROM gotv_universe g WHERE g.polling_place = pl.code AND {REMAINING}) AS remaining
+                CAST(COALESCE((SELECT SUM(t.people) FROM turnout_tallies t WHERE t.polling_place = pl.code AND t.hour < 0), 0) AS BIGINT) AS universe,
+                CAST(COALESCE((SELECT SUM(CASE WHEN t.hour < 0 THEN t.people ELSE -t.people END) FROM turnout_tallies t WHERE t.polling_place = pl.code), 0) AS BIGINT) AS remaining
              FROM polling_places pl WHERE {cond} ORDER BY pl.code"
         );
         on_read!(self, p => {

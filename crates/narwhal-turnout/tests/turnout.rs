@@ -246,6 +246,8 @@ async fn undo_is_idempotent_and_order_free(db: TestDb) {
         ["accepted"]
     );
     assert!(!f.remaining("P1").await.contains(&f.id("a")));
+    let p1 = f.t.places().await.unwrap().remove(0);
+    assert_eq!((p1.universe, p1.remaining), (3, 2));
     assert_eq!(
         outcomes(
             &f.t.ingest(w, Channel::App, std::slice::from_ref(&undo))
@@ -255,6 +257,9 @@ async fn undo_is_idempotent_and_order_free(db: TestDb) {
         ["accepted"]
     );
     assert!(f.remaining("P1").await.contains(&f.id("a")));
+    // The place's count follows the undo too.
+    let p1 = f.t.places().await.unwrap().remove(0);
+    assert_eq!((p1.code.as_str(), p1.universe, p1.remaining), ("P1", 3, 3));
     assert_eq!(
         outcomes(
             &f.t.ingest(w, Channel::App, std::slice::from_ref(&undo))
