@@ -1422,11 +1422,15 @@ impl Store {
 
     /// Turnout of every precinct with a GOTV universe: supporters and how many voted.
     pub async fn turnout_by_precinct(&self) -> Result<Vec<PrecinctTurnout>> {
-        let sql = "SELECT g.county, g.precinct, g.polling_place, COUNT(*) AS universe,
-                    COUNT(v.person_id) AS voted
-             FROM gotv_universe g LEFT JOIN turnout_voted v ON v.person_id = g.person_id
-             GROUP BY g.county, g.precinct, g.polling_place
-             ORDER BY g.county, g.precinct";
+        // From the tallies (hour -1: supporters; other hours: who voted), a few rows a
+        // precinct, not a join of the universe with who voted.
+        let sql = "SELECT county, precinct, polling_place,
+                    CAST(SUM(CASE WHEN hour < 0 THEN people ELSE 0 END) AS BIGINT) AS universe,
+                    CAST(SUM(CASE WHEN hour < 0 THEN 0 ELSE people END) AS BIGINT) AS voted
+             FROM turnout_tallies
+             GROUP BY county, precinct, polling_place
+             HAVING SUM(CASE WHEN hour < 0 THEN people ELSE 0 END) > 0
+             ORDER BY county, precinct";
         on_read!(self, p => {
             let rows = sqlx::query(sql).fetch_all(p).await?;
             rows.iter().map(|r| Ok(PrecinctTurnout {
