@@ -248,13 +248,14 @@ async fn undo_is_idempotent_and_order_free(db: TestDb) {
     assert!(!f.remaining("P1").await.contains(&f.id("a")));
     let p1 = f.t.places().await.unwrap().remove(0);
     assert_eq!((p1.universe, p1.remaining), (3, 2));
-    let voted = |v: Vec<narwhal_store::turnout::PrecinctTurnout>| -> (i64, i64) {
+    // (supporters, voted) summed over the precincts.
+    let totals = |v: Vec<narwhal_store::turnout::PrecinctTurnout>| -> (i64, i64) {
         (
             v.iter().map(|p| p.universe).sum(),
             v.iter().map(|p| p.voted).sum(),
         )
     };
-    assert_eq!(voted(f.t.by_precinct().await.unwrap()), (5, 1));
+    assert_eq!(totals(f.t.by_precinct().await.unwrap()), (5, 1));
     assert_eq!(
         outcomes(
             &f.t.ingest(w, Channel::App, std::slice::from_ref(&undo))
@@ -267,7 +268,7 @@ async fn undo_is_idempotent_and_order_free(db: TestDb) {
     // The place's count follows the undo too.
     let p1 = f.t.places().await.unwrap().remove(0);
     assert_eq!((p1.code.as_str(), p1.universe, p1.remaining), ("P1", 3, 3));
-    assert_eq!(voted(f.t.by_precinct().await.unwrap()), (5, 0));
+    assert_eq!(totals(f.t.by_precinct().await.unwrap()), (5, 0));
     assert_eq!(
         outcomes(
             &f.t.ingest(w, Channel::App, std::slice::from_ref(&undo))
