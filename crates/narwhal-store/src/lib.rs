@@ -43,6 +43,7 @@ pub mod throttles;
 pub mod turnout;
 pub mod turnout_live;
 pub mod turnout_memo;
+pub mod upkeep;
 
 pub use db::{Backend, DatabaseTarget, Store};
 pub use error::StoreError;

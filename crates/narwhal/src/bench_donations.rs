@@ -336,6 +336,8 @@ async fn measure(
         })
         .await
     });
+    // As a node does (`narwhal serve`): the tables fill from empty during the run.
+    let upkeep = store.spawn_statistics_keeper(narwhal_store::upkeep::EVERY, stop_tx.subscribe());
     let health = {
         let router = router.clone();
         tokio::spawn(async move {
@@ -385,6 +387,22 @@ async fn measure(
         errors: errors.clone(),
         sent: sent.clone(),
     };
+    // Progress every 5 s while the load runs (acknowledged and refused so far).
+    let progress = {
+        let acked = acked.clone();
+        let errors = errors.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let n = acked.lock().map(|a| a.len()).unwrap_or(0);
+                eprintln!(
+                    "  {:>4.0} s: {n} acknowledged, {} refused",
+                    started.elapsed().as_secs_f64(),
+                    errors.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
     let mut tasks = Vec::new();
     let mut not_sent = 0u64;
     let rate = args.rate_for(backend);
@@ -423,19 +441,6 @@ async fn measure(
             }));
         }
     }
-    let progress = {
-        let acked = acked.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                let n = acked.lock().map(|a| a.len()).unwrap_or(0);
-                eprintln!(
-                    "  {:>4.0} s: {n} acknowledged",
-                    started.elapsed().as_secs_f64()
-                );
-            }
-        })
-    };
     for t in tasks {
         t.await?;
     }
@@ -446,6 +451,7 @@ async fn measure(
     health.abort();
     let _ = stop_tx.send(true);
     let _ = server.await;
+    let _ = upkeep.await;
     // A request its client gave up on may have been cut off after the charge and before
     // the final commit: in production the settler asks the processor and records it.
     // Do the same here before verifying, as a node would.

@@ -8,8 +8,10 @@
 //!   `reports_per_s` (reports accepted / wall time, retries included), `p99_visible_ms`
 //!   (from a batch's acceptance to the first live event whose voted count covers
 //!   everything accepted by then; the lists are read in the same transaction, so a
-//!   report is off them when accepted), and `lost` / `duplicates` counted from the
-//!   database afterwards.
+//!   report is off them when accepted), `lost` / `duplicates` counted from the
+//!   database afterwards, and `baseline_commits_per_s`: durable single-row commits per
+//!   second on the same database in the same run, measured before the load, so runs on
+//!   a noisy machine can be compared by their ratio.
 //! - `turnout-connections`: `--clients` watcher clients (default 10,000), each on one
 //!   keep-alive connection that first reads its readiness and then holds its place's
 //!   live stream; then one report, which every client of that place must see. The
@@ -98,8 +100,12 @@ pub(crate) async fn server(
         },
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    // As a node does (`narwhal serve`): the tables fill from empty during the run.
+    let (upkeep_tx, upkeep_rx) = tokio::sync::watch::channel(false);
+    let _upkeep = store.spawn_statistics_keeper(narwhal_store::upkeep::EVERY, upkeep_rx);
     tokio::spawn(narwhal_http::serve(listener, state, async move {
         let _ = rx.await;
+        let _ = upkeep_tx.send(true);
     }));
     Ok((addr, tx))
 }
@@ -247,6 +253,8 @@ struct Answer {
 async fn run_flow(b: &Bench, clients: usize, reports: u64) -> anyhow::Result<serde_json::Value> {
     let clients = clients.max(1);
     let name = b.backend.as_str();
+    eprintln!("[{name}] baseline: durable single-row commits for 3 s...");
+    let baseline = b.store.bench_durable_commits(3.0).await?;
     eprintln!("[{name}] turnout: seeding {reports} supporters over {clients} polling places...");
     let places = b
         .store
@@ -382,6 +390,7 @@ async fn run_flow(b: &Bench, clients: usize, reports: u64) -> anyhow::Result<ser
         "lost": lost,
         "duplicates": duplicates,
         "clients": clients,
+        "baseline_commits_per_s": baseline.round(),
         "reports": reports,
         "batches": accepts.len(),
         "never_visible": never,

@@ -128,6 +128,9 @@ pub async fn serve_store(
     let job_lease_ms = i64::from(args.job_lease_secs.max(1)) * 1000;
     let mail = mail_sender(settings, &bulk, &node_id, &addr.to_string(), job_lease_ms).await?;
     let blast_worker = narwhal_mail::blast::spawn(mail.sender.clone(), stop_rx_blasts);
+    // Planner statistics of growing tables stay fresh even where autovacuum is off
+    // or has not woken yet (see narwhal_store::upkeep).
+    let upkeep = bulk.spawn_statistics_keeper(narwhal_store::upkeep::EVERY, stop_tx.subscribe());
     let state = AppState::new(store.clone(), config).with_mail(mail);
     // `[donations]`: the service, the page, webhooks, and the settler beside them.
     let (state, settler) = if settings.donations.enabled() {
@@ -194,6 +197,7 @@ pub async fn serve_store(
     let _ = worker.await;
     let _ = blast_worker.await;
     let _ = sweeper.await;
+    let _ = upkeep.await;
     if let Some(s) = settler {
         let _ = s.await;
     }
