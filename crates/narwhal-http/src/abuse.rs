@@ -135,13 +135,26 @@ pub trait Challenge: Send + Sync {
     fn verify<'a>(&'a self, response: &'a str, client_ip: &'a str) -> BoxFuture<'a, bool>;
 }
 
-/// Entries kept before idle ones are swept.
+/// Entries kept before idle ones are swept for the first time.
 const SWEEP_AT: usize = 50_000;
+
+/// The keys' tracks, and when to sweep idle ones next.
+#[derive(Default)]
+struct Tracks {
+    map: HashMap<Key, Track>,
+    /// Sweep when the map grows past this: twice what the last sweep left (at least
+    /// `SWEEP_AT`), so a sweep's cost is spread over as many new keys as it read.
+    /// Sweeping at a fixed size instead meant that, once more keys than that were
+    /// active in one window (at 1,000 donors a second, after 50 s), every attempt
+    /// read every key under the lock, and the node stalled.
+    sweep_at: usize,
+    sweeps: u64,
+}
 
 /// The per-node limiter.
 pub struct Guard {
     config: AbuseConfig,
-    tracks: Mutex<HashMap<Key, Track>>,
+    tracks: Mutex<Tracks>,
     /// The challenge shown to suspicious sources, if one is configured.
     pub challenge: Option<Arc<dyn Challenge>>,
 }
@@ -151,7 +164,10 @@ impl Guard {
     pub fn new(config: AbuseConfig) -> Self {
         Self {
             config,
-            tracks: Mutex::new(HashMap::new()),
+            tracks: Mutex::new(Tracks {
+                sweep_at: SWEEP_AT,
+                ..Tracks::default()
+            }),
             challenge: None,
         }
     }
@@ -162,7 +178,7 @@ impl Guard {
         self
     }
 
-    fn tracks(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Track>> {
+    fn tracks(&self) -> std::sync::MutexGuard<'_, Tracks> {
         match self.tracks.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -173,13 +189,16 @@ impl Guard {
     /// Nothing is counted for a refused attempt beyond the refusal itself.
     pub fn admit(&self, keys: &[Key], now: Instant) -> Result<(), Refusal> {
         let c = &self.config;
-        let mut tracks = self.tracks();
-        if tracks.len() > SWEEP_AT {
-            tracks.retain(|_, t| {
+        let mut guard = self.tracks();
+        if guard.map.len() > guard.sweep_at {
+            guard.map.retain(|_, t| {
                 t.prune(now, c.window);
                 !t.idle()
             });
+            guard.sweep_at = SWEEP_AT.max(2 * guard.map.len());
+            guard.sweeps += 1;
         }
+        let tracks = &mut guard.map;
         for k in keys {
             let t = tracks.entry(k.clone()).or_default();
             t.prune(now, c.window);
@@ -213,7 +232,8 @@ impl Guard {
     /// Returns whether any key became blocked now.
     pub fn record_decline(&self, keys: &[Key], now: Instant) -> bool {
         let c = &self.config;
-        let mut tracks = self.tracks();
+        let mut guard = self.tracks();
+        let tracks = &mut guard.map;
         let mut blocked = false;
         for k in keys {
             let t = tracks.entry(k.clone()).or_default();
@@ -230,7 +250,8 @@ impl Guard {
     /// Whether any of `keys` has had enough recent declines to be shown a challenge.
     pub fn suspicious(&self, keys: &[Key], now: Instant) -> bool {
         let c = &self.config;
-        let mut tracks = self.tracks();
+        let mut guard = self.tracks();
+        let tracks = &mut guard.map;
         keys.iter().any(|k| {
             tracks.get_mut(k).is_some_and(|t| {
                 t.prune(now, c.window);
@@ -277,6 +298,37 @@ mod tests {
         g.admit(std::slice::from_ref(&card), t0).unwrap();
         g.admit(std::slice::from_ref(&card), t0).unwrap();
         assert!(g.admit(&[card], t0).is_err());
+    }
+
+    #[test]
+    fn many_active_donors_are_swept_rarely_and_idle_ones_go() {
+        let g = Guard::new(cfg());
+        let t0 = Instant::now();
+        // 200,000 donors inside one window: nobody is idle, so a sweep frees nothing.
+        // Each sweep must be paid for by as many new keys as it read (a sweep per
+        // attempt past the first threshold made this quadratic).
+        let n = 4 * SWEEP_AT;
+        for i in 0..n {
+            g.admit(&[Key::Email(format!("d{i}@example.org"))], t0)
+                .unwrap();
+        }
+        let (len, sweeps) = {
+            let t = g.tracks();
+            (t.map.len(), t.sweeps)
+        };
+        assert_eq!(len, n);
+        assert_eq!(sweeps, 2, "swept at 50k and at 100k keys only");
+        // After the window everyone is idle: the next sweep leaves only the newcomer.
+        let later = t0 + Duration::from_secs(61);
+        let mut i = n;
+        while g.tracks().sweeps == 2 {
+            g.admit(&[Key::Email(format!("d{i}@example.org"))], later)
+                .unwrap();
+            i += 1;
+        }
+        let t = g.tracks();
+        assert!(t.map.len() < 10, "{} keys left", t.map.len());
+        assert_eq!(t.sweep_at, SWEEP_AT);
     }
 
     #[test]
