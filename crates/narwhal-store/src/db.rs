@@ -205,7 +205,15 @@ impl Store {
         // No query binds a value that a partial index or a skewed column needs to see
         // (states and channels are literals in the SQL), and the segment counts and
         // name searches measured no slower this way (see ARCHITECTURE, "Plans").
-        let opts = opts.options([("plan_cache_mode", "force_generic_plan")]);
+        // A URL that sets its own (`?options[plan_cache_mode]=auto`) keeps it.
+        let own = opts
+            .get_options()
+            .is_some_and(|o| o.contains("plan_cache_mode"));
+        let opts = if own {
+            opts
+        } else {
+            opts.options([("plan_cache_mode", "force_generic_plan")])
+        };
         let pool = pg_pool_options(max, ACQUIRE_TIMEOUT)
             .connect_with(opts)
             .await?;

@@ -67,3 +67,27 @@ async fn the_keeper_stops_when_told(db: TestDb) {
 }
 
 both_backends!(a_filled_table_is_analyzed_once, the_keeper_stops_when_told);
+
+/// An operator can keep PostgreSQL's own plan cache choice by saying so in the URL.
+#[tokio::test]
+async fn a_url_that_sets_the_plan_cache_mode_keeps_it() {
+    let Some(probe) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    drop(probe);
+    let url = narwhal_store::test_support::pg_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let schema = format!("t_plan_{}", std::process::id());
+    let store = narwhal_store::Store::open_postgres_schema(
+        &format!("{url}{sep}options[plan_cache_mode]=auto"),
+        &schema,
+    )
+    .await
+    .unwrap();
+    let mode = store.server_setting("plan_cache_mode").await.unwrap();
+    store.close().await;
+    narwhal_store::Store::drop_postgres_schema(&url, &schema)
+        .await
+        .unwrap();
+    assert_eq!(mode.as_deref(), Some("auto"));
+}
