@@ -15,6 +15,14 @@ async fn a_filled_table_is_analyzed_once(db: TestDb) {
         // Nothing to keep on SQLite.
         assert_eq!(store.keep_statistics().await.unwrap(), Default::default());
         assert_eq!(store.server_setting("plan_cache_mode").await.unwrap(), None);
+        assert_eq!(
+            store
+                .for_bulk(1)
+                .server_setting("plan_cache_mode")
+                .await
+                .unwrap(),
+            None
+        );
         return;
     }
     assert_eq!(
@@ -25,6 +33,16 @@ async fn a_filled_table_is_analyzed_once(db: TestDb) {
             .as_deref(),
         Some("force_generic_plan")
     );
+    // Bulk work lets PostgreSQL plan each batch for its own arrays.
+    let bulk = store.for_bulk(1);
+    assert_eq!(
+        bulk.server_setting("plan_cache_mode")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("auto")
+    );
+    bulk.close().await;
     // The server publishes a backend's table counts within about a second.
     let until = Instant::now() + Duration::from_secs(15);
     loop {

@@ -102,7 +102,8 @@ pub async fn run(settings: &crate::config::Settings, cmd: BenchCommand) -> anyho
                 .context("opening PostgreSQL for the bench")?,
         };
         store.migrate().await?;
-        let out = run_import(&store, b, &file, &mapping, rows, seed).await;
+        // As `narwhal import` and a node's import worker do (see `Store::for_bulk`).
+        let out = run_import(&store.for_bulk(4), b, &file, &mapping, rows, seed).await;
         store.close().await;
         if b == Backend::Postgres {
             let _ = Store::drop_postgres_schema(&pg_url, &schema).await;

@@ -73,7 +73,8 @@ pub async fn run(settings: &Settings, cmd: ImportCommand) -> anyhow::Result<()> 
     let text = std::fs::read_to_string(&mapping)
         .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", mapping.display()))?;
     let m = Mapping::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", mapping.display()))?;
-    let store = open_store(settings).await?;
+    // Bulk work plans each batch for its own keys (see `Store::for_bulk`).
+    let store = open_store(settings).await?.for_bulk(4);
     let mut opts = ImportOptions::beside(&file);
     opts.batch_rows = batch;
     if let Some(r) = rejects {

@@ -93,7 +93,7 @@ pub async fn serve_store(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_blasts = stop_rx.clone();
     // Background work waits for connections as long as it must; requests are shed.
-    let bulk = store.dedicated(BULK_POOL);
+    let bulk = store.for_bulk(BULK_POOL);
     let store = store.shedding(SHED_AFTER);
     let worker = narwhal_people::worker::spawn(
         bulk.clone(),
