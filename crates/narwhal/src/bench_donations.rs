@@ -14,6 +14,8 @@
 //!
 //! Figures, one JSON line per backend:
 //! - `donations_per_s`: acknowledged donations (succeeded or pledged) per second;
+//! - `p99_ms_by_phase`: the same p99 for requests that arrived before, during and
+//!   after the primary's outage;
 //! - `p99_ms_excl_processor`: the 99th percentile of server-side time per request, minus
 //!   the time spent waiting for processors (measured around each processor call in the
 //!   request's own task);
@@ -206,7 +208,8 @@ impl Processor for Timed {
 }
 
 /// Server-side time minus processor time, per request, in microseconds.
-type Samples = Arc<Mutex<Vec<u64>>>;
+/// Per request: when it arrived and its server time excluding processors, in us.
+type Samples = Arc<Mutex<Vec<(Instant, u64)>>>;
 
 async fn timing(
     axum::extract::State(samples): axum::extract::State<Samples>,
@@ -219,7 +222,7 @@ async fn timing(
     let total = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
     let own = total.saturating_sub(proc_us.load(Ordering::Relaxed));
     if let Ok(mut s) = samples.lock() {
-        s.push(own);
+        s.push((start, own));
     }
     resp
 }
@@ -543,15 +546,38 @@ async fn measure(
         .filter(|r| r.processor.as_deref() == Some("stripe-backup"))
         .count();
     let pledges = rows.iter().filter(|r| r.state == "pledged").count();
-    let mut own: Vec<u64> = samples.lock().map(|s| s.clone()).unwrap_or_default();
-    own.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if own.is_empty() {
+    let taken: Vec<(Instant, u64)> = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    let pct_of = |mut v: Vec<u64>, p: f64| -> f64 {
+        if v.is_empty() {
             return 0.0;
         }
-        let i = ((own.len() as f64 * p).ceil() as usize).clamp(1, own.len()) - 1;
-        (own[i] as f64 / 100.0).round() / 10.0
+        v.sort_unstable();
+        let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+        (v[i] as f64 / 100.0).round() / 10.0
     };
+    let own: Vec<u64> = taken.iter().map(|(_, us)| *us).collect();
+    let pct = |p: f64| pct_of(own.clone(), p);
+    // The same p99 for requests that arrived before, during and after the primary's
+    // outage, so a tail can be told from the failover.
+    let (down_from, down_to) = (
+        started + Duration::from_secs(seconds / 3),
+        started + Duration::from_secs(2 * seconds / 3),
+    );
+    let phase = |keep: &dyn Fn(Instant) -> bool| -> f64 {
+        pct_of(
+            taken
+                .iter()
+                .filter(|(t, _)| keep(*t))
+                .map(|(_, us)| *us)
+                .collect(),
+            0.99,
+        )
+    };
+    let by_phase = serde_json::json!({
+        "before_outage": phase(&|t| t < down_from),
+        "outage": phase(&|t| t >= down_from && t < down_to),
+        "after_outage": phase(&|t| t >= down_to),
+    });
     Ok(serde_json::json!({
         "bench": "donations",
         "backend": backend.as_str(),
@@ -562,6 +588,7 @@ async fn measure(
         "donations_per_s": (acked_ok as f64 / elapsed).round(),
         "p50_ms_excl_processor": pct(0.50),
         "p99_ms_excl_processor": pct(0.99),
+        "p99_ms_by_phase": by_phase,
         "baseline_commits_per_s": baseline.round(),
         "acknowledged": acked_ok,
         "errors": errors.load(Ordering::Relaxed),
