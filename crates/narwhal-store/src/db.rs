@@ -123,6 +123,9 @@ const ALIVE_BYPASS: Duration = Duration::from_millis(500);
 /// the command line); a server's request pools wait less ([`Store::shedding`]).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The plan cache mode every PostgreSQL connection sets unless its URL sets one.
+const GENERIC_PLANS: &str = "force_generic_plan";
+
 /// The settings of every PostgreSQL pool.
 ///
 /// sqlx pings a connection before each checkout by default: one more round trip per
@@ -134,9 +137,6 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// retried) and sqlx drops it when it comes back.
 ///
 /// Waiting for a connection is bounded by `acquire_timeout`.
-/// The plan cache mode every PostgreSQL connection sets unless its URL sets one.
-const GENERIC_PLANS: &str = "force_generic_plan";
-
 pub(crate) fn pg_pool_options(max: u32, acquire_timeout: Duration) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max.max(1))
@@ -151,6 +151,11 @@ pub(crate) fn pg_pool_options(max: u32, acquire_timeout: Duration) -> PgPoolOpti
                 Ok(true)
             })
         })
+}
+
+/// A pool of its own of at most `max` connections with `opts`, as patient as `p`.
+pub(crate) fn pool_beside(p: &sqlx::PgPool, max: u32, opts: PgConnectOptions) -> sqlx::PgPool {
+    pg_pool_options(max, p.options().get_acquire_timeout()).connect_lazy_with(opts)
 }
 
 impl Store {
@@ -289,21 +294,16 @@ impl Store {
         match &self.pools {
             Pools::Sqlite { .. } => self.clone(),
             Pools::Postgres(p) => {
+                // Ours was appended last, and only where the URL set no mode.
                 let opts = (*p.connect_options()).clone();
                 let ours = format!("-c plan_cache_mode={GENERIC_PLANS}");
-                let options = opts.get_options().unwrap_or_default();
-                let own =
-                    options.matches("plan_cache_mode").count() > 1 || !options.contains(&ours);
-                let opts = if own {
-                    opts
-                } else {
+                let opts = if opts.get_options().is_some_and(|o| o.ends_with(&ours)) {
                     opts.options([("plan_cache_mode", "auto")])
+                } else {
+                    opts
                 };
                 Store {
-                    pools: Pools::Postgres(
-                        pg_pool_options(max, p.options().get_acquire_timeout())
-                            .connect_lazy_with(opts),
-                    ),
+                    pools: Pools::Postgres(pool_beside(p, max, opts)),
                 }
             }
         }

@@ -108,10 +108,11 @@ impl Store {
         match &self.pools {
             crate::db::Pools::Sqlite { .. } => self.clone(),
             crate::db::Pools::Postgres(p) => Store {
-                pools: crate::db::Pools::Postgres(
-                    crate::db::pg_pool_options(max, p.options().get_acquire_timeout())
-                        .connect_lazy_with((*p.connect_options()).clone()),
-                ),
+                pools: crate::db::Pools::Postgres(crate::db::pool_beside(
+                    p,
+                    max,
+                    (*p.connect_options()).clone(),
+                )),
             },
         }
     }

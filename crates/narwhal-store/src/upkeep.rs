@@ -13,9 +13,9 @@
 //! So a node checks `pg_stat_user_tables` every few seconds and analyzes the tables
 //! of its schema that doubled (or changed as much) since their last analyze, and
 //! vacuums those where dead rows reached half the live ones. Where autovacuum keeps
-//! up (its thresholds are lower), this finds nothing to do. `SKIP_LOCKED` makes several nodes, or autovacuum itself, never wait on each
-//! other. SQLite's planner does not cache plans across statements this way: nothing to
-//! do there.
+//! up (its thresholds are lower), this finds nothing to do. `SKIP_LOCKED` makes
+//! several nodes, or autovacuum itself, never wait on each other. SQLite's planner
+//! does not cache plans across statements this way: nothing to do there.
 
 use crate::db::Pools;
 use crate::error::Result;
@@ -24,10 +24,10 @@ use std::time::Duration;
 
 /// Rows changed since the last analyze, past which a table is analyzed again:
 /// `ANALYZE_BASE + ANALYZE_SCALE * rows`, where rows are those the last analyze
-/// counted (none for a table never analyzed: its statistics are a guess). What matters here is a plan's shape (a scan
-/// of a small table against index probes into a big one), which changes as a table
-/// grows by factors, not by autovacuum's 10%: analyzing at every doubling costs a few
-/// passes per table over its life. At autovacuum's 10%, a table filling at 1,000
+/// counted (none for a table never analyzed: its statistics are a guess). What
+/// matters here is a plan's shape (a scan of a small table against index probes into
+/// a big one), which changes as a table grows by factors, not by autovacuum's 10%:
+/// analyzing at every doubling costs a few passes per table over its life. At autovacuum's 10%, a table filling at 1,000
 /// donations a second was sampled every few seconds, and `ANALYZE` took a tenth of
 /// the database's CPU.
 const ANALYZE_BASE: f64 = 50.0;
@@ -51,15 +51,16 @@ impl Store {
         let Pools::Postgres(p) = &self.pools else {
             return Ok(Upkeep::default());
         };
-        let due: Vec<(String, bool, bool)> = sqlx::query_as(
-            "SELECT s.relname::TEXT,
-                    s.n_mod_since_analyze > $1 + $2 * GREATEST(c.reltuples, 0),
-                    s.n_dead_tup > $3 + $4 * s.n_live_tup
-             FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-             WHERE s.schemaname = current_schema()
-               AND (s.n_mod_since_analyze > $1 + $2 * GREATEST(c.reltuples, 0)
-                    OR s.n_dead_tup > $3 + $4 * s.n_live_tup)
-             ORDER BY s.relname",
+        // (table, whether dead rows call for a vacuum) of the tables due.
+        let due: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT relname, vacuum_due FROM (
+                SELECT s.relname::TEXT AS relname,
+                       s.n_mod_since_analyze > $1 + $2 * GREATEST(c.reltuples, 0) AS analyze_due,
+                       s.n_dead_tup > $3 + $4 * s.n_live_tup AS vacuum_due
+                FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+                WHERE s.schemaname = current_schema()
+             ) t WHERE analyze_due OR vacuum_due
+             ORDER BY relname",
         )
         .bind(ANALYZE_BASE)
         .bind(ANALYZE_SCALE)
@@ -68,7 +69,7 @@ impl Store {
         .fetch_all(p)
         .await?;
         let mut done = Upkeep::default();
-        for (table, _, vacuum) in due {
+        for (table, vacuum) in due {
             let name = quote_ident(&table);
             if vacuum {
                 sqlx::raw_sql(&format!("VACUUM (ANALYZE, SKIP_LOCKED) {name}"))
