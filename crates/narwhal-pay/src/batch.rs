@@ -23,6 +23,43 @@ type Job<I, O> = (
     Option<tokio::time::Instant>,
 );
 
+/// Where a batcher's workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// On the caller's runtime, beside the request handlers.
+    Shared,
+    /// On the process's one commit thread (see [`commit_thread`]).
+    CommitThread,
+}
+
+/// A thread of its own that runs the batch workers of SQLite's single writer.
+///
+/// A batch is a transaction of several statements, each a round trip to sqlx's SQLite
+/// worker thread, and the write connection is held from the first to the commit.
+/// On the shared runtime, a worker woken by a statement's result waits in line behind
+/// the request handlers (a wake from another thread joins the runtime's global queue),
+/// so under load most of the time the writer was held went to waiting for the next
+/// statement to be sent. On a thread of its own the next statement goes at once.
+/// One thread for every batcher: they share the one writer anyway. It lives as long
+/// as the process, so connections a pool opens from it stay usable everywhere.
+pub fn commit_thread() -> Option<&'static tokio::runtime::Handle> {
+    static HANDLE: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            let handle = rt.handle().clone();
+            std::thread::Builder::new()
+                .name("narwhal-commit".into())
+                .spawn(move || rt.block_on(std::future::pending::<()>()))
+                .ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
 /// A queue of items processed in batches by `workers` tasks.
 pub struct Batcher<I, O> {
     tx: mpsc::Sender<Job<I, O>>,
@@ -44,6 +81,15 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, String>> + Send + 'static,
     {
+        Self::spawn_on(Workers::Shared, max_batch, workers, f)
+    }
+
+    /// As [`Batcher::spawn`], with the workers where `on` says.
+    pub fn spawn_on<F, Fut>(on: Workers, max_batch: usize, workers: usize, f: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<O>, String>> + Send + 'static,
+    {
         let max_batch = max_batch.max(1);
         let (tx, rx) = mpsc::channel::<Job<I, O>>(max_batch * workers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
@@ -51,7 +97,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         for _ in 0..workers.max(1) {
             let rx = rx.clone();
             let f = f.clone();
-            tokio::spawn(async move {
+            let fut = async move {
                 loop {
                     let mut jobs: Vec<Job<I, O>> = Vec::new();
                     {
@@ -103,7 +149,12 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                         }
                     }
                 }
-            });
+            };
+            // Without a commit thread (none could start), the shared runtime serves.
+            match (on, commit_thread()) {
+                (Workers::CommitThread, Some(h)) => drop(h.spawn(fut)),
+                _ => drop(tokio::spawn(fut)),
+            }
         }
         Self { tx }
     }

@@ -24,7 +24,7 @@
 //! 5. No processor up: the donation becomes a **pledge** (no card data kept) with a
 //!    single-use completion token; the donor is told we will send a payment link.
 
-use crate::batch::Batcher;
+use crate::batch::{Batcher, Workers};
 use crate::processor::{ChargeOutcome, ChargeRequest, Charged, LookupOutcome};
 use crate::router::Router;
 use narwhal_domain::card::contains_card_number;
@@ -32,7 +32,7 @@ use narwhal_domain::limits::{LimitRefusal, LimitTable};
 use narwhal_domain::{Cents, Email, PersonDraft, PersonId, PhoneE164, PostalAddress};
 use narwhal_people::Hub;
 use narwhal_store::donations::{
-    attempt, year_of_ms, Begun, CardOnFile, Completion, DonationRow, Finish, NewDonation,
+    attempt, year_of_ms, Begun, CardOnFile, Completion, DonationRow, FailOver, Finish, NewDonation,
 };
 use narwhal_store::{now_ms, Backend, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -266,6 +266,8 @@ struct Batches {
     people: Batcher<PersonDraft, PersonId>,
     begin: Batcher<NewDonation, Begun>,
     finish: Batcher<Completion, DonationRow>,
+    /// Per item: the new attempt's number, or why it could not be opened.
+    fail_over: Batcher<FailOver, Result<i32, String>>,
 }
 
 /// The most items in one group commit.
@@ -453,18 +455,20 @@ pub fn new_public_id() -> String {
 }
 
 impl Donations {
-    /// Builds the service and spawns its group-commit workers (one per batch kind on
-    /// SQLite, whose single writer serializes them anyway; four on PostgreSQL).
+    /// Builds the service and spawns its group-commit workers: on SQLite one per batch
+    /// kind, on the commit thread (its single writer serializes them anyway, and
+    /// there the writer is never left waiting for a busy runtime: see
+    /// [`crate::batch::commit_thread`]); four per kind on PostgreSQL.
     pub fn new(store: Store, router: Arc<Router>, config: PayConfig) -> Self {
         let config = Arc::new(config);
         let hub = Hub::new(store.clone());
-        let workers = match store.backend() {
-            Backend::Sqlite => 1,
-            Backend::Postgres => 4,
+        let (on, workers) = match store.backend() {
+            Backend::Sqlite => (Workers::CommitThread, 1),
+            Backend::Postgres => (Workers::Shared, 4),
         };
         let people = {
             let hub = hub.clone();
-            Batcher::spawn(MAX_BATCH, workers, move |drafts: Vec<PersonDraft>| {
+            Batcher::spawn_on(on, MAX_BATCH, workers, move |drafts: Vec<PersonDraft>| {
                 let hub = hub.clone();
                 async move {
                     let (res, _) = hub
@@ -478,7 +482,7 @@ impl Donations {
         let begin = {
             let store = store.clone();
             let config = config.clone();
-            Batcher::spawn(MAX_BATCH, workers, move |batch: Vec<NewDonation>| {
+            Batcher::spawn_on(on, MAX_BATCH, workers, move |batch: Vec<NewDonation>| {
                 let store = store.clone();
                 let config = config.clone();
                 async move {
@@ -492,7 +496,7 @@ impl Donations {
         let finish = {
             let store = store.clone();
             let config = config.clone();
-            Batcher::spawn(MAX_BATCH, workers, move |batch: Vec<Completion>| {
+            Batcher::spawn_on(on, MAX_BATCH, workers, move |batch: Vec<Completion>| {
                 let store = store.clone();
                 let config = config.clone();
                 async move {
@@ -512,6 +516,18 @@ impl Donations {
                 }
             })
         };
+        let fail_over = {
+            let store = store.clone();
+            Batcher::spawn_on(on, MAX_BATCH, workers, move |batch: Vec<FailOver>| {
+                let store = store.clone();
+                async move {
+                    store
+                        .fail_over_attempts(&batch)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            })
+        };
         Self {
             hub,
             store,
@@ -521,6 +537,7 @@ impl Donations {
                 people,
                 begin,
                 finish,
+                fail_over,
             }),
         }
     }
@@ -657,11 +674,30 @@ impl Donations {
         seq: i32,
     ) -> Result<Taken, DonationError> {
         let mut seq = seq;
+        // The attempt that did not charge, not yet closed: it is closed in the same
+        // commit that opens the next one (see `Store::fail_over_attempts`).
+        let mut closing: Option<(String, &'static str, String)> = None;
         for (n, &i) in candidates.iter().enumerate() {
             let processor = self.router.processor(i).clone();
             let key = format!("{public_id}-{seq}");
             if n > 0 {
-                seq = self.store.start_attempt(id, processor.name(), &key).await?;
+                seq = match closing.take() {
+                    Some((closing_key, closing_state, detail)) => self
+                        .batches
+                        .fail_over
+                        .submit(FailOver {
+                            donation_id: id,
+                            closing_key,
+                            closing_state: closing_state.to_string(),
+                            detail,
+                            processor: processor.name().to_string(),
+                            attempt_key: key.clone(),
+                        })
+                        .await
+                        .map_err(unavailable)?
+                        .map_err(|e| DonationError::Store(StoreError::Conflict(e)))?,
+                    None => self.store.start_attempt(id, processor.name(), &key).await?,
+                };
             }
             let key = format!("{public_id}-{seq}");
             let request = ChargeRequest {
@@ -688,13 +724,11 @@ impl Donations {
                     match self.settle(i, &key).await {
                         LookupOutcome::Charged(c) => ChargeOutcome::Succeeded(c),
                         LookupOutcome::NotCharged => {
-                            self.store
-                                .mark_attempt(
-                                    &key,
-                                    attempt::NOT_CHARGED,
-                                    "a status query showed no charge",
-                                )
-                                .await?;
+                            closing = Some((
+                                key,
+                                attempt::NOT_CHARGED,
+                                "a status query showed no charge".into(),
+                            ));
                             seq += 1;
                             continue;
                         }
@@ -746,9 +780,7 @@ impl Donations {
                 }
                 ChargeOutcome::Unavailable { reason, .. } => {
                     self.router.down(i);
-                    self.store
-                        .mark_attempt(&key, attempt::UNAVAILABLE, &reason)
-                        .await?;
+                    closing = Some((key, attempt::UNAVAILABLE, reason));
                     seq += 1;
                     continue;
                 }
@@ -759,6 +791,9 @@ impl Donations {
             return Ok(taken);
         }
         // Every processor was unavailable (each attempt known not to have charged).
+        if let Some((key, state, detail)) = closing {
+            self.store.mark_attempt(&key, state, &detail).await?;
+        }
         let (token, hash) = new_token();
         self.finish(id, None, Finish::Pledged { token_hash: hash }, Some(token))
             .await

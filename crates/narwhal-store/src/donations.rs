@@ -345,6 +345,18 @@ pub struct Completion {
     pub finish: Finish,
 }
 
+/// One failover: the attempt that did not charge, and the next one to open.
+#[derive(Debug, Clone)]
+pub struct FailOver {
+    pub donation_id: i64,
+    pub closing_key: String,
+    /// `unavailable` or `not_charged` (see [`attempt`]).
+    pub closing_state: String,
+    pub detail: String,
+    pub processor: String,
+    pub attempt_key: String,
+}
+
 /// An attempt row's state.
 pub mod attempt {
     /// Sent, no answer yet (a crash here leaves it for the settler).
@@ -569,6 +581,62 @@ impl Store {
             .map_err(|e| StoreError::from_unique(e, "attempt key"))?;
             tx.commit().await?;
             Ok(seq)
+        })
+    }
+
+    /// Fails over a batch of donations in one durable commit: for each, closes the
+    /// attempt that did not charge (`closing`: `unavailable` or `not_charged`) and
+    /// opens the next, at another processor. One commit instead of two per donation,
+    /// and one for the whole batch: when a processor goes down, every gift in flight
+    /// fails over at once, and each used to cost the single SQLite writer two commits
+    /// of its own just then. One result per input: the new attempt's number, or the
+    /// reason it could not be opened (its key taken) while the rest still commit.
+    pub async fn fail_over_attempts(
+        &self,
+        batch: &[FailOver],
+    ) -> Result<Vec<std::result::Result<i32, String>>> {
+        let now = now_ms();
+        on_write!(self, p => {
+            let mut tx = p.begin().await?;
+            let mut out = Vec::with_capacity(batch.len());
+            for f in batch {
+                sqlx::query(
+                    "UPDATE donation_attempts SET state = $1, detail = $2, finished_at = $3 \
+                     WHERE attempt_key = $4 AND state IN ('started', 'ambiguous')",
+                )
+                .bind(&f.closing_state)
+                .bind(&f.detail)
+                .bind(now)
+                .bind(&f.closing_key)
+                .execute(&mut *tx)
+                .await?;
+                // The key is checked first: a failed INSERT would end PostgreSQL's
+                // transaction for the whole batch.
+                let taken: Option<i64> = sqlx::query_scalar(
+                    "SELECT donation_id FROM donation_attempts WHERE attempt_key = $1",
+                )
+                .bind(&f.attempt_key)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if taken.is_some() {
+                    out.push(Err(format!("attempt key {} is taken", f.attempt_key)));
+                    continue;
+                }
+                let seq: i32 = sqlx::query_scalar(
+                    "INSERT INTO donation_attempts (donation_id, seq, processor, attempt_key, state, started_at) \
+                     SELECT $1, CAST(COALESCE(MAX(seq), 0) + 1 AS INTEGER), $2, $3, 'started', $4 \
+                     FROM donation_attempts WHERE donation_id = $1 RETURNING seq",
+                )
+                .bind(f.donation_id)
+                .bind(&f.processor)
+                .bind(&f.attempt_key)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                out.push(Ok(seq));
+            }
+            tx.commit().await?;
+            Ok(out)
         })
     }
 

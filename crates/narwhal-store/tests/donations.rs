@@ -4,7 +4,9 @@
 
 use narwhal_domain::limits::LimitTable;
 use narwhal_domain::PersonId;
-use narwhal_store::donations::{Begun, CardOnFile, Completion, DonationState, Finish, NewDonation};
+use narwhal_store::donations::{
+    Begun, CardOnFile, Completion, DonationState, FailOver, Finish, NewDonation,
+};
 use narwhal_store::test_support::TestDb;
 use narwhal_store::{both_backends, Store};
 
@@ -614,7 +616,66 @@ async fn new_gifts_in_a_batch_and_their_charges_come_back_as_committed(db: TestD
     assert_eq!(totals.get("E:P2026"), Some(&150_000), "{totals:?}");
 }
 
+async fn a_batch_of_failovers_closes_and_opens_attempts_in_one_commit(db: TestDb) {
+    let s = &db.store;
+    let a = created_id(&begin_one(s, gift("f-a", 40, 5_000)).await);
+    let b = created_id(&begin_one(s, gift("f-b", 41, 5_000)).await);
+    let over = |id: i64, from: &str, to: &str, state: &str| FailOver {
+        donation_id: id,
+        closing_key: from.into(),
+        closing_state: state.into(),
+        detail: "connection refused".into(),
+        processor: "stripe-b".into(),
+        attempt_key: to.into(),
+    };
+    let out = s
+        .fail_over_attempts(&[
+            over(a, "don_f-a-1", "don_f-a-2", "unavailable"),
+            // A key already taken (here: b's first attempt) is refused for its item
+            // alone; b's own first attempt is closed all the same.
+            over(b, "don_f-b-1", "don_f-a-1", "not_charged"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[0], Ok(2));
+    assert!(out[1].as_ref().unwrap_err().contains("taken"), "{out:?}");
+    let states = |v: Vec<narwhal_store::donations::AttemptRow>| -> Vec<(i32, String, String)> {
+        v.into_iter()
+            .map(|a| (a.seq, a.processor, a.state))
+            .collect()
+    };
+    assert_eq!(
+        states(s.donation_attempts(a).await.unwrap()),
+        vec![
+            (1, "stripe-a".to_string(), "unavailable".to_string()),
+            (2, "stripe-b".to_string(), "started".to_string())
+        ]
+    );
+    assert_eq!(
+        states(s.donation_attempts(b).await.unwrap()),
+        vec![(1, "stripe-a".to_string(), "not_charged".to_string())]
+    );
+    // The new attempt finishes the donation like any other.
+    let r = s
+        .finish_donations(
+            &[Completion {
+                donation_id: a,
+                attempt_key: Some("don_f-a-2".into()),
+                finish: charged("pi_fa", 5_000),
+            }],
+            &LimitTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, vec![true]);
+    assert_eq!(
+        states(s.donation_attempts(a).await.unwrap())[1].2,
+        "succeeded"
+    );
+}
+
 both_backends!(
+    a_batch_of_failovers_closes_and_opens_attempts_in_one_commit,
     same_key_same_params_is_the_same_donation_and_other_params_are_refused,
     two_simultaneous_gifts_over_the_limit_do_not_both_pass,
     a_charge_posts_a_balanced_ledger_and_states_only_move_forward,
