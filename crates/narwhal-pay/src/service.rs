@@ -677,27 +677,26 @@ impl Donations {
         // The attempt that did not charge, not yet closed: it is closed in the same
         // commit that opens the next one (see `Store::fail_over_attempts`).
         let mut closing: Option<(String, &'static str, String)> = None;
-        for (n, &i) in candidates.iter().enumerate() {
+        for &i in &candidates {
             let processor = self.router.processor(i).clone();
             let key = format!("{public_id}-{seq}");
-            if n > 0 {
-                seq = match closing.take() {
-                    Some((closing_key, closing_state, detail)) => self
-                        .batches
-                        .fail_over
-                        .submit(FailOver {
-                            donation_id: id,
-                            closing_key,
-                            closing_state: closing_state.to_string(),
-                            detail,
-                            processor: processor.name().to_string(),
-                            attempt_key: key.clone(),
-                        })
-                        .await
-                        .map_err(unavailable)?
-                        .map_err(|e| DonationError::Store(StoreError::Conflict(e)))?,
-                    None => self.store.start_attempt(id, processor.name(), &key).await?,
-                };
+            // Past the first candidate there is always the attempt to close: each
+            // `continue` below leaves one.
+            if let Some((closing_key, closing_state, detail)) = closing.take() {
+                seq = self
+                    .batches
+                    .fail_over
+                    .submit(FailOver {
+                        donation_id: id,
+                        closing_key,
+                        closing_state: closing_state.to_string(),
+                        detail,
+                        processor: processor.name().to_string(),
+                        attempt_key: key.clone(),
+                    })
+                    .await
+                    .map_err(unavailable)?
+                    .map_err(|e| DonationError::Store(StoreError::Conflict(e)))?;
             }
             let key = format!("{public_id}-{seq}");
             let request = ChargeRequest {

@@ -345,6 +345,12 @@ pub struct Completion {
     pub finish: Finish,
 }
 
+/// Closes an attempt that did not end its donation: state, detail, time, key.
+/// Attempts in a final state stay as they are.
+const CLOSE_ATTEMPT: &str =
+    "UPDATE donation_attempts SET state = $1, detail = $2, finished_at = $3 \
+     WHERE attempt_key = $4 AND state IN ('started', 'ambiguous')";
+
 /// One failover: the attempt that did not charge, and the next one to open.
 #[derive(Debug, Clone)]
 pub struct FailOver {
@@ -600,10 +606,7 @@ impl Store {
             let mut tx = p.begin().await?;
             let mut out = Vec::with_capacity(batch.len());
             for f in batch {
-                sqlx::query(
-                    "UPDATE donation_attempts SET state = $1, detail = $2, finished_at = $3 \
-                     WHERE attempt_key = $4 AND state IN ('started', 'ambiguous')",
-                )
+                sqlx::query(CLOSE_ATTEMPT)
                 .bind(&f.closing_state)
                 .bind(&f.detail)
                 .bind(now)
@@ -645,10 +648,7 @@ impl Store {
     pub async fn mark_attempt(&self, attempt_key: &str, state: &str, detail: &str) -> Result<bool> {
         let now = now_ms();
         on_write!(self, p => {
-            let done = sqlx::query(
-                "UPDATE donation_attempts SET state = $1, detail = $2, finished_at = $3 \
-                 WHERE attempt_key = $4 AND state IN ('started', 'ambiguous')",
-            )
+            let done = sqlx::query(CLOSE_ATTEMPT)
             .bind(state)
             .bind(detail)
             .bind(now)
