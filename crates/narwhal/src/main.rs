@@ -20,6 +20,9 @@ mod turnout;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "narwhal",
