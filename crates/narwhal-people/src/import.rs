@@ -28,6 +28,10 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 pub struct ImportOptions {
     pub batch_rows: usize,
     pub rejects_path: PathBuf,
+    /// A file estimated to hold at least this many rows, and at least twice as many
+    /// as the hub has people, is a bulk load: the query-only indexes of people are
+    /// built once at its end instead of row by row (see `narwhal_store::bulk_load`).
+    pub bulk_from_rows: u64,
 }
 
 impl ImportOptions {
@@ -38,6 +42,7 @@ impl ImportOptions {
         Self {
             batch_rows: 5000,
             rejects_path: PathBuf::from(r),
+            bulk_from_rows: 100_000,
         }
     }
 }
@@ -469,6 +474,7 @@ pub async fn run(
     // database and this process work at the same time. Batches that race for the same
     // key are caught by the store (a unique key or version conflict) and resolved again.
     let mut inflight: tokio::task::JoinSet<BatchDone> = tokio::task::JoinSet::new();
+    let mut bulk: Option<bool> = None;
     while let Some(msg) = rx.recv().await {
         let chunk = match msg {
             Ok(c) => c,
@@ -477,6 +483,15 @@ pub async fn run(
                 break;
             }
         };
+        if bulk.is_none() && chunk.rows > 0 {
+            match bulk_load(hub, &chunk, bytes_total, opts.bulk_from_rows).await {
+                Ok(b) => bulk = Some(b),
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            }
+        }
         for r in &chunk.rejects {
             counts.rejected += 1;
             let _ = rejects.write_record([
@@ -522,6 +537,14 @@ pub async fn run(
     for t in threads {
         let _ = t.join();
     }
+    if bulk == Some(true) {
+        // However the load ended: its rows are in, and queries need their indexes.
+        if let Err(e) = hub.store.restore_people_indexes().await {
+            if result.is_ok() {
+                result = Err(PeopleError::from(e).into());
+            }
+        }
+    }
     if result.is_ok() && counts.inserted + counts.updated + counts.merged >= 10_000 {
         if let Err(e) = hub.store.after_bulk_load().await {
             tracing::warn!(error = %e, "refreshing statistics after the import failed");
@@ -529,6 +552,34 @@ pub async fn run(
     }
     let _ = rejects.flush();
     result.map(|()| counts)
+}
+
+/// Decides from the first chunk whether this import is a bulk load, and if so defers
+/// the query-only indexes. The file's size over the first chunk's bytes per row
+/// estimates its rows.
+async fn bulk_load(
+    hub: &Hub,
+    first: &Chunk,
+    bytes_total: i64,
+    bulk_from_rows: u64,
+) -> Result<bool, PeopleError> {
+    if first.bytes <= 0 {
+        return Ok(false);
+    }
+    let estimate = (bytes_total as f64 * first.rows as f64 / first.bytes as f64) as u64;
+    if estimate < bulk_from_rows {
+        return Ok(false);
+    }
+    let people = hub.store.count_people().await?.max(0) as u64;
+    if estimate < people.saturating_mul(2) {
+        return Ok(false);
+    }
+    tracing::info!(
+        estimate,
+        people,
+        "a bulk load: the query indexes of people are built at its end"
+    );
+    Ok(hub.store.defer_people_indexes().await?)
 }
 
 /// What one batch task reports back.

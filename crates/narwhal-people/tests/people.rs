@@ -349,7 +349,77 @@ async fn keys_shared_across_parallel_batches_make_one_person(db: TestDb) {
     assert_eq!(db.store.count_people().await.unwrap(), 16);
 }
 
+/// Imports `path` in batches of 3, and returns, per committed batch, how many of the
+/// query-only indexes of people were missing at that moment.
+async fn import_watching_indexes(
+    db: &TestDb,
+    path: &Path,
+    bulk_from_rows: u64,
+) -> (narwhal_store::imports::ImportCounts, Vec<usize>) {
+    let hub = Hub::new(db.store.clone());
+    let m = Mapping::parse(MAPPING).unwrap();
+    let mut opts = ImportOptions::beside(path);
+    opts.batch_rows = 3;
+    opts.bulk_from_rows = bulk_from_rows;
+    let seen = std::sync::Mutex::new(Vec::new());
+    let store = db.store.clone();
+    let c = import::run(&hub, path, &m, &opts, "test", &|_| {
+        let missing = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(store.missing_people_indexes())
+        })
+        .unwrap();
+        seen.lock().unwrap().push(missing.len());
+    })
+    .await
+    .unwrap();
+    (c, seen.into_inner().unwrap())
+}
+
+async fn a_bulk_load_builds_the_query_indexes_once_at_its_end(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = b"VOTER ID,First,Last,Email,Phone,State,County,Party\n".to_vec();
+    for i in 0..40 {
+        let county = if i % 2 == 0 { "Franklin" } else { "Lucas" };
+        // Letters, not digits: a search with digits in it looks for a voter id.
+        let last = format!("Zed{}{}", (b'a' + i % 26) as char, (b'a' + i / 26) as char);
+        body.extend_from_slice(
+            format!("OH{i},Ada,{last},p{i}@example.org,,OH,{county},D\n").as_bytes(),
+        );
+    }
+    let path = write(dir.path(), "voters.csv", &body);
+    // An empty hub and a file over the threshold: a bulk load.
+    let (c, seen) = import_watching_indexes(&db, &path, 10).await;
+    assert_eq!((c.inserted, c.rejected), (40, 0), "{c:?}");
+    assert!(!seen.is_empty());
+    let deferred = match db.store.backend() {
+        narwhal_store::Backend::Sqlite => 4,
+        narwhal_store::Backend::Postgres => 0,
+    };
+    assert!(
+        seen.iter().all(|&n| n == deferred),
+        "indexes missing after each batch: {seen:?}"
+    );
+    assert!(db.store.missing_people_indexes().await.unwrap().is_empty());
+    // Built at the end, they serve: a name search and a county segment.
+    let found = db.store.search_people("zedra", None, 5).await.unwrap();
+    assert_eq!(found[0].voter_id.as_deref(), Some("OH17"));
+    let franklin =
+        narwhal_domain::SegmentFilter::parse(&serde_json::json!({"county": "FRANKLIN"})).unwrap();
+    assert_eq!(db.store.count_matching(&franklin).await.unwrap(), 20);
+
+    // The same file again is no bulk load (the hub already holds as many people):
+    // the indexes stay in place throughout, and nothing changes.
+    let (c, seen) = import_watching_indexes(&db, &path, 10).await;
+    assert_eq!((c.inserted, c.unchanged), (0, 40));
+    assert!(seen.iter().all(|&n| n == 0), "{seen:?}");
+    // Nor is a file under the threshold.
+    let small = write(dir.path(), "small.csv", &body[..200]);
+    let (_, seen) = import_watching_indexes(&db, &small, 1_000).await;
+    assert!(seen.iter().all(|&n| n == 0), "{seen:?}");
+}
+
 both_backends!(
+    a_bulk_load_builds_the_query_indexes_once_at_its_end,
     keys_shared_across_parallel_batches_make_one_person,
     concurrent_writers_never_duplicate_a_person,
     import_rejects_bad_rows_with_line_and_reason,

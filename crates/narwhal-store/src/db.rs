@@ -338,9 +338,12 @@ impl Store {
         }
     }
 
-    /// Creates or upgrades the schema. Returns how many migrations ran.
+    /// Creates or upgrades the schema, and builds any index a cut-short bulk load
+    /// left missing. Returns how many migrations ran.
     pub async fn migrate(&self) -> Result<usize> {
-        crate::migrate::run(self).await
+        let ran = crate::migrate::run(self).await?;
+        self.restore_people_indexes().await?;
+        Ok(ran)
     }
 
     /// Refreshes the planner's statistics (and on PostgreSQL the visibility map, so

@@ -25,6 +25,7 @@ pub mod people;
 pub mod jobs;
 pub mod bench;
 pub mod blasts;
+mod bulk_load;
 pub mod donation_reports;
 pub mod donations;
 pub mod feedback;
