@@ -193,7 +193,8 @@ impl Store {
             .acquire_timeout(Duration::from_secs(60))
             .connect_with(
                 opts.clone()
-                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string()),
+                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string())
+                    .statement_cache_capacity(WRITER_STATEMENTS),
             )
             .await?;
         spawn_checkpointer(&write, opts.clone().pragma("cache_size", "-1024")).await?;
@@ -400,6 +401,12 @@ impl Store {
 /// WAL pages past which the writer checkpoints on its own, at the end of a commit. A
 /// fallback only: [`spawn_checkpointer`] normally keeps the WAL far below it.
 const WRITER_CHECKPOINT_PAGES: u32 = 10_000;
+
+/// Prepared statements the writer keeps (sqlx's default is 100). Group commits write
+/// multi-row statements whose text depends on the batch's size, so the writer meets
+/// several hundred texts; one pushed out is parsed and planned again on the writer's
+/// time.
+const WRITER_STATEMENTS: usize = 1024;
 
 /// How often the checkpointer copies committed pages from the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);

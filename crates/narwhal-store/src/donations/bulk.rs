@@ -61,6 +61,16 @@ fn placeholders(backend: Backend, rows: usize, cols: usize, first: usize) -> Str
 }
 
 /// `IN (...)` over `n` values: one group of `n` placeholders.
+/// The marker of the `n`th parameter, after a `placeholders` list (SQLite's are
+/// positional). Times are bound, not spliced: a text that changes at every call is
+/// parsed again each time and pushes prepared statements out of the cache.
+fn param(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Postgres => format!("${n}"),
+        Backend::Sqlite => "?".to_string(),
+    }
+}
+
 fn in_list(backend: Backend, n: usize, first: usize) -> String {
     let mut g = placeholders(backend, n, 1, first);
     g.retain(|ch| ch != '(' && ch != ')');
@@ -605,16 +615,17 @@ impl Store {
             if !closing.is_empty() {
                 let sql = format!(
                     "WITH v(vkey, vref) AS (VALUES {}) \
-                     UPDATE donation_attempts SET state = '{}', processor_ref = COALESCE(v.vref, processor_ref), finished_at = {now} \
+                     UPDATE donation_attempts SET state = '{}', processor_ref = COALESCE(v.vref, processor_ref), finished_at = {} \
                      FROM v WHERE attempt_key = v.vkey AND state IN ('started', 'ambiguous', 'unavailable')",
                     placeholders(backend, closing.len(), 2, 1),
                     attempt::SUCCEEDED,
+                    param(backend, closing.len() * 2 + 1),
                 );
                 let mut q = sqlx::query(&sql);
                 for (k, r) in &closing {
                     q = q.bind(*k).bind(*r);
                 }
-                q.execute(&mut *tx).await?;
+                q.bind(now).execute(&mut *tx).await?;
             }
             // Move the donations whose state allows it, guarded by the state we read.
             let legal: Vec<&Completion> = items
@@ -628,9 +639,10 @@ impl Store {
                     "WITH v(vid, vfrom, vproc, vref, vfee, vbrand, vlast4, vexp, vfp) AS (VALUES {}) \
                      UPDATE donations SET state = 'succeeded', processor = v.vproc, processor_ref = v.vref, fee_cents = v.vfee, \
                      card_brand = v.vbrand, card_last4 = v.vlast4, card_exp = v.vexp, card_fingerprint = v.vfp, \
-                     pledge_token_hash = NULL, error_code = NULL, error_message = NULL, updated_at = {now} \
+                     pledge_token_hash = NULL, error_code = NULL, error_message = NULL, updated_at = {} \
                      FROM v WHERE donations.id = v.vid AND donations.state = v.vfrom RETURNING {DONATION_COLUMNS}",
-                    placeholders(backend, legal.len(), 9, 1)
+                    placeholders(backend, legal.len(), 9, 1),
+                    param(backend, legal.len() * 9 + 1),
                 );
                 let mut q = sqlx::query(&sql);
                 for c in &legal {
@@ -647,7 +659,7 @@ impl Store {
                             .bind(&card.fingerprint);
                     }
                 }
-                for r in q.fetch_all(&mut *tx).await? {
+                for r in q.bind(now).fetch_all(&mut *tx).await? {
                     let row = donation_from_row!(&r);
                     changed.insert(row.id, row);
                 }
@@ -702,5 +714,7 @@ mod tests {
         assert_eq!(placeholders(Backend::Sqlite, 2, 2, 1), "(?, ?), (?, ?)");
         assert_eq!(in_list(Backend::Postgres, 3, 2), "($2, $3, $4)");
         assert_eq!(in_list(Backend::Sqlite, 2, 1), "(?, ?)");
+        assert_eq!(param(Backend::Postgres, 5), "$5");
+        assert_eq!(param(Backend::Sqlite, 5), "?");
     }
 }
