@@ -68,6 +68,10 @@ pub struct DonationsBenchArgs {
     /// The fake processors' answer time, in ms.
     #[arg(long, default_value_t = 100)]
     pub processor_ms: u64,
+    /// Also print, to stderr, the requests, p50, p99 and maximum of each half second
+    /// (by arrival), to tell a steady tail from a few stalls.
+    #[arg(long)]
+    pub timeline: bool,
 }
 
 /// Requests the open model keeps outstanding at most; arrivals beyond are counted as
@@ -166,6 +170,34 @@ impl Shot {
 tokio::task_local! {
     /// Microseconds this request spent waiting for processors.
     static PROCESSOR_US: Arc<AtomicU64>;
+}
+
+/// The runtime the fake processors run on, beside the server's.
+struct VendorRuntime(Option<tokio::runtime::Runtime>);
+
+impl VendorRuntime {
+    fn new() -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fake-vendor")
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(rt)))
+    }
+
+    async fn start(&self, config: FakeStripeConfig) -> anyhow::Result<FakeStripe> {
+        let rt = self.0.as_ref().context("the vendor runtime is gone")?;
+        Ok(rt.spawn(FakeStripe::start(config)).await??)
+    }
+}
+
+impl Drop for VendorRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime may block, which an async context does not allow.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// A processor that adds the time of each call to the request's [`PROCESSOR_US`].
@@ -282,8 +314,15 @@ async fn measure(
         rate_limit: None,
         ..FakeStripeConfig::default()
     };
-    let primary = Arc::new(FakeStripe::start(fake(latency)).await?);
-    let backup = FakeStripe::start(fake(latency)).await?;
+    // The fakes stand for a vendor across the network, so they run on a runtime of
+    // their own: a pause inside one (its ledger's maps grow by rehashing under its
+    // lock, for up to a tenth of a second once they hold tens of thousands of
+    // charges) then holds the fake's thread and not the server's workers, whose
+    // requests it would otherwise stall and count as server time. Declared before
+    // the fakes, so it is shut down after they are dropped.
+    let vendor = VendorRuntime::new()?;
+    let primary = Arc::new(vendor.start(fake(latency)).await?);
+    let backup = vendor.start(fake(latency)).await?;
     let router = Arc::new(Router::new(
         vec![
             stripe("stripe-primary", primary.url())?,
@@ -573,6 +612,26 @@ async fn measure(
             0.99,
         )
     };
+    if args.timeline {
+        let mut from = started;
+        while from < started + Duration::from_secs_f64(elapsed) {
+            let to = from + Duration::from_millis(500);
+            let window: Vec<u64> = taken
+                .iter()
+                .filter(|(t, _)| *t >= from && *t < to)
+                .map(|(_, us)| *us)
+                .collect();
+            eprintln!(
+                "  {:5.1} s: {:4} requests, p50 {:6.1} ms, p99 {:6.1} ms, max {:6.1} ms",
+                (from - started).as_secs_f64(),
+                window.len(),
+                pct_of(window.clone(), 0.5),
+                pct_of(window.clone(), 0.99),
+                pct_of(window, 1.0),
+            );
+            from = to;
+        }
+    }
     let by_phase = serde_json::json!({
         "before_outage": phase(&|t| t < down_from),
         "outage": phase(&|t| t >= down_from && t < down_to),

@@ -110,3 +110,39 @@ fn demo_builds_a_campaign_and_import_reports_bad_input() {
     );
     assert!(ok && out.contains("shown once"), "{out}");
 }
+
+/// The donations bench, briefly and slowly, on SQLite: its fakes run on a runtime of
+/// their own and are shut down cleanly, every gift offered is acknowledged through
+/// the outage, and the line reports nothing lost or charged twice, checked against
+/// the fakes' ledgers; `--timeline` prints a line per half second.
+#[test]
+fn the_donations_bench_reports_a_clean_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = narwhal(
+        dir.path(),
+        &[
+            "bench",
+            "donations",
+            "--backend",
+            "sqlite",
+            "--seconds",
+            "3",
+            "--rate",
+            "50",
+            "--timeline",
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["bench"], "donations");
+    assert_eq!(line["lost"], 0, "{line}");
+    assert_eq!(line["double_charges"], 0, "{line}");
+    assert_eq!(line["errors"], 0, "{line}");
+    let acked = line["acknowledged"].as_u64().unwrap();
+    assert!((140..=160).contains(&acked), "3 s at 50/s: {line}");
+    assert!(line["via_backup"].as_u64().unwrap() > 0, "{line}");
+    assert!(
+        err.contains("  1.0 s:") && err.contains("requests, p50"),
+        "{err}"
+    );
+}
