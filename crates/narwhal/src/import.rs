@@ -103,8 +103,14 @@ pub async fn run(settings: &Settings, cmd: ImportCommand) -> anyhow::Result<()> 
     let res = import::run(&hub, &file, &m, &opts, &actor, &|c| {
         bar.set_position(c.bytes_read as u64);
         let rate = c.rows_read as f64 / started.elapsed().as_secs_f64().max(0.001);
+        // After the last batch a large load still builds indexes and statistics.
+        let next = if c.bytes_read >= c.bytes_total {
+            ", finishing (indexes, statistics)..."
+        } else {
+            ""
+        };
         bar.set_message(format!(
-            "{} rows ({:.0}/s), {} rejected",
+            "{} rows ({:.0}/s), {} rejected{next}",
             c.rows_read, rate, c.rejected
         ));
     })
