@@ -602,25 +602,20 @@ async fn measure(
         started + Duration::from_secs(seconds / 3),
         started + Duration::from_secs(2 * seconds / 3),
     );
-    let phase = |keep: &dyn Fn(Instant) -> bool| -> f64 {
-        pct_of(
-            taken
-                .iter()
-                .filter(|(t, _)| keep(*t))
-                .map(|(_, us)| *us)
-                .collect(),
-            0.99,
-        )
+    // The server times of the requests that arrived when `keep` says.
+    let arrived = |keep: &dyn Fn(Instant) -> bool| -> Vec<u64> {
+        taken
+            .iter()
+            .filter(|(t, _)| keep(*t))
+            .map(|(_, us)| *us)
+            .collect()
     };
+    let phase = |keep: &dyn Fn(Instant) -> bool| -> f64 { pct_of(arrived(keep), 0.99) };
     if args.timeline {
         let mut from = started;
         while from < started + Duration::from_secs_f64(elapsed) {
             let to = from + Duration::from_millis(500);
-            let window: Vec<u64> = taken
-                .iter()
-                .filter(|(t, _)| *t >= from && *t < to)
-                .map(|(_, us)| *us)
-                .collect();
+            let window = arrived(&|t| t >= from && t < to);
             eprintln!(
                 "  {:5.1} s: {:4} requests, p50 {:6.1} ms, p99 {:6.1} ms, max {:6.1} ms",
                 (from - started).as_secs_f64(),

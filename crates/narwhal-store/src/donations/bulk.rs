@@ -60,7 +60,6 @@ fn placeholders(backend: Backend, rows: usize, cols: usize, first: usize) -> Str
     out
 }
 
-/// `IN (...)` over `n` values: one group of `n` placeholders.
 /// The marker of the `n`th parameter, after a `placeholders` list (SQLite's are
 /// positional). Times are bound, not spliced: a text that changes at every call is
 /// parsed again each time and pushes prepared statements out of the cache.
@@ -71,6 +70,7 @@ fn param(backend: Backend, n: usize) -> String {
     }
 }
 
+/// `IN (...)` over `n` values: one group of `n` placeholders.
 fn in_list(backend: Backend, n: usize, first: usize) -> String {
     let mut g = placeholders(backend, n, 1, first);
     g.retain(|ch| ch != '(' && ch != ')');
