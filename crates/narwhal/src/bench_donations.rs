@@ -1,8 +1,8 @@
 //! `narwhal bench donations`: donations end to end over HTTP for a fixed time, with the
 //! primary processor down for the middle third, on SQLite and PostgreSQL.
 //!
-//! Each run starts two fake Stripe accounts (primary and backup, answering in 100 ms
-//! with no binding rate limit), a real Narwhal HTTP server on loopback with the
+//! Each run starts two fake Stripe accounts (primary and backup, each a `narwhal fake
+//! stripe` process answering in 100 ms with no rate limit), a real Narwhal HTTP server on loopback with the
 //! donation service routed over both, and donors posting `POST /api/v1/donations`
 //! with fresh idempotency keys. Every donation takes the full path: HTTP request,
 //! durable commit, processor call, durable final state, answer.
@@ -29,7 +29,7 @@
 
 use crate::bench::{backends, peak_rss_mb};
 use anyhow::Context;
-use narwhal_fakes::stripe::{FakeStripe, FakeStripeConfig, Fault, DEFAULT_KEY};
+use narwhal_fakes::stripe::{Fault, LedgerCharge, DEFAULT_KEY};
 use narwhal_http::abuse::{AbuseConfig, Guard};
 use narwhal_http::donations::DonationsEdge;
 use narwhal_http::{AppState, HttpConfig};
@@ -172,31 +172,93 @@ tokio::task_local! {
     static PROCESSOR_US: Arc<AtomicU64>;
 }
 
-/// The runtime the fake processors run on, beside the server's.
-struct VendorRuntime(Option<tokio::runtime::Runtime>);
+/// A fake Stripe account in a process of its own (`narwhal fake stripe`), driven over
+/// its HTTP control endpoints, as a vendor across the network would be.
+///
+/// Not in the bench's process: a fake keeps every charge, idempotent answer and event
+/// it made (about 10 KB a gift), so it grows by megabytes a second. Inside the server's
+/// process that growth (page faults, the allocator returning memory) takes the
+/// process's memory-map lock and stalled the server's threads too, which counted as
+/// server time; and the fake's memory counted in the server's peak RSS.
+struct FakeVendor {
+    child: std::process::Child,
+    /// Kept open: the fake may still write to it.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+    url: String,
+    http: reqwest::Client,
+}
 
-impl VendorRuntime {
-    fn new() -> std::io::Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("fake-vendor")
-            .enable_all()
-            .build()?;
-        Ok(Self(Some(rt)))
+impl FakeVendor {
+    async fn spawn(latency: Duration) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the narwhal binary")?;
+        let ms = latency.as_millis().to_string();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Self> {
+            use std::io::BufRead;
+            let mut child = std::process::Command::new(exe)
+                .args([
+                    "fake",
+                    "stripe",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--latency-ms",
+                    &ms,
+                ])
+                // One worker thread, as a vendor's share of this machine.
+                .env("TOKIO_WORKER_THREADS", "1")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .context("cannot start `narwhal fake stripe`")?;
+            let mut out = std::io::BufReader::new(child.stdout.take().context("no stdout")?);
+            // "fake Stripe on http://ADDR (secret key ...)"
+            let mut line = String::new();
+            out.read_line(&mut line)?;
+            let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("`narwhal fake stripe` did not say where it listens: {line:?}");
+            };
+            Ok(Self {
+                url: url.to_string(),
+                child,
+                _stdout: out,
+                http: reqwest::Client::new(),
+            })
+        })
+        .await?
     }
 
-    async fn start(&self, config: FakeStripeConfig) -> anyhow::Result<FakeStripe> {
-        let rt = self.0.as_ref().context("the vendor runtime is gone")?;
-        Ok(rt.spawn(FakeStripe::start(config)).await??)
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    async fn set_fault(&self, fault: Fault) -> anyhow::Result<()> {
+        self.http
+            .post(format!("{}/_fake/faults", self.url))
+            .json(&fault)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// The fake's own books: every charge it made.
+    async fn ledger(&self) -> anyhow::Result<Vec<LedgerCharge>> {
+        Ok(self
+            .http
+            .get(format!("{}/_fake/ledger", self.url))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
     }
 }
 
-impl Drop for VendorRuntime {
+impl Drop for FakeVendor {
     fn drop(&mut self) {
-        // Dropping a runtime may block, which an async context does not allow.
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -309,20 +371,10 @@ async fn measure(
     let baseline = store.bench_durable_commits(3.0).await?;
 
     let latency = Duration::from_millis(args.processor_ms);
-    let fake = |latency| FakeStripeConfig {
-        latency,
-        rate_limit: None,
-        ..FakeStripeConfig::default()
-    };
-    // The fakes stand for a vendor across the network, so they run on a runtime of
-    // their own: a pause inside one (its ledger's maps grow by rehashing under its
-    // lock, for up to a tenth of a second once they hold tens of thousands of
-    // charges) then holds the fake's thread and not the server's workers, whose
-    // requests it would otherwise stall and count as server time. Declared before
-    // the fakes, so it is shut down after they are dropped.
-    let vendor = VendorRuntime::new()?;
-    let primary = Arc::new(vendor.start(fake(latency)).await?);
-    let backup = vendor.start(fake(latency)).await?;
+    // The fakes stand for a vendor across the network: processes of their own (see
+    // `FakeVendor`), with no rate limit.
+    let primary = Arc::new(FakeVendor::spawn(latency).await?);
+    let backup = FakeVendor::spawn(latency).await?;
     let router = Arc::new(Router::new(
         vec![
             stripe("stripe-primary", primary.url())?,
@@ -414,9 +466,13 @@ async fn measure(
         let primary_fault = primary.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(seconds / 3)).await;
-            primary_fault.set_fault(Fault::Down);
+            if let Err(e) = primary_fault.set_fault(Fault::Down).await {
+                eprintln!("could not take the primary processor down: {e:#}");
+            }
             tokio::time::sleep(Duration::from_secs(seconds / 3)).await;
-            primary_fault.set_fault(Fault::None);
+            if let Err(e) = primary_fault.set_fault(Fault::None).await {
+                eprintln!("could not bring the primary processor back: {e:#}");
+            }
         })
     };
     let started = Instant::now();
@@ -445,7 +501,11 @@ async fn measure(
             }
         })
     };
-    let mut tasks = Vec::new();
+    // Finished donors are reaped as the run goes: a task's memory (the whole request
+    // future) stays allocated until its handle is joined, so keeping every handle to
+    // the end grew the process by about 15 MB a second at 1,000 gifts/s, and the
+    // page faults of that growth showed up as stalls in the server's latencies.
+    let mut tasks = tokio::task::JoinSet::new();
     let mut not_sent = 0u64;
     let rate = args.rate_for(backend);
     if rate > 0.0 {
@@ -464,32 +524,35 @@ async fn measure(
                 continue;
             };
             let shot = shot.clone();
-            tasks.push(tokio::spawn(async move {
+            tasks.spawn(async move {
                 shot.donate(n % 10_000, n).await;
                 drop(permit);
-            }));
+            });
+            while let Some(done) = tasks.try_join_next() {
+                done?;
+            }
         }
     } else {
         // Closed model: `--clients` donors, each sending its next gift when the last
         // was answered (the most the system can take, at whatever latency).
         for c in 0..args.clients {
             let shot = shot.clone();
-            tasks.push(tokio::spawn(async move {
+            tasks.spawn(async move {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
                     n += 1;
                     shot.donate(c as u64, n).await;
                 }
-            }));
+            });
         }
     }
-    for t in tasks {
-        t.await?;
+    while let Some(done) = tasks.join_next().await {
+        done?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     progress.abort();
     faults.abort();
-    primary.set_fault(Fault::None);
+    primary.set_fault(Fault::None).await?;
     health.abort();
     let _ = stop_tx.send(true);
     let _ = server.await;
@@ -544,7 +607,7 @@ async fn measure(
     let mut charges: HashMap<String, u64> = HashMap::new();
     let mut charged_refs: HashSet<String> = HashSet::new();
     for fake in [primary.as_ref(), &backup] {
-        for c in fake.ledger() {
+        for c in fake.ledger().await? {
             let donation = c
                 .metadata
                 .get("narwhal_donation")
