@@ -2,10 +2,10 @@
 //! primary processor down for the middle third, on SQLite and PostgreSQL.
 //!
 //! Each run starts two fake Stripe accounts (primary and backup, each a `narwhal fake
-//! stripe` process answering in 100 ms with no rate limit), a real Narwhal HTTP server on loopback with the
-//! donation service routed over both, and donors posting `POST /api/v1/donations`
-//! with fresh idempotency keys. Every donation takes the full path: HTTP request,
-//! durable commit, processor call, durable final state, answer.
+//! stripe` process answering in 100 ms with no rate limit), a real Narwhal HTTP server
+//! on loopback with the donation service routed over both, and donors posting
+//! `POST /api/v1/donations` with fresh idempotency keys. Every donation takes the full
+//! path: HTTP request, durable commit, processor call, durable final state, answer.
 //!
 //! Load is offered on the clock (`--rate`, by default the targets: 1,000/s on
 //! SQLite, 2,000/s on PostgreSQL), so the figures say whether the system keeps up at

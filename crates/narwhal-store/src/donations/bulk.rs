@@ -64,10 +64,7 @@ fn placeholders(backend: Backend, rows: usize, cols: usize, first: usize) -> Str
 /// positional). Times are bound, not spliced: a text that changes at every call is
 /// parsed again each time and pushes prepared statements out of the cache.
 fn param(backend: Backend, n: usize) -> String {
-    match backend {
-        Backend::Postgres => format!("${n}"),
-        Backend::Sqlite => "?".to_string(),
-    }
+    crate::db::placeholders(backend, n, 1)
 }
 
 /// `IN (...)` over `n` values: one group of `n` placeholders.
