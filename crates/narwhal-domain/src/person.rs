@@ -54,9 +54,18 @@ impl std::fmt::Debug for PersonName {
 
 /// The key of a custom field: lower-case ASCII letters, digits and `_`, 1 to 64 long,
 /// starting with a letter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct CustomFieldKey(String);
+
+/// Written as the plain string it is, without the copy that `#[serde(into)]` makes of
+/// every key (a voter-file row has dozens, written for its stored text and again for
+/// its fingerprint).
+impl Serialize for CustomFieldKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 impl CustomFieldKey {
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
@@ -310,5 +319,29 @@ mod tests {
         assert!(CustomFieldKey::parse("party_2024").is_ok());
         assert!(CustomFieldKey::parse("Party").is_err());
         assert!(CustomFieldKey::parse("1x").is_err());
+    }
+
+    #[test]
+    fn custom_fields_serialize_as_a_plain_object_in_key_order() {
+        // Stored text and fingerprints depend on this exact form.
+        let mut m = BTreeMap::new();
+        m.insert(CustomFieldKey::parse("zeta").unwrap(), "1".to_string());
+        m.insert(
+            CustomFieldKey::parse("alpha").unwrap(),
+            "say \"hi\"".to_string(),
+        );
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"alpha":"say \"hi\"","zeta":"1"}"#
+        );
+        let back: BTreeMap<CustomFieldKey, String> =
+            serde_json::from_str(r#"{"alpha":"a"}"#).unwrap();
+        assert_eq!(
+            back.keys().next().map(CustomFieldKey::as_str),
+            Some("alpha")
+        );
+        assert!(
+            serde_json::from_str::<BTreeMap<CustomFieldKey, String>>(r#"{"Bad":"a"}"#).is_err()
+        );
     }
 }

@@ -30,11 +30,10 @@ pub fn new_person(d: &PersonDraft, source: &str, at: i64) -> NewPerson {
     if let Some(a) = &d.address {
         set_address(&mut row, a);
     }
-    row.custom = d
-        .custom
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), Value::String(v.clone())))
-        .collect();
+    // The fields go straight to their stored text (`row.custom` stays empty): the
+    // draft's map is ordered by key as the stored object is, so the text is the same
+    // as the map's would be.
+    let custom_json = serde_json::to_string(&d.custom).unwrap_or_else(|_| "{}".to_string());
     // One stamp for everything this source said at creation; fields changed later
     // get stamps of their own (see `apply`). `provenance_of` reads either.
     let mut prov = Map::new();
@@ -42,6 +41,7 @@ pub fn new_person(d: &PersonDraft, source: &str, at: i64) -> NewPerson {
     row.provenance = prov;
     NewPerson {
         row,
+        custom_json: Some(custom_json),
         emails: d.emails.iter().map(|e| e.as_str().to_string()).collect(),
         phones: d.phones.iter().map(|p| p.as_str().to_string()).collect(),
         tags: d.tags.iter().map(|t| t.as_str().to_string()).collect(),
@@ -255,9 +255,10 @@ mod tests {
     }
 
     fn record(np: NewPerson) -> PersonRecord {
+        let custom = np.custom_map();
         PersonRecord {
             id: PersonId(1),
-            row: np.row,
+            row: PersonRow { custom, ..np.row },
             emails: np.emails,
             phones: np.phones,
             tags: np.tags,
@@ -265,6 +266,30 @@ mod tests {
             created_at: 0,
             updated_at: 0,
         }
+    }
+
+    #[test]
+    fn new_person_stores_custom_fields_as_the_map_would() {
+        let mut d = draft();
+        for (k, v) in [("zip_plus", "1234"), ("party", "D \"x\""), ("age", "")] {
+            d.custom
+                .insert(narwhal_domain::CustomFieldKey::parse(k).unwrap(), v.into());
+        }
+        let np = new_person(&d, "file", 1);
+        let as_map: Map<String, Value> = d
+            .custom
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), Value::String(v.clone())))
+            .collect();
+        assert_eq!(np.custom_text(), serde_json::to_string(&as_map).unwrap());
+        assert_eq!(np.custom_map(), as_map);
+        // A record built from it has the fields, so applying the same draft changes nothing.
+        let cur = record(np);
+        assert_eq!(
+            cur.row.custom.get("party"),
+            Some(&Value::String("D \"x\"".into()))
+        );
+        assert!(apply(&cur, &d, "file", 2, false).is_noop());
     }
 
     #[test]

@@ -32,8 +32,13 @@ fn person(
             },
             sms_consent: "unknown".into(),
             row_hash: 7,
+            custom: json!({"county_code": county})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
             ..Default::default()
         },
+        custom_json: None,
         emails: email.map(String::from).into_iter().collect(),
         phones: vec![],
         tags: vec!["voter".into()],
@@ -52,7 +57,7 @@ async fn insert(db: &TestDb, people: Vec<NewPerson>) -> Vec<PersonId> {
                     "person.create",
                     "person",
                     format!("#{i}"),
-                    json!({}),
+                    json!({"n": i}),
                 )
             })
             .collect(),
@@ -62,19 +67,21 @@ async fn insert(db: &TestDb, people: Vec<NewPerson>) -> Vec<PersonId> {
 }
 
 async fn inserts_and_finds_by_keys(db: TestDb) {
+    // Ada's custom fields come rendered by the caller, as an import renders them:
+    // stored as given.
+    let mut ada = person(
+        "V1",
+        "Ada",
+        "Lovelace",
+        Some("ada@example.org"),
+        "OH",
+        "FRANKLIN",
+    );
+    ada.row.custom.clear();
+    ada.custom_json = Some(r#"{"county_code":"FRANKLIN"}"#.into());
     let ids = insert(
         &db,
-        vec![
-            person(
-                "V1",
-                "Ada",
-                "Lovelace",
-                Some("ada@example.org"),
-                "OH",
-                "FRANKLIN",
-            ),
-            person("V2", "Alan", "Turing", None, "OH", "DELAWARE"),
-        ],
+        vec![ada, person("V2", "Alan", "Turing", None, "OH", "DELAWARE")],
     )
     .await;
     assert_eq!(ids.len(), 2);
@@ -93,6 +100,24 @@ async fn inserts_and_finds_by_keys(db: TestDb) {
     assert_eq!(m.email.get("ada@example.org").map(|x| x.0), Some(ids[0]));
     let p = db.store.get_person(ids[0]).await.unwrap();
     assert_eq!(p.row.first_name.as_deref(), Some("Ada"));
+    assert_eq!(p.row.custom.get("county_code"), Some(&json!("FRANKLIN")));
+    let alan = db.store.get_person(ids[1]).await.unwrap();
+    assert_eq!(alan.row.custom.get("county_code"), Some(&json!("DELAWARE")));
+    // Custom fields given both ways are refused, not half stored.
+    let mut twice = person("V3", "Grace", "Hopper", None, "OH", "FRANKLIN");
+    twice.custom_json = Some(r#"{"x":"1"}"#.into());
+    let cs = ChangeSet {
+        inserts: vec![twice],
+        ..Default::default()
+    };
+    assert!(db.store.apply_changes(&cs).await.is_err());
+    assert!(db
+        .store
+        .find_by_keys(&["V3".into()], &[], &[])
+        .await
+        .unwrap()
+        .voter
+        .is_empty());
     assert_eq!(p.tags, vec!["voter"]);
     assert_eq!(p.emails, vec!["ada@example.org"]);
     // Search by name prefix, email and voter id.
@@ -133,6 +158,23 @@ async fn inserts_and_finds_by_keys(db: TestDb) {
         .unwrap();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].entry.action, "person.create");
+    assert_eq!(
+        log[0].entry.detail,
+        json!({"n": 1}),
+        "each entry keeps its own detail"
+    );
+    // One statement writes a batch's entries, in the batch's order.
+    let all = db
+        .store
+        .audit_log(Some(("person", &ids[0].to_string())), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].entry.detail, json!({"n": 0}));
+    assert!(
+        all[0].id < log[0].id,
+        "entries are stored in the batch's order"
+    );
 }
 
 async fn duplicate_voter_id_is_a_conflict_and_writes_nothing(db: TestDb) {
@@ -193,8 +235,14 @@ async fn merge_and_undo_restore_both(db: TestDb) {
                     email: Some("ada@example.org".into()),
                     email_consent: "unsubscribed".into(),
                     sms_consent: "unknown".into(),
+                    custom: json!({"employer": "Analytical Engines"})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
                     ..Default::default()
                 },
+                // Stored from `row.custom`.
+                custom_json: None,
                 emails: vec!["ada@example.org".into()],
                 phones: vec!["+16145550100".into()],
                 tags: vec!["donor".into()],
@@ -227,6 +275,13 @@ async fn merge_and_undo_restore_both(db: TestDb) {
         "an unsubscribe survives a merge"
     );
     assert_eq!(merged.tags, vec!["donor", "voter"]);
+    assert_eq!(
+        merged.row.custom,
+        *json!({"county_code": "FRANKLIN", "employer": "Analytical Engines"})
+            .as_object()
+            .unwrap(),
+        "custom fields from both"
+    );
     assert_eq!(
         db.store.list_members(list, None, 10).await.unwrap()[0].id,
         ids[0]
