@@ -97,6 +97,9 @@ pub async fn run(settings: &Settings, cmd: ImportCommand) -> anyhow::Result<()> 
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // The bar moves on its own between batches, and while a large load builds its
+    // indexes after the last one (tens of seconds for a state's voter file).
+    bar.enable_steady_tick(std::time::Duration::from_millis(250));
     let started = std::time::Instant::now();
     let hub = Hub::new(store.clone());
     let actor = format!("import:{}", id.0);
