@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use narwhal_domain::Scope;
+use narwhal_store::auth::ApiToken;
 use rand::RngCore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -103,6 +104,45 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// API tokens this node found live recently, by hash, each trusted for the
+/// configured time ([`crate::HttpConfig::token_cache_ttl`]) before it is read again.
+///
+/// A client sends its token with every request; reading the token table each time
+/// was one database statement per request, and at a donation peak on PostgreSQL it
+/// was about a third of the statements a gift cost (2,000 gifts a second took 1,600
+/// with errors with it, about 1,850 without). Only live tokens are kept: an unknown or
+/// revoked one is looked up every time, so a new token works at once and a revoked one
+/// stops working on every node within the time.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, ApiToken)>>,
+}
+
+/// Tokens held at most; past it the cache starts again empty (campaigns have tens).
+const TOKENS_CACHED: usize = 10_000;
+
+impl TokenCache {
+    /// The token with this hash, if it was found live less than `ttl` ago.
+    pub fn get(&self, hash: &str, ttl: std::time::Duration) -> Option<ApiToken> {
+        let entries = self.entries.lock().ok()?;
+        let (at, t) = entries.get(hash)?;
+        (at.elapsed() < ttl).then(|| t.clone())
+    }
+
+    /// Remembers a token just found live (nothing when `ttl` is zero).
+    pub fn put(&self, hash: String, t: &ApiToken, ttl: std::time::Duration) {
+        if ttl.is_zero() || t.revoked {
+            return;
+        }
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= TOKENS_CACHED {
+                entries.clear();
+            }
+            entries.insert(hash, (std::time::Instant::now(), t.clone()));
+        }
+    }
+}
+
 /// Resolves credentials, if any. A presented but unknown credential is an error
 /// (`Err(unauthenticated)`), not anonymity.
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<Caller>> {
@@ -113,11 +153,20 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Op
             .and_then(|s| s.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(ApiError::unauthenticated)?;
-        let t = state
-            .store
-            .token_by_hash(&sha256_hex(token))
-            .await?
-            .ok_or_else(ApiError::unauthenticated)?;
+        let hash = sha256_hex(token);
+        let ttl = state.config.token_cache_ttl;
+        let t = match state.tokens.get(&hash, ttl) {
+            Some(t) => t,
+            None => {
+                let t = state
+                    .store
+                    .token_by_hash(&hash)
+                    .await?
+                    .ok_or_else(ApiError::unauthenticated)?;
+                state.tokens.put(hash, &t, ttl);
+                t
+            }
+        };
         return Ok(Some(Caller {
             actor: format!("token:{}", t.name),
             scopes: t.scopes,
@@ -298,5 +347,45 @@ mod tests {
         );
         assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&h, "c"), None);
+    }
+}
+
+#[cfg(test)]
+mod token_cache_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn token(revoked: bool) -> ApiToken {
+        ApiToken {
+            id: narwhal_domain::TokenId(1),
+            name: "page".into(),
+            scopes: vec![Scope::DonationsWrite],
+            created_by: "test".into(),
+            created_at: 0,
+            revoked,
+        }
+    }
+
+    #[test]
+    fn keeps_live_tokens_for_the_time_only() {
+        let c = TokenCache::default();
+        let ttl = Duration::from_secs(60);
+        assert!(c.get("h", ttl).is_none(), "unknown tokens are looked up");
+        c.put("h".into(), &token(false), ttl);
+        assert_eq!(c.get("h", ttl).map(|t| t.name), Some("page".to_string()));
+        assert!(
+            c.get("h", Duration::ZERO).is_none(),
+            "past its time it is read again"
+        );
+        assert!(c.get("other", ttl).is_none());
+    }
+
+    #[test]
+    fn never_keeps_a_revoked_token_or_anything_when_off() {
+        let c = TokenCache::default();
+        c.put("r".into(), &token(true), Duration::from_secs(60));
+        assert!(c.get("r", Duration::from_secs(60)).is_none());
+        c.put("z".into(), &token(false), Duration::ZERO);
+        assert!(c.get("z", Duration::from_secs(60)).is_none());
     }
 }

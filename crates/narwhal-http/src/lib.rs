@@ -106,6 +106,10 @@ pub struct HttpConfig {
     /// How SES bounce and complaint notifications (through SNS) are verified and
     /// applied ([`feedback`]).
     pub ses_feedback: feedback::SesFeedbackConfig,
+    /// How long a node trusts an API token it found live before reading it again
+    /// ([`auth::TokenCache`]): a revoked token stops working on every node within
+    /// this time. Zero reads the token at every request.
+    pub token_cache_ttl: Duration,
 }
 
 impl Default for HttpConfig {
@@ -119,6 +123,7 @@ impl Default for HttpConfig {
             upload_timeout: Duration::from_secs(60 * 60),
             sms_auth_token: sms::SmsAuthToken::from_env(),
             ses_feedback: feedback::SesFeedbackConfig::default(),
+            token_cache_ttl: Duration::from_secs(2),
         }
     }
 }
@@ -147,6 +152,8 @@ pub struct AppState {
     /// The Stripe-compatible API (`/v1/...`, [`compat`]); `None` when the node takes no
     /// donations, and then those routes answer 503.
     pub compat: Option<narwhal_pay::compat::Compat>,
+    /// API tokens found live recently ([`auth::TokenCache`]).
+    pub tokens: Arc<auth::TokenCache>,
 }
 
 impl AppState {
@@ -162,6 +169,7 @@ impl AppState {
             mail: None,
             donations: None,
             compat: None,
+            tokens: Arc::new(auth::TokenCache::default()),
         }
     }
 

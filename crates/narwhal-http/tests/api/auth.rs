@@ -113,9 +113,16 @@ async fn revoked_tokens_stop_working(app: TestApp) {
     };
     assert_eq!(get().await.unwrap().status(), 200);
     app.store.revoke_token(id).await.unwrap();
+    // Nodes trust a live token for a short while (`token_cache_ttl`) before reading it
+    // again: once that time is over, the revoked token is refused.
+    let ttl = narwhal_http::HttpConfig::default().token_cache_ttl;
+    assert!(ttl < std::time::Duration::from_secs(10), "{ttl:?}");
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
     let (s, v) = split(get().await.unwrap()).await;
     assert_eq!(s, 401);
     assert_error(&v, "unauthenticated");
+    // And it stays refused: a revoked token is never cached again.
+    assert_eq!(get().await.unwrap().status(), 401);
 }
 
 fn session_cookie(r: &reqwest::Response) -> String {
