@@ -53,12 +53,23 @@ pub struct HttpSettings {
     /// The environment variable holding the SMS provider's auth token, which signs the
     /// inbound SMS webhook (default NARWHAL_TWILIO_AUTH_TOKEN).
     pub sms_auth_token_env: Option<String>,
+    /// How long a node trusts an API token it found live before reading it again, in
+    /// milliseconds (default 2000): a revoked token stops working on every node within
+    /// this time. 0 reads the token at every request.
+    pub api_token_cache_ms: Option<u64>,
 }
 
 impl HttpSettings {
     /// Whether HTTPS is on.
     pub fn tls(&self) -> Option<(&std::path::Path, &std::path::Path)> {
         Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
+
+    /// How long a live API token is trusted before it is read again.
+    pub fn token_cache_ttl(&self) -> std::time::Duration {
+        self.api_token_cache_ms
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(narwhal_http::HttpConfig::default().token_cache_ttl)
     }
 
     /// The name of the variable holding the SMS auth token.
@@ -185,13 +196,14 @@ impl Settings {
             self.listen,
             self.mail.describe(&env_var)
         ) + &format!(
-            "[http]\ntls_cert = {:?}\ntls_key = {:?}\nhttps_listen = {:?}\nhttps_port = {:?}\nsms_auth_token_env = {:?} ({})\n",
+            "[http]\ntls_cert = {:?}\ntls_key = {:?}\nhttps_listen = {:?}\nhttps_port = {:?}\nsms_auth_token_env = {:?} ({})\napi_token_cache_ms = {}\n",
             self.http.tls_cert.as_ref().map(|p| p.display().to_string()),
             self.http.tls_key.as_ref().map(|p| p.display().to_string()),
             self.http.https_listen,
             self.http.https_port,
             self.http.sms_token_var(),
             if env_var(self.http.sms_token_var()).is_some() { "set, hidden" } else { "not set" },
+            self.http.token_cache_ttl().as_millis(),
         )
     }
 

@@ -88,6 +88,7 @@ pub async fn serve_store(
         sms_auth_token: narwhal_http::sms::SmsAuthToken::new(
             std::env::var(http.sms_token_var()).unwrap_or_default(),
         ),
+        token_cache_ttl: http.token_cache_ttl(),
         ..HttpConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -93,6 +93,16 @@ fn demo_builds_a_campaign_and_import_reports_bad_input() {
         s.contains("postgres://u:***@127.0.0.1/x") && !s.contains("hunter2"),
         "{s}"
     );
+    assert!(s.contains("api_token_cache_ms = 2000"), "the default: {s}");
+    // `[http] api_token_cache_ms` from narwhal.toml.
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(
+        conf.path().join("narwhal.toml"),
+        "[http]\napi_token_cache_ms = 0\n",
+    )
+    .unwrap();
+    let (ok, out, err) = narwhal(conf.path(), &["admin", "config"]);
+    assert!(ok && out.contains("api_token_cache_ms = 0"), "{out}{err}");
     let (ok, _, err) = narwhal(
         d,
         &[
