@@ -604,9 +604,9 @@ impl Store {
                 .audit
                 .iter()
                 .map(|a| {
-                    let entity_id = match a.entity_id.strip_prefix('#').and_then(|s| s.parse::<usize>().ok()) {
-                        Some(i) if i < ids.len() => ids[i].to_string(),
-                        _ => a.entity_id.clone(),
+                    let entity_id = match names_new_person(&a.entity_id, ids.len()) {
+                        Some(i) => ids[i].to_string(),
+                        None => a.entity_id.clone(),
                     };
                     (a, entity_id)
                 })
@@ -618,6 +618,15 @@ impl Store {
             Ok(ids.into_iter().map(PersonId).collect())
         })
     }
+}
+
+/// Which of a batch's `n` new people an audit entry names, when its entity id is
+/// `#N` (the N-th insert, whose id is only known once it is written).
+fn names_new_person(entity_id: &str, n: usize) -> Option<usize> {
+    entity_id
+        .strip_prefix('#')
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&i| i < n)
 }
 
 /// The most new people (with no updates and no tags beside them) that PostgreSQL writes
@@ -667,11 +676,8 @@ async fn insert_new_people_one_statement(
     let mut ords: Vec<i32> = Vec::with_capacity(n);
     let mut hashes: Vec<i64> = Vec::with_capacity(n);
     let (mut e_ord, mut e_val, mut p_ord, mut p_val) = (vec![], vec![], vec![], vec![]);
-    let customs: Vec<String> = cs
-        .inserts
-        .iter()
-        .map(|i| i.custom_text().into_owned())
-        .collect();
+    let customs: Vec<std::borrow::Cow<'_, str>> =
+        cs.inserts.iter().map(NewPerson::custom_text).collect();
     let provs: Vec<String> = cs
         .inserts
         .iter()
@@ -699,12 +705,7 @@ async fn insert_new_people_one_statement(
     let (mut a_actor, mut a_action, mut a_entity, mut a_id, mut a_detail) =
         (vec![], vec![], vec![], vec![], vec![]);
     for a in &cs.audit {
-        let of_insert = a
-            .entity_id
-            .strip_prefix('#')
-            .and_then(|s| s.parse::<usize>().ok())
-            .filter(|&i| i < n);
-        a_ord.push(of_insert.map(|i| i as i32 + 1));
+        a_ord.push(names_new_person(&a.entity_id, n).map(|i| i as i32 + 1));
         a_actor.push(a.actor.as_str());
         a_action.push(a.action.as_str());
         a_entity.push(a.entity.as_str());
