@@ -344,6 +344,10 @@ impl Store {
 
     /// Loads full records for these ids (missing ids are skipped).
     pub async fn load_people(&self, ids: &[PersonId]) -> Result<Vec<PersonRecord>> {
+        // Most batches of new people need no one loaded: no round trip for nothing.
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::with_capacity(ids.len());
         let backend = self.backend();
         if let crate::db::Pools::Postgres(p) = &self.pools {

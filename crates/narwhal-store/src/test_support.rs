@@ -73,6 +73,14 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The PostgreSQL schema this test's tables live in (`None` on SQLite), for a
+    /// test that looks at the server's own catalogs.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some(schema) = self.schema.take() else {

@@ -86,6 +86,84 @@ async fn the_keeper_stops_when_told(db: TestDb) {
 
 both_backends!(a_filled_table_is_analyzed_once, the_keeper_stops_when_told);
 
+/// A table that fills at the rate of gifts is analyzed from a small sample, a table
+/// whose filters need detail from the default one, and the connection that did it
+/// goes back to the pool with the server's default target.
+#[tokio::test]
+async fn coarse_tables_are_sampled_small_and_the_connection_is_reset() {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let schema = db.schema().unwrap().to_string();
+    let mut admin =
+        sqlx::postgres::PgConnectOptions::from_str(&narwhal_store::test_support::pg_url())
+            .unwrap()
+            .options([("search_path", schema.as_str())])
+            .connect()
+            .await
+            .unwrap();
+    // 5,000 distinct values in a coarse table (audit_log) and in one that is not (tags).
+    sqlx::Executor::execute(
+        &mut admin,
+        "INSERT INTO audit_log (at, actor, action, entity, entity_id, detail) \
+           SELECT g, 'test', 'x', 'thing', g::text, '{}' FROM generate_series(1, 5000) g; \
+         INSERT INTO tags (name) SELECT 'tag' || g FROM generate_series(1, 5000) g;",
+    )
+    .await
+    .unwrap();
+    // One connection: the pass over tags runs on the one that analyzed audit_log.
+    let one = db.store.for_bulk(1);
+    assert!(narwhal_store::upkeep::COARSE.contains(&"audit_log"));
+    assert!(!narwhal_store::upkeep::COARSE.contains(&"tags"));
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut seen: Vec<String> = Vec::new();
+    while !(seen.iter().any(|t| t == "audit_log") && seen.iter().any(|t| t == "tags")) {
+        assert!(Instant::now() < until, "never analyzed: {seen:?}");
+        let done = one.keep_statistics().await.unwrap();
+        seen.extend(done.analyzed.into_iter().chain(done.vacuumed));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A target of 10 keeps at most 11 histogram bounds; the default (100) 101.
+    let coarse = histogram_bounds(&mut admin, &schema, "audit_log", "entity_id").await;
+    let fine = histogram_bounds(&mut admin, &schema, "tags", "name").await;
+    assert!((2..=11).contains(&coarse), "audit_log kept {coarse} bounds");
+    assert!(fine > 11, "tags kept {fine} bounds");
+    let server_default: String =
+        sqlx::query_scalar("SELECT current_setting('default_statistics_target')")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(
+        one.server_setting("default_statistics_target")
+            .await
+            .unwrap(),
+        Some(server_default)
+    );
+    one.close().await;
+}
+
+/// How many histogram bounds `ANALYZE` kept for a column (0: none).
+async fn histogram_bounds(
+    c: &mut sqlx::PgConnection,
+    schema: &str,
+    table: &str,
+    column: &str,
+) -> i32 {
+    let n: Option<i32> = sqlx::query_scalar(
+        "SELECT array_length(histogram_bounds::text::text[], 1) FROM pg_stats \
+         WHERE schemaname = $1 AND tablename = $2 AND attname = $3",
+    )
+    .bind(schema)
+    .bind(table)
+    .bind(column)
+    .fetch_one(c)
+    .await
+    .unwrap();
+    n.unwrap_or(0)
+}
+
 /// An operator can keep PostgreSQL's own plan cache choice by saying so in the URL.
 #[tokio::test]
 async fn a_url_that_sets_the_plan_cache_mode_keeps_it() {
