@@ -3,7 +3,8 @@
 //! The path of one gift ([`Donations::take`]):
 //! 1. Validate the request (amount, donor fields, attestations, no card number in any
 //!    free-text field) and hash its parameters.
-//! 2. Resolve the donor to a person in the hub.
+//! 2. Resolve the donor to a person in the hub (a commit of its own, made by the same
+//!    group-commit stage just before step 3's, for the same batch of gifts).
 //! 3. One durable commit: the donation (state `processing`) under the client's
 //!    idempotency key, its designation and reservation against the donor's limits, and
 //!    its first attempt row naming the processor about to be called. A reused key
@@ -260,14 +261,20 @@ pub struct Donations {
     batches: Arc<Batches>,
 }
 
-/// The group commits a donation goes through: resolving donors, beginning donations
-/// and finishing them (see [`crate::batch`]).
+/// The group commits a donation goes through: taking it in (its donor resolved, then
+/// the donation begun) and finishing it (see [`crate::batch`]).
 struct Batches {
-    people: Batcher<PersonDraft, PersonId>,
-    begin: Batcher<NewDonation, Begun>,
+    intake: Batcher<Intake, (PersonId, Begun)>,
     finish: Batcher<Completion, DonationRow>,
     /// Per item: the new attempt's number, or why it could not be opened.
     fail_over: Batcher<FailOver, Result<i32, String>>,
+}
+
+/// A gift on its way in: its donor's record, and the donation to begin once the
+/// donor is a person (`gift.person_id` is filled in then).
+struct Intake {
+    draft: PersonDraft,
+    gift: NewDonation,
 }
 
 /// The most items in one group commit.
@@ -466,30 +473,40 @@ impl Donations {
             Backend::Sqlite => (Workers::CommitThread, 1),
             Backend::Postgres => (Workers::Shared, 4),
         };
-        let people = {
+        // One stage for both commits that come before the processor: the donors of a
+        // batch are resolved, then the same batch of donations begins, back to back in
+        // one worker. As two stages each gift waited in line twice, and crossed from a
+        // worker to its request's task and back in between.
+        let intake = {
             let hub = hub.clone();
-            Batcher::spawn_on(on, MAX_BATCH, workers, move |drafts: Vec<PersonDraft>| {
-                let hub = hub.clone();
-                async move {
-                    let (res, _) = hub
-                        .upsert_batch(drafts, "donations", "donation", true)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    Ok(res.into_iter().map(|u| u.id).collect())
-                }
-            })
-        };
-        let begin = {
             let store = store.clone();
             let config = config.clone();
-            Batcher::spawn_on(on, MAX_BATCH, workers, move |batch: Vec<NewDonation>| {
+            Batcher::spawn_on(on, MAX_BATCH, workers, move |batch: Vec<Intake>| {
+                let hub = hub.clone();
                 let store = store.clone();
                 let config = config.clone();
                 async move {
-                    store
-                        .begin_donations(&batch, &config.limits)
+                    let (drafts, mut gifts): (Vec<PersonDraft>, Vec<NewDonation>) =
+                        batch.into_iter().map(|i| (i.draft, i.gift)).unzip();
+                    let (people, _) = hub
+                        .upsert_batch(drafts, "donations", "donation", true)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.to_string())?;
+                    if people.len() != gifts.len() {
+                        return Err(format!(
+                            "{} donors resolved for {} gifts",
+                            people.len(),
+                            gifts.len()
+                        ));
+                    }
+                    for (gift, person) in gifts.iter_mut().zip(&people) {
+                        gift.person_id = person.id;
+                    }
+                    let begun = store
+                        .begin_donations(&gifts, &config.limits)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(people.into_iter().map(|p| p.id).zip(begun).collect())
                 }
             })
         };
@@ -534,8 +551,7 @@ impl Donations {
             router,
             config,
             batches: Arc::new(Batches {
-                people,
-                begin,
+                intake,
                 finish,
                 fail_over,
             }),
@@ -546,15 +562,6 @@ impl Donations {
     pub async fn take(&self, req: DonationRequest) -> Result<Taken, DonationError> {
         let draft = validate(&req)?;
         let hash = request_hash(&req);
-        // A replay is recognized by the commit that would store the gift (its key is
-        // taken), not by a read before: a new gift, by far the common case, saves that
-        // round trip. Resolving a replay's donor again changes nothing (same fields).
-        let person_id = self
-            .batches
-            .people
-            .submit_within(draft.normalize(), self.config.admit_wait)
-            .await
-            .map_err(unavailable)?;
         let public_id = new_public_id();
         let mut candidates = self.router.candidates();
         if let Some(only) = &req.processor {
@@ -578,7 +585,8 @@ impl Donations {
             public_id: public_id.clone(),
             idempotency_key: req.idempotency_key.trim().to_string(),
             request_hash: hash,
-            person_id,
+            // The donor's, once the intake stage has resolved them.
+            person_id: PersonId(0),
             amount_cents: req.amount_cents,
             currency: self.config.currency.clone(),
             channel: req.channel.clone(),
@@ -601,10 +609,17 @@ impl Donations {
             pledge_token_hash: pledge_hash,
             year: year_of_ms(now_ms()),
         };
-        let begun = self
+        // A replay is recognized by the commit that would store the gift (its key is
+        // taken), not by a read before: a new gift, by far the common case, saves that
+        // round trip. Resolving a replay's donor again changes nothing (same fields).
+        let intake = Intake {
+            draft: draft.normalize(),
+            gift: new,
+        };
+        let (person_id, begun) = self
             .batches
-            .begin
-            .submit_within(new, self.config.admit_wait)
+            .intake
+            .submit_within(intake, self.config.admit_wait)
             .await
             .map_err(unavailable)?;
         let id = match begun {
