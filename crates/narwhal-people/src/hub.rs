@@ -7,13 +7,14 @@
 //! and commits the whole batch in one transaction.
 
 use crate::error::PeopleError;
-use crate::resolve::{apply, new_person, stamp};
+use crate::keyindex::{Hint, KeyIndex};
+use crate::resolve::{apply, new_person, new_person_with, stamp};
 use narwhal_domain::{
     ConsentState, CustomFieldKey, Email, MergeId, PersonDraft, PersonId, PhoneE164, PostalAddress,
     Tag,
 };
 use narwhal_store::audit::AuditEntry;
-use narwhal_store::people::{ChangeSet, PersonRecord, PersonUpdate};
+use narwhal_store::people::{ChangeSet, KeyKind, PersonRecord, PersonUpdate};
 use narwhal_store::{now_ms, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -121,6 +122,22 @@ impl Hub {
         actor: &str,
         audit_inserts: bool,
     ) -> Result<(Vec<Upserted>, BatchTotals), PeopleError> {
+        self.upsert_batch_indexed(drafts, source, actor, audit_inserts, None)
+            .await
+    }
+
+    /// [`Hub::upsert_batch`] with an in-memory key index (see [`crate::keyindex`]):
+    /// records the index calls new or unchanged are not looked up in the database,
+    /// and the people the batch creates are added to it. A batch that conflicts with
+    /// another writer is resolved again without the index.
+    pub async fn upsert_batch_indexed(
+        &self,
+        drafts: Vec<PersonDraft>,
+        source: &str,
+        actor: &str,
+        audit_inserts: bool,
+        index: Option<&std::sync::RwLock<KeyIndex>>,
+    ) -> Result<(Vec<Upserted>, BatchTotals), PeopleError> {
         // Fold records of the same person within the batch.
         let mut folded: Vec<PersonDraft> = Vec::new();
         let mut owner_of_input: Vec<usize> = Vec::with_capacity(drafts.len());
@@ -148,8 +165,9 @@ impl Hub {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let index = index.filter(|_| attempt == 1);
             match self
-                .write_folded(&folded, source, actor, audit_inserts)
+                .write_folded(&folded, source, actor, audit_inserts, index)
                 .await
             {
                 Ok((per_folded, totals)) => {
@@ -179,20 +197,50 @@ impl Hub {
         source: &str,
         actor: &str,
         audit_inserts: bool,
+        index: Option<&std::sync::RwLock<KeyIndex>>,
     ) -> Result<(Vec<Upserted>, BatchTotals), PeopleError> {
         let now = now_ms();
+        // Every record's fingerprint, once: it tells an unchanged record apart, and
+        // it is a new person's row hash.
+        let fps: Vec<i64> = folded.iter().map(PersonDraft::fingerprint).collect();
+        // What the key index can answer is not asked of the database.
+        let hints: Vec<Hint> = match index {
+            Some(ix) => {
+                let ix = ix.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                folded
+                    .iter()
+                    .zip(&fps)
+                    .map(|(d, &fp)| ix.classify(d, fp))
+                    .collect()
+            }
+            None => vec![Hint::Ask; folded.len()],
+        };
         let mut voter_ids = Vec::new();
         let mut emails = Vec::new();
         let mut phones = Vec::new();
-        for d in folded {
+        for (d, _) in folded.iter().zip(&hints).filter(|(_, h)| **h == Hint::Ask) {
             voter_ids.extend(d.voter_id.iter().map(|v| v.as_str().to_string()));
             emails.extend(d.emails.iter().map(|e| e.as_str().to_string()));
             phones.extend(d.phones.iter().map(|p| p.as_str().to_string()));
         }
-        let km = self
+        let mut km = self
             .store
             .find_by_keys(&voter_ids, &emails, &phones)
             .await?;
+        for (d, h) in folded.iter().zip(&hints) {
+            if let Hint::Unchanged(id, row_hash) = *h {
+                let held = (id, row_hash);
+                if let Some(v) = &d.voter_id {
+                    km.voter.insert(v.as_str().to_string(), held);
+                }
+                for e in &d.emails {
+                    km.email.insert(e.as_str().to_string(), held);
+                }
+                for p in &d.phones {
+                    km.phone.insert(p.as_str().to_string(), held);
+                }
+            }
+        }
         let mut totals = BatchTotals::default();
 
         // Which existing people each record names, strongest key first.
@@ -278,11 +326,6 @@ impl Hub {
 
         // Load the people whose stored fingerprint differs from the record's.
         // Fingerprints only for records that matched someone (new people get theirs in `new_person`).
-        let fps: Vec<i64> = folded
-            .iter()
-            .zip(&matches)
-            .map(|(d, m)| if m.is_empty() { 0 } else { d.fingerprint() })
-            .collect();
         let need: Vec<PersonId> = (0..folded.len())
             .filter_map(|i| {
                 matches[i]
@@ -327,7 +370,7 @@ impl Hub {
                         d.phones.retain(|p| !km.phone.contains_key(p.as_str()));
                         cs.inserts.push(new_person(&d, source, now));
                     } else {
-                        cs.inserts.push(new_person(d, source, now));
+                        cs.inserts.push(new_person_with(d, source, now, fps[i]));
                     }
                 }
                 Some((id, _)) => match loaded.get(id) {
@@ -402,6 +445,21 @@ impl Hub {
             return Ok((results.into_iter().flatten().collect(), totals));
         }
         let new_ids = self.store.apply_changes(&cs).await?;
+        if let Some(ix) = index {
+            let mut ix = ix
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (np, id) in cs.inserts.iter().zip(&new_ids) {
+                let keys = np
+                    .row
+                    .voter_id
+                    .iter()
+                    .map(|v| (KeyKind::Voter, v.as_str()))
+                    .chain(np.emails.iter().map(|e| (KeyKind::Email, e.as_str())))
+                    .chain(np.phones.iter().map(|p| (KeyKind::Phone, p.as_str())));
+                ix.add(keys, *id, np.row.row_hash);
+            }
+        }
         totals.inserted += new_ids.len() as i64;
         for (k, &i) in insert_of.iter().enumerate() {
             results[i] = Some(Upserted {

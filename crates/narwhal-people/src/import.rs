@@ -9,6 +9,7 @@
 //! recognized by fingerprint, running the same file again changes nothing.
 
 use crate::hub::Hub;
+use crate::keyindex::KeyIndex;
 use crate::mapping::{Encoding, Mapping, MappingError};
 use crate::PeopleError;
 use narwhal_domain::ImportId;
@@ -475,6 +476,7 @@ pub async fn run(
     // key are caught by the store (a unique key or version conflict) and resolved again.
     let mut inflight: tokio::task::JoinSet<BatchDone> = tokio::task::JoinSet::new();
     let mut bulk: Option<bool> = None;
+    let mut index: Option<std::sync::Arc<std::sync::RwLock<KeyIndex>>> = None;
     while let Some(msg) = rx.recv().await {
         let chunk = match msg {
             Ok(c) => c,
@@ -485,7 +487,10 @@ pub async fn run(
         };
         if bulk.is_none() && chunk.rows > 0 {
             match bulk_load(hub, &chunk, bytes_total, opts.bulk_from_rows).await {
-                Ok(b) => bulk = Some(b),
+                Ok((b, ix)) => {
+                    bulk = Some(b);
+                    index = ix.map(|ix| std::sync::Arc::new(std::sync::RwLock::new(ix)));
+                }
                 Err(e) => {
                     result = Err(e.into());
                     break;
@@ -511,11 +516,12 @@ pub async fn run(
         }
         let (hub, source, actor) = (hub.clone(), source.clone(), actor.to_string());
         let (rows, bytes, drafts) = (chunk.rows, chunk.bytes, chunk.drafts);
+        let index = index.clone();
         inflight.spawn(async move {
             let totals = if drafts.is_empty() {
                 Ok(Default::default())
             } else {
-                hub.upsert_batch(drafts, &source, &actor, false)
+                hub.upsert_batch_indexed(drafts, &source, &actor, false, index.as_deref())
                     .await
                     .map(|(_, t)| t)
             };
@@ -554,32 +560,50 @@ pub async fn run(
     result.map(|()| counts)
 }
 
-/// Decides from the first chunk whether this import is a bulk load, and if so defers
-/// the query-only indexes. The file's size over the first chunk's bytes per row
-/// estimates its rows.
+/// The most people whose keys a large import holds in memory (about 45 MB a
+/// million); a larger hub is asked about every row.
+pub const KEY_INDEX_MAX_PEOPLE: u64 = 5_000_000;
+
+/// Decides from the first chunk whether this import is large, and if so loads the
+/// hub's keys into memory (when the hub is not much larger than the file) and, for a
+/// bulk load into a hub at most half its size, defers the query-only indexes. The
+/// file's size over the first chunk's bytes per row estimates its rows. Returns
+/// whether the indexes were deferred, and the key index.
 async fn bulk_load(
     hub: &Hub,
     first: &Chunk,
     bytes_total: i64,
     bulk_from_rows: u64,
-) -> Result<bool, PeopleError> {
+) -> Result<(bool, Option<KeyIndex>), PeopleError> {
     if first.bytes <= 0 {
-        return Ok(false);
+        return Ok((false, None));
     }
     let estimate = (bytes_total as f64 * first.rows as f64 / first.bytes as f64) as u64;
     if estimate < bulk_from_rows {
-        return Ok(false);
+        return Ok((false, None));
     }
     let people = hub.store.count_people().await?.max(0) as u64;
+    let index = if people <= KEY_INDEX_MAX_PEOPLE && people <= estimate.saturating_mul(4) {
+        let started = std::time::Instant::now();
+        let ix = KeyIndex::load(&hub.store).await?;
+        tracing::info!(
+            keys = ix.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "the hub's keys are held in memory for this import"
+        );
+        Some(ix)
+    } else {
+        None
+    };
     if estimate < people.saturating_mul(2) {
-        return Ok(false);
+        return Ok((false, index));
     }
     tracing::info!(
         estimate,
         people,
         "a bulk load: the query indexes of people are built at its end"
     );
-    Ok(hub.store.defer_people_indexes().await?)
+    Ok((hub.store.defer_people_indexes().await?, index))
 }
 
 /// What one batch task reports back.

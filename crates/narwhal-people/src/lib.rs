@@ -6,6 +6,7 @@
 pub mod error;
 pub mod hub;
 pub mod import;
+pub mod keyindex;
 pub mod mapping;
 pub mod resolve;
 pub mod synth;

@@ -12,6 +12,11 @@ pub fn stamp(source: &str, at: i64) -> Value {
 
 /// A brand-new person from a draft.
 pub fn new_person(d: &PersonDraft, source: &str, at: i64) -> NewPerson {
+    new_person_with(d, source, at, d.fingerprint())
+}
+
+/// [`new_person`] for a draft whose fingerprint is known already.
+pub fn new_person_with(d: &PersonDraft, source: &str, at: i64, fingerprint: i64) -> NewPerson {
     let name = d.name.to_name();
     let mut row = PersonRow {
         voter_id: d.voter_id.as_ref().map(|v| v.as_str().to_string()),
@@ -24,7 +29,7 @@ pub fn new_person(d: &PersonDraft, source: &str, at: i64) -> NewPerson {
         phone: d.phones.first().map(|p| p.as_str().to_string()),
         email_consent: d.email_consent.as_str().to_string(),
         sms_consent: d.sms_consent.as_str().to_string(),
-        row_hash: d.fingerprint(),
+        row_hash: fingerprint,
         ..Default::default()
     };
     if let Some(a) = &d.address {

@@ -311,6 +311,27 @@ async fn concurrent_writers_never_duplicate_a_person(db: TestDb) {
 /// Batches are converted on several threads and two are written at a time: a person
 /// named in many batches (by voter id, then by email alone) is still one person.
 async fn keys_shared_across_parallel_batches_make_one_person(db: TestDb) {
+    shared_keys_make_one_person(db, 100_000).await;
+}
+
+/// The same with the hub's keys held in memory (a large import): a batch that the
+/// index sends to create a person another batch in flight created is resolved again.
+async fn keys_shared_across_batches_with_the_key_index(db: TestDb) {
+    shared_keys_make_one_person(db, 1).await;
+}
+
+async fn shared_keys_make_one_person(db: TestDb, bulk_from_rows: u64) {
+    let import = |db: &TestDb, path: &Path| {
+        let hub = Hub::new(db.store.clone());
+        let mut opts = ImportOptions::beside(path);
+        opts.batch_rows = 3;
+        opts.bulk_from_rows = bulk_from_rows;
+        let path = path.to_path_buf();
+        async move {
+            let m = Mapping::parse(MAPPING).unwrap();
+            import::run(&hub, &path, &m, &opts, "test", &|_| {}).await
+        }
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut body = b"VOTER ID,First,Last,Email,Phone,State,County,Party\n".to_vec();
     for i in 1..=20 {
@@ -325,7 +346,7 @@ async fn keys_shared_across_parallel_batches_make_one_person(db: TestDb) {
     // A row with only the shared email, after every batch that saw it: no new person.
     body.extend_from_slice(b",Final,Last,one@example.org,,,Franklin,D\n");
     let path = write(dir.path(), "order.csv", &body);
-    let c = import(&db, &path, MAPPING).await.unwrap();
+    let c = import(&db, &path).await.unwrap();
     assert_eq!(c.rows_read, 21);
     assert_eq!(c.rejected, 0);
     assert_eq!(db.store.count_people().await.unwrap(), 16, "{c:?}");
@@ -344,9 +365,130 @@ async fn keys_shared_across_parallel_batches_make_one_person(db: TestDb) {
     assert_eq!(by_email[0].id, p[0].id);
     // Running it again finds everyone (the file names one person five times with
     // different names, so that person is updated, but nobody is created).
-    let again = import(&db, &path, MAPPING).await.unwrap();
+    let again = import(&db, &path).await.unwrap();
     assert_eq!(again.inserted + again.merged, 0, "{again:?}");
     assert_eq!(db.store.count_people().await.unwrap(), 16);
+}
+
+/// A large import (its keys held in memory) resolves records as the database would:
+/// people created elsewhere are found by any key, new ones are created once, and a
+/// second run changes nothing.
+async fn a_large_import_resolves_from_memory_as_from_the_database(db: TestDb) {
+    let hub = Hub::new(db.store.clone());
+    let signup = PersonDraft {
+        emails: vec![Email::parse("ada@example.org").unwrap()],
+        ..Default::default()
+    };
+    let ada = hub.upsert(signup, "signup", "test").await.unwrap().id;
+    let voter = PersonDraft {
+        voter_id: Some(VoterId::parse("OH2").unwrap()),
+        ..Default::default()
+    };
+    let bo = hub.upsert(voter, "county-file", "test").await.unwrap().id;
+    let dir = tempfile::tempdir().unwrap();
+    let body = b"VOTER ID,First,Last,Email,Phone,State,County,Party
+OH1,Ada,Lovelace,ada@example.org,,OH,Franklin,D
+OH2,Bo,Diddley,bo@example.org,,OH,Franklin,D
+OH3,Cy,Young,,614-555-0103,OH,Lucas,R
+OH4,Di,Prince,di@example.org,,OH,Lucas,R
+OH5,Ed,Wood,,,OH,Lucas,R
+OH6,Flo,Jo,,,OH,Lucas,R
+OH7,Gus,Grissom,,614-555-0107,OH,Lucas,R
+";
+    let path = write(dir.path(), "voters.csv", body);
+    let run = || {
+        let hub = hub.clone();
+        let path = path.clone();
+        async move {
+            let m = Mapping::parse(MAPPING).unwrap();
+            let mut opts = ImportOptions::beside(&path);
+            opts.batch_rows = 3;
+            opts.bulk_from_rows = 1;
+            import::run(&hub, &path, &m, &opts, "test", &|_| {})
+                .await
+                .unwrap()
+        }
+    };
+    let c = run().await;
+    assert_eq!((c.inserted, c.updated, c.merged), (5, 2, 0), "{c:?}");
+    assert_eq!(db.store.count_people().await.unwrap(), 7);
+    let a = db.store.get_person(ada).await.unwrap();
+    assert_eq!(a.row.voter_id.as_deref(), Some("OH1"));
+    assert_eq!(a.row.last_name.as_deref(), Some("Lovelace"));
+    let b = db.store.get_person(bo).await.unwrap();
+    assert_eq!(b.emails, vec!["bo@example.org".to_string()]);
+    let again = run().await;
+    assert_eq!(
+        (again.inserted, again.updated, again.unchanged, again.merged),
+        (0, 0, 7, 0),
+        "{again:?}"
+    );
+    assert_eq!(db.store.count_people().await.unwrap(), 7);
+}
+
+/// The index answers for what it knows without asking the database, learns the
+/// people a batch creates, and a stale answer (someone created the person since it
+/// was loaded) is caught by the database's keys and resolved again.
+async fn the_key_index_answers_and_learns(db: TestDb) {
+    use narwhal_people::keyindex::{Hint, KeyIndex};
+    use narwhal_store::people::KeyKind;
+    let hub = Hub::new(db.store.clone());
+    let draft = |v: &str, first: &str| {
+        PersonDraft {
+            voter_id: Some(VoterId::parse(v).unwrap()),
+            name: narwhal_domain::person::PersonNameFields {
+                first_name: Some(first.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .normalize()
+    };
+    let mut ix = KeyIndex::default();
+    // The index holds OH9 as person 424242 with this very record: unchanged, and
+    // the database (which has no such person) is not asked.
+    let known = draft("OH9", "Known");
+    ix.add(
+        [(KeyKind::Voter, "OH9")].into_iter(),
+        narwhal_domain::PersonId(424242),
+        known.fingerprint(),
+    );
+    let ix = std::sync::RwLock::new(ix);
+    let (r, _) = hub
+        .upsert_batch_indexed(vec![known], "file", "test", false, Some(&ix))
+        .await
+        .unwrap();
+    assert_eq!(r[0].outcome, Outcome::Unchanged);
+    assert_eq!(r[0].id, narwhal_domain::PersonId(424242));
+    assert_eq!(db.store.count_people().await.unwrap(), 0);
+    // A new record is created, and the index learns its keys.
+    let new = draft("OH10", "New");
+    let (r, _) = hub
+        .upsert_batch_indexed(vec![new.clone()], "file", "test", false, Some(&ix))
+        .await
+        .unwrap();
+    assert_eq!(r[0].outcome, Outcome::Created);
+    assert_eq!(
+        ix.read().unwrap().classify(&new, new.fingerprint()),
+        Hint::Unchanged(r[0].id, new.fingerprint())
+    );
+    // Someone else creates OH11 behind the index's back.
+    let other = hub
+        .upsert(draft("OH11", "First"), "api", "test")
+        .await
+        .unwrap();
+    let late = draft("OH11", "Second");
+    assert_eq!(
+        ix.read().unwrap().classify(&late, late.fingerprint()),
+        Hint::New
+    );
+    let (r, t) = hub
+        .upsert_batch_indexed(vec![late], "file", "test", false, Some(&ix))
+        .await
+        .unwrap();
+    assert_eq!((r[0].id, r[0].outcome), (other.id, Outcome::Updated));
+    assert_eq!((t.inserted, t.updated), (0, 1));
+    assert_eq!(db.store.count_people().await.unwrap(), 2);
 }
 
 /// Imports `path` in batches of 3, and returns, per committed batch, how many of the
@@ -420,7 +562,10 @@ async fn a_bulk_load_builds_the_query_indexes_once_at_its_end(db: TestDb) {
 
 both_backends!(
     a_bulk_load_builds_the_query_indexes_once_at_its_end,
+    a_large_import_resolves_from_memory_as_from_the_database,
+    the_key_index_answers_and_learns,
     keys_shared_across_parallel_batches_make_one_person,
+    keys_shared_across_batches_with_the_key_index,
     concurrent_writers_never_duplicate_a_person,
     import_rejects_bad_rows_with_line_and_reason,
     whole_file_errors_name_the_file_and_write_nothing,

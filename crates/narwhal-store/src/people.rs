@@ -152,6 +152,14 @@ pub struct KeyMatches {
     pub phone: HashMap<String, (PersonId, i64)>,
 }
 
+/// Which strong key a [`Store::scan_keys`] entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    Voter,
+    Email,
+    Phone,
+}
+
 /// A short row for search results and exports.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct PersonSummary {
@@ -340,6 +348,96 @@ impl Store {
             }
         }
         Ok(m)
+    }
+
+    /// Visits every strong key in the hub with the person who holds it and that
+    /// person's row hash, a page at a time in key order (memory stays bounded
+    /// whatever the hub's size). Returns how many keys it visited. A large import
+    /// loads its in-memory key index from this (see `narwhal_people::keyindex`).
+    pub async fn scan_keys(
+        &self,
+        visit: &mut (dyn FnMut(KeyKind, &str, PersonId, i64) + Send),
+    ) -> Result<u64> {
+        self.scan_keys_by(50_000, visit).await
+    }
+
+    /// [`Store::scan_keys`], `span` ids at a time.
+    async fn scan_keys_by(
+        &self,
+        span: i64,
+        visit: &mut (dyn FnMut(KeyKind, &str, PersonId, i64) + Send),
+    ) -> Result<u64> {
+        // People are read by ranges of ids, each range's emails and phones by the
+        // same range of person ids, so that the row hashes of the range are at hand.
+        // A range comes back as one text value per table, a line per key: decoding
+        // tens of thousands of rows cost more than the database's reads. Keys never
+        // hold spaces or line breaks (they are normalized on parse); a line that does
+        // not parse is skipped, which only makes the import ask the database about it.
+        const PEOPLE: &str = "SELECT string_agg(CAST(id AS TEXT) || ' ' || CAST(row_hash AS TEXT) || ' ' || COALESCE(voter_id, ''), '
+') \
+             FROM people WHERE id > $1 AND id <= $2";
+        let mut seen = 0u64;
+        let mut lo = 0i64;
+        let mut hashes: Vec<(i64, i64)> = Vec::new();
+        loop {
+            let hi = lo.saturating_add(span);
+            let text: Option<String> = on_read!(self, p => sqlx::query_scalar(PEOPLE).bind(lo).bind(hi).fetch_one(p).await)?;
+            let Some(text) = text else {
+                // No one in this range: skip to the next id there is, if any.
+                let next: Option<i64> = on_read!(self, p => sqlx::query_scalar("SELECT MIN(id) FROM people WHERE id > $1").bind(hi).fetch_one(p).await)?;
+                match next {
+                    Some(n) => {
+                        lo = n - 1;
+                        continue;
+                    }
+                    None => break,
+                }
+            };
+            hashes.clear();
+            for line in text.split('\n') {
+                let mut f = line.splitn(3, ' ');
+                let (Some(Ok(id)), Some(Ok(h)), Some(voter)) = (
+                    f.next().map(str::parse::<i64>),
+                    f.next().map(str::parse::<i64>),
+                    f.next(),
+                ) else {
+                    continue;
+                };
+                hashes.push((id, h));
+                if !voter.is_empty() {
+                    visit(KeyKind::Voter, voter, PersonId(id), h);
+                    seen += 1;
+                }
+            }
+            hashes.sort_unstable();
+            for (kind, sql) in [
+                (
+                    KeyKind::Email,
+                    "SELECT string_agg(email || ' ' || CAST(person_id AS TEXT), '
+') FROM person_emails WHERE person_id > $1 AND person_id <= $2",
+                ),
+                (
+                    KeyKind::Phone,
+                    "SELECT string_agg(phone || ' ' || CAST(person_id AS TEXT), '
+') FROM person_phones WHERE person_id > $1 AND person_id <= $2",
+                ),
+            ] {
+                let text: Option<String> = on_read!(self, p => sqlx::query_scalar(sql).bind(lo).bind(hi).fetch_one(p).await)?;
+                for line in text.as_deref().unwrap_or_default().split('\n') {
+                    let Some((key, Ok(id))) =
+                        line.rsplit_once(' ').map(|(k, id)| (k, id.parse::<i64>()))
+                    else {
+                        continue;
+                    };
+                    if let Ok(at) = hashes.binary_search_by_key(&id, |e| e.0) {
+                        visit(kind, key, PersonId(id), hashes[at].1);
+                        seen += 1;
+                    }
+                }
+            }
+            lo = hi;
+        }
+        Ok(seen)
     }
 
     /// Loads full records for these ids (missing ids are skipped).
@@ -995,4 +1093,92 @@ async fn copy_people(
 /// A JSON object as stored text (serialized in place, without cloning it into a `Value`).
 pub(crate) fn json_text(m: &serde_json::Map<String, serde_json::Value>) -> String {
     serde_json::to_string(m).unwrap_or_else(|_| "{}".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::test_support::TestDb;
+
+    fn someone(i: i64) -> NewPerson {
+        NewPerson {
+            row: PersonRow {
+                // Every third person has no voter id; every other one an email.
+                voter_id: (i % 3 != 0).then(|| format!("V{i}")),
+                email_consent: "unknown".into(),
+                sms_consent: "unknown".into(),
+                row_hash: 1000 + i,
+                ..Default::default()
+            },
+            custom_json: None,
+            emails: if i % 2 == 0 {
+                vec![format!("p{i}@example.org"), format!("q{i}@example.org")]
+            } else {
+                vec![]
+            },
+            phones: vec![format!("+1614555{i:04}")],
+            tags: vec![],
+        }
+    }
+
+    /// Every key comes back once with its holder and the holder's row hash, across
+    /// ranges of ids with no one in them.
+    async fn scan_keys_visits_every_key_with_its_holder(db: TestDb) {
+        let store = &db.store;
+        let cs = ChangeSet {
+            inserts: (1..=12).map(someone).collect(),
+            ..Default::default()
+        };
+        let ids = store.apply_changes(&cs).await.unwrap();
+        // A hole of six ids: three ranges of two with no one in them.
+        let gone: Vec<i64> = ids[3..9].iter().map(|i| i.0).collect();
+        on_write!(store, p => {
+            for t in ["person_emails", "person_phones"] {
+                sqlx::query(&format!("DELETE FROM {t} WHERE person_id >= $1 AND person_id <= $2"))
+                    .bind(gone[0]).bind(gone[5]).execute(p).await.unwrap();
+            }
+            sqlx::query("DELETE FROM people WHERE id >= $1 AND id <= $2")
+                .bind(gone[0]).bind(gone[5]).execute(p).await.unwrap();
+        });
+        let mut want: Vec<(KeyKind, String, i64, i64)> = Vec::new();
+        for (k, id) in ids.iter().enumerate() {
+            if gone.contains(&id.0) {
+                continue;
+            }
+            let np = &cs.inserts[k];
+            let h = np.row.row_hash;
+            want.extend(
+                np.row
+                    .voter_id
+                    .iter()
+                    .map(|v| (KeyKind::Voter, v.clone(), id.0, h)),
+            );
+            want.extend(
+                np.emails
+                    .iter()
+                    .map(|e| (KeyKind::Email, e.clone(), id.0, h)),
+            );
+            want.extend(
+                np.phones
+                    .iter()
+                    .map(|p| (KeyKind::Phone, p.clone(), id.0, h)),
+            );
+        }
+        want.sort_by(|a, b| (a.1.as_str(), a.2).cmp(&(b.1.as_str(), b.2)));
+        for span in [2, 50_000] {
+            let mut got = Vec::new();
+            let n = store
+                .scan_keys_by(span, &mut |kind, key, id, h| {
+                    got.push((kind, key.to_string(), id.0, h))
+                })
+                .await
+                .unwrap();
+            got.sort_by(|a, b| (a.1.as_str(), a.2).cmp(&(b.1.as_str(), b.2)));
+            assert_eq!(n as usize, got.len());
+            assert_eq!(got, want, "span {span}");
+        }
+    }
+
+    crate::both_backends!(scan_keys_visits_every_key_with_its_holder);
 }
