@@ -142,10 +142,36 @@ fn convert(
     }
 }
 
+/// Positions in [`crate::mapping::FIELDS`], so that a row reads its fields by index
+/// instead of looking each name up (a voter file has millions of rows).
+mod f {
+    pub const VOTER_ID: usize = 0;
+    pub const FIRST_NAME: usize = 1;
+    pub const MIDDLE_NAME: usize = 2;
+    pub const LAST_NAME: usize = 3;
+    pub const SUFFIX: usize = 4;
+    pub const EMAIL: usize = 5;
+    pub const EMAIL2: usize = 6;
+    pub const PHONE: usize = 7;
+    pub const PHONE2: usize = 8;
+    pub const ADDRESS_LINE1: usize = 9;
+    pub const ADDRESS_LINE2: usize = 10;
+    pub const CITY: usize = 11;
+    pub const STATE: usize = 12;
+    pub const ZIP: usize = 13;
+    pub const COUNTY: usize = 14;
+    pub const PRECINCT: usize = 15;
+    pub const EMAIL_CONSENT: usize = 16;
+    pub const SMS_CONSENT: usize = 17;
+}
+
 /// Column positions the mapping needs, found in the header.
 #[derive(Clone)]
 struct Plan {
-    fields: HashMap<String, usize>,
+    /// Per field of `FIELDS`: its column, if mapped.
+    cols: Vec<Option<usize>>,
+    /// Per field of `FIELDS`: the value an empty cell takes (`[defaults]`, or empty).
+    defaults: Vec<String>,
     custom: Vec<(CustomFieldKey, usize)>,
     tag_cols: Vec<(usize, crate::mapping::TagColumn)>,
     width: usize,
@@ -171,10 +197,13 @@ fn plan(header: &[String], m: &Mapping, path: &str) -> Result<Plan, ImportError>
         });
     }
     Ok(Plan {
-        fields: m
-            .fields
+        cols: crate::mapping::FIELDS
             .iter()
-            .map(|(f, c)| (f.clone(), pos[c.trim()]))
+            .map(|f| m.fields.get(*f).map(|c| pos[c.trim()]))
+            .collect(),
+        defaults: crate::mapping::FIELDS
+            .iter()
+            .map(|f| m.defaults.get(*f).cloned().unwrap_or_default())
             .collect(),
         custom: m
             .custom
@@ -217,7 +246,7 @@ fn raw_line(rec: &csv::ByteRecord, delim: u8) -> String {
 fn row_to_draft<'r>(
     rec: &'r csv::ByteRecord,
     header: &[String],
-    p: &Plan,
+    p: &'r Plan,
     m: &'r Mapping,
 ) -> Result<PersonDraft, String> {
     if rec.len() != p.width {
@@ -239,66 +268,64 @@ fn row_to_draft<'r>(
                 .ok_or_else(bad),
         }
     };
-    let field = |name: &str| -> Result<Cow<'r, str>, String> {
-        let v = match p.fields.get(name) {
-            Some(&i) => cell(i)?,
+    let field = |k: usize| -> Result<Cow<'r, str>, String> {
+        let v = match p.cols[k] {
+            Some(i) => cell(i)?,
             None => Cow::Borrowed(""),
         };
         if v.is_empty() {
-            Ok(Cow::Borrowed(
-                m.defaults.get(name).map(String::as_str).unwrap_or_default(),
-            ))
+            Ok(Cow::Borrowed(p.defaults[k].as_str()))
         } else {
             Ok(v)
         }
     };
-    let col = |name: &str| -> String {
-        p.fields
-            .get(name)
-            .map(|&i| header[i].clone())
-            .unwrap_or_else(|| name.to_string())
+    // The header of a field's column, for a reject's reason.
+    let col = |k: usize| -> String {
+        p.cols[k]
+            .map(|i| header[i].clone())
+            .unwrap_or_else(|| crate::mapping::FIELDS[k].to_string())
     };
     let mut d = PersonDraft::default();
-    let v = field("voter_id")?;
+    let v = field(f::VOTER_ID)?;
     if !v.is_empty() {
         d.voter_id =
-            Some(VoterId::parse(&v).map_err(|e| format!("column {}: {e}", col("voter_id")))?);
+            Some(VoterId::parse(&v).map_err(|e| format!("column {}: {e}", col(f::VOTER_ID)))?);
     }
-    d.name.first_name = Some(field("first_name")?.into_owned());
-    d.name.middle_name = Some(field("middle_name")?.into_owned());
-    d.name.last_name = Some(field("last_name")?.into_owned());
-    d.name.suffix = Some(field("suffix")?.into_owned());
-    for f in ["email", "email2"] {
-        let v = field(f)?;
+    d.name.first_name = Some(field(f::FIRST_NAME)?.into_owned());
+    d.name.middle_name = Some(field(f::MIDDLE_NAME)?.into_owned());
+    d.name.last_name = Some(field(f::LAST_NAME)?.into_owned());
+    d.name.suffix = Some(field(f::SUFFIX)?.into_owned());
+    for k in [f::EMAIL, f::EMAIL2] {
+        let v = field(k)?;
         if !v.is_empty() {
             d.emails
-                .push(Email::parse(&v).map_err(|e| format!("column {}: {e}", col(f)))?);
+                .push(Email::parse(&v).map_err(|e| format!("column {}: {e}", col(k)))?);
         }
     }
-    for f in ["phone", "phone2"] {
-        let v = field(f)?;
+    for k in [f::PHONE, f::PHONE2] {
+        let v = field(k)?;
         if !v.is_empty() {
             d.phones
-                .push(PhoneE164::parse(&v).map_err(|e| format!("column {}: {e}", col(f)))?);
+                .push(PhoneE164::parse(&v).map_err(|e| format!("column {}: {e}", col(k)))?);
         }
     }
     let addr = PostalAddress::parse(
-        &field("address_line1")?,
-        &field("address_line2")?,
-        &field("city")?,
-        &field("state")?,
-        &field("zip")?,
-        &field("county")?,
-        &field("precinct")?,
+        &field(f::ADDRESS_LINE1)?,
+        &field(f::ADDRESS_LINE2)?,
+        &field(f::CITY)?,
+        &field(f::STATE)?,
+        &field(f::ZIP)?,
+        &field(f::COUNTY)?,
+        &field(f::PRECINCT)?,
     )
     .map_err(|e| format!("address: {e}"))?;
     if !addr.is_empty() {
         d.address = Some(addr);
     }
-    d.email_consent = ConsentState::parse(&field("email_consent")?)
-        .map_err(|e| format!("column {}: {e}", col("email_consent")))?;
-    d.sms_consent = ConsentState::parse(&field("sms_consent")?)
-        .map_err(|e| format!("column {}: {e}", col("sms_consent")))?;
+    d.email_consent = ConsentState::parse(&field(f::EMAIL_CONSENT)?)
+        .map_err(|e| format!("column {}: {e}", col(f::EMAIL_CONSENT)))?;
+    d.sms_consent = ConsentState::parse(&field(f::SMS_CONSENT)?)
+        .map_err(|e| format!("column {}: {e}", col(f::SMS_CONSENT)))?;
     for (k, i) in &p.custom {
         let v = cell(*i)?;
         if !v.is_empty() {
@@ -663,4 +690,38 @@ pub async fn start_import(
             true,
         )
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f;
+    use crate::mapping::FIELDS;
+
+    #[test]
+    fn field_positions_name_the_mapping_fields() {
+        let named = [
+            (f::VOTER_ID, "voter_id"),
+            (f::FIRST_NAME, "first_name"),
+            (f::MIDDLE_NAME, "middle_name"),
+            (f::LAST_NAME, "last_name"),
+            (f::SUFFIX, "suffix"),
+            (f::EMAIL, "email"),
+            (f::EMAIL2, "email2"),
+            (f::PHONE, "phone"),
+            (f::PHONE2, "phone2"),
+            (f::ADDRESS_LINE1, "address_line1"),
+            (f::ADDRESS_LINE2, "address_line2"),
+            (f::CITY, "city"),
+            (f::STATE, "state"),
+            (f::ZIP, "zip"),
+            (f::COUNTY, "county"),
+            (f::PRECINCT, "precinct"),
+            (f::EMAIL_CONSENT, "email_consent"),
+            (f::SMS_CONSENT, "sms_consent"),
+        ];
+        assert_eq!(named.len(), FIELDS.len(), "every field has a position");
+        for (i, name) in named {
+            assert_eq!(FIELDS[i], name);
+        }
+    }
 }
