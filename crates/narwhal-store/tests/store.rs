@@ -193,6 +193,33 @@ async fn duplicate_voter_id_is_a_conflict_and_writes_nothing(db: TestDb) {
         1,
         "the batch is all or nothing"
     );
+    // A new person's email or phone that someone holds is a conflict too, however
+    // the backend writes new keys (COPY on PostgreSQL), and nothing is written.
+    insert(
+        &db,
+        vec![person("V2", "G", "H", Some("g@example.org"), "OH", "X")],
+    )
+    .await;
+    let mut phoned = person("V4", "I", "J", None, "OH", "X");
+    phoned.phones = vec!["+16145550100".into()];
+    insert(&db, vec![phoned]).await;
+    let mut takes_phone = person("V6", "M", "N", None, "OH", "X");
+    takes_phone.phones = vec!["+16145550100".into()];
+    for taker in [
+        person("V5", "K", "L", Some("g@example.org"), "OH", "X"),
+        takes_phone,
+    ] {
+        let cs = ChangeSet {
+            inserts: vec![
+                person("V7", "O", "P", Some("o@example.org"), "OH", "X"),
+                taker,
+            ],
+            ..Default::default()
+        };
+        let err = db.store.apply_changes(&cs).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        assert_eq!(db.store.count_people().await.unwrap(), 3);
+    }
 }
 
 async fn updates_are_version_guarded(db: TestDb) {
