@@ -80,14 +80,13 @@ pub struct PersonPatch {
     pub sms_consent: Option<ConsentState>,
 }
 
-fn keys_of(d: &PersonDraft) -> Vec<String> {
-    let mut k = Vec::new();
-    if let Some(v) = &d.voter_id {
-        k.push(format!("v:{}", v.as_str()));
-    }
-    k.extend(d.emails.iter().map(|e| format!("e:{}", e.as_str())));
-    k.extend(d.phones.iter().map(|p| format!("p:{}", p.as_str())));
-    k
+/// A draft's strong keys, borrowed: (kind, value).
+pub(crate) fn keys_of(d: &PersonDraft) -> impl Iterator<Item = (KeyKind, &str)> {
+    d.voter_id
+        .iter()
+        .map(|v| (KeyKind::Voter, v.as_str()))
+        .chain(d.emails.iter().map(|e| (KeyKind::Email, e.as_str())))
+        .chain(d.phones.iter().map(|p| (KeyKind::Phone, p.as_str())))
 }
 
 impl Hub {
@@ -138,28 +137,33 @@ impl Hub {
         audit_inserts: bool,
         index: Option<&std::sync::RwLock<KeyIndex>>,
     ) -> Result<(Vec<Upserted>, BatchTotals), PeopleError> {
-        // Fold records of the same person within the batch.
-        let mut folded: Vec<PersonDraft> = Vec::new();
+        // Fold records of the same person within the batch: first which group each
+        // record joins (keys borrowed, nothing copied), then the records themselves.
         let mut owner_of_input: Vec<usize> = Vec::with_capacity(drafts.len());
-        let mut by_key: HashMap<String, usize> = HashMap::new();
-        for d in drafts {
-            let keys = keys_of(&d);
-            match keys.iter().find_map(|k| by_key.get(k).copied()) {
-                Some(i) => {
-                    folded[i].absorb(d);
-                    for k in keys {
-                        by_key.entry(k).or_insert(i);
+        let mut groups = 0usize;
+        {
+            let mut by_key: HashMap<(KeyKind, &str), usize> = HashMap::new();
+            for d in &drafts {
+                let i = match keys_of(d).find_map(|k| by_key.get(&k).copied()) {
+                    Some(i) => i,
+                    None => {
+                        groups += 1;
+                        groups - 1
                     }
-                    owner_of_input.push(i);
+                };
+                for k in keys_of(d) {
+                    by_key.entry(k).or_insert(i);
                 }
-                None => {
-                    let i = folded.len();
-                    for k in keys {
-                        by_key.insert(k, i);
-                    }
-                    folded.push(d);
-                    owner_of_input.push(i);
-                }
+                owner_of_input.push(i);
+            }
+        }
+        // Groups are numbered in order of first appearance.
+        let mut folded: Vec<PersonDraft> = Vec::with_capacity(groups);
+        for (d, &i) in drafts.into_iter().zip(&owner_of_input) {
+            if i == folded.len() {
+                folded.push(d);
+            } else {
+                folded[i].absorb(d);
             }
         }
         let mut attempt = 0;

@@ -109,12 +109,7 @@ impl KeyIndex {
 
     /// Classifies a record whose fingerprint is `fp`.
     pub fn classify(&self, d: &PersonDraft, fp: i64) -> Hint {
-        let keys = d
-            .voter_id
-            .iter()
-            .map(|v| (KeyKind::Voter, v.as_str()))
-            .chain(d.emails.iter().map(|e| (KeyKind::Email, e.as_str())))
-            .chain(d.phones.iter().map(|p| (KeyKind::Phone, p.as_str())));
+        let keys = crate::hub::keys_of(d);
         let mut holder: Option<(i64, i64)> = None;
         let mut absent = 0usize;
         let mut total = 0usize;

@@ -491,6 +491,62 @@ async fn the_key_index_answers_and_learns(db: TestDb) {
     assert_eq!(db.store.count_people().await.unwrap(), 2);
 }
 
+/// Records of one person within a batch are folded into one before resolution, and
+/// each record's result names that person.
+async fn records_sharing_a_key_in_a_batch_are_one_person(db: TestDb) {
+    let hub = Hub::new(db.store.clone());
+    let d = |voter: Option<&str>, email: Option<&str>, phone: Option<&str>, first: &str| {
+        PersonDraft {
+            voter_id: voter.map(|v| VoterId::parse(v).unwrap()),
+            emails: email
+                .map(|e| Email::parse(e).unwrap())
+                .into_iter()
+                .collect(),
+            phones: phone
+                .map(|p| PhoneE164::parse(p).unwrap())
+                .into_iter()
+                .collect(),
+            name: narwhal_domain::person::PersonNameFields {
+                first_name: Some(first.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .normalize()
+    };
+    let drafts = vec![
+        d(Some("OH1"), None, None, "Al"),
+        d(None, Some("b@example.org"), None, "Bea"),
+        d(Some("OH1"), Some("c@example.org"), None, "Alan"),
+        d(
+            None,
+            Some("b@example.org"),
+            Some("614-555-0100"),
+            "Beatrice",
+        ),
+    ];
+    let (r, t) = hub
+        .upsert_batch(drafts, "file", "test", false)
+        .await
+        .unwrap();
+    assert_eq!(t.inserted, 2, "{t:?}");
+    assert_eq!(r.len(), 4);
+    assert_eq!(r[0].id, r[2].id);
+    assert_eq!(r[1].id, r[3].id);
+    assert_ne!(r[0].id, r[1].id);
+    let al = db.store.get_person(r[0].id).await.unwrap();
+    assert_eq!(al.row.voter_id.as_deref(), Some("OH1"));
+    assert_eq!(al.emails, vec!["c@example.org".to_string()]);
+    assert_eq!(
+        al.row.first_name.as_deref(),
+        Some("Alan"),
+        "the later record wins"
+    );
+    let bea = db.store.get_person(r[1].id).await.unwrap();
+    assert_eq!(bea.phones, vec!["+16145550100".to_string()]);
+    assert_eq!(db.store.count_people().await.unwrap(), 2);
+}
+
 /// Imports `path` in batches of 3, and returns, per committed batch, how many of the
 /// query-only indexes of people were missing at that moment.
 async fn import_watching_indexes(
@@ -561,6 +617,7 @@ async fn a_bulk_load_builds_the_query_indexes_once_at_its_end(db: TestDb) {
 }
 
 both_backends!(
+    records_sharing_a_key_in_a_batch_are_one_person,
     a_bulk_load_builds_the_query_indexes_once_at_its_end,
     a_large_import_resolves_from_memory_as_from_the_database,
     the_key_index_answers_and_learns,
