@@ -70,16 +70,14 @@ impl KeyIndex {
 
     fn from_entries(mut base: Vec<(u64, i64, i64)>) -> Self {
         base.sort_unstable_by_key(|e| e.0);
-        // Two keys with one hash: neither can be trusted to name anyone.
-        let mut i = 1;
-        while i < base.len() {
+        // Two keys with one hash: neither can be trusted to name anyone. The entry
+        // that stays of a run is marked.
+        for i in 1..base.len() {
             if base[i].0 == base[i - 1].0 {
                 base[i - 1].1 = AMBIGUOUS;
-                base.remove(i);
-            } else {
-                i += 1;
             }
         }
+        base.dedup_by_key(|e| e.0);
         base.shrink_to_fit();
         Self {
             base,
