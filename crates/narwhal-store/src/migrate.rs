@@ -143,6 +143,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0028_tallies_by_place.sql"),
         include_str!("../migrations/postgres/0028_tallies_by_place.sql"),
     ),
+    (
+        29,
+        "counts_from_indexes",
+        include_str!("../migrations/sqlite/0029_counts_from_indexes.sql"),
+        include_str!("../migrations/postgres/0029_counts_from_indexes.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {

@@ -56,7 +56,8 @@ fn node(f: &SegmentFilter, b: Backend, args: &mut Vec<String>) -> String {
         F::Not(x) => format!("(NOT {})", node(x, b, args)),
         F::Tag(t) => {
             let a = arg(args, t.as_str());
-            format!("EXISTS (SELECT 1 FROM person_tags pt JOIN tags t ON t.id = pt.tag_id WHERE pt.person_id = people.id AND t.name = {a})")
+            // The tag's id is looked up once, not joined for every person probed.
+            format!("EXISTS (SELECT 1 FROM person_tags pt WHERE pt.person_id = people.id AND pt.tag_id = (SELECT id FROM tags WHERE name = {a}))")
         }
         F::State(s) => format!("(state = {})", arg(args, s.as_str())),
         F::County(c) => format!("(county = {})", arg(args, c.trim().to_ascii_uppercase())),

@@ -356,6 +356,9 @@ async fn segments_count_and_page(db: TestDb) {
         p.row
             .custom
             .insert("party".into(), json!(if i % 5 == 0 { "D" } else { "R" }));
+        if i % 4 == 0 {
+            p.tags.push("donor".into());
+        }
         people.push(p);
     }
     insert(&db, people).await;
@@ -378,6 +381,15 @@ async fn segments_count_and_page(db: TestDb) {
         6
     );
     assert_eq!(count(json!({"not":{"tag":"voter"}})).await, 0);
+    // Tags held by some: people 0, 4, 8, ... (8 of 30), 3 of them in FRANKLIN (0, 12, 24).
+    assert_eq!(count(json!({"tag":"donor"})).await, 8);
+    assert_eq!(
+        count(json!({"all":[{"county":"FRANKLIN"},{"not":{"tag":"donor"}}]})).await,
+        7
+    );
+    // A tag no one was ever given matches no one, and its negation everyone.
+    assert_eq!(count(json!({"tag":"never-given"})).await, 0);
+    assert_eq!(count(json!({"not":{"tag":"never-given"}})).await, 30);
     assert_eq!(
         count(json!({"any":[{"state":"NY"},{"tag":"voter"}]})).await,
         30
