@@ -145,9 +145,9 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     ),
     (
         29,
-        "counts_from_indexes",
-        include_str!("../migrations/sqlite/0029_counts_from_indexes.sql"),
-        include_str!("../migrations/postgres/0029_counts_from_indexes.sql"),
+        "answers_from_indexes",
+        include_str!("../migrations/sqlite/0029_answers_from_indexes.sql"),
+        include_str!("../migrations/postgres/0029_answers_from_indexes.sql"),
     ),
 ];
 
