@@ -445,8 +445,18 @@ async fn measure(
     let seconds = args.seconds.max(3);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let url = format!("http://{addr}/api/v1/donations");
+    // Keep every connection the load has opened, as a load balancer in front of the
+    // servers would: with the pool capped below the requests in flight, each request
+    // over the cap opened a connection and closed it after one answer, and that churn
+    // (connect, accept, close, TIME_WAIT on both ends) took CPU from the server just
+    // when it was busiest.
+    let pooled = if args.rate_for(backend) > 0.0 {
+        MAX_IN_FLIGHT
+    } else {
+        args.clients
+    };
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
+        .pool_max_idle_per_host(pooled)
         .timeout(Duration::from_secs(30))
         .build()?;
     let acked: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
