@@ -85,6 +85,53 @@ struct Planned<'a> {
     allocation: narwhal_domain::limits::Allocation,
 }
 
+/// A new donation as a record of `BEGIN_DONATIONS_PG`'s first record set.
+#[derive(serde::Serialize)]
+struct GiftRecord<'a> {
+    public_id: &'a str,
+    idempotency_key: &'a str,
+    request_hash: &'a str,
+    person_id: i64,
+    amount_cents: i64,
+    currency: &'a str,
+    state: &'a str,
+    channel: &'a str,
+    refcode: Option<&'a str>,
+    source: Option<&'a str>,
+    donor: &'a str,
+    employer: Option<&'a str>,
+    occupation: Option<&'a str>,
+    allocations: &'a str,
+    itemized: bool,
+    needs_followup: bool,
+    payment_method: Option<&'a str>,
+    save_method: bool,
+    plan_id: Option<i64>,
+    pledge_token_hash: Option<&'a str>,
+    client_ip: Option<&'a str>,
+}
+
+/// A donor's total's increment, for the second record set.
+#[derive(serde::Serialize)]
+struct TotalRecord<'a> {
+    person_id: i64,
+    period: &'a str,
+    total_cents: i64,
+}
+
+/// A first attempt, for the third record set.
+#[derive(serde::Serialize)]
+struct AttemptRecord<'a> {
+    idempotency_key: &'a str,
+    processor: &'a str,
+    attempt_key: &'a str,
+}
+
+/// Records as the JSON array `json_to_recordset` reads.
+fn record_set<T: serde::Serialize>(records: &[T]) -> Result<String> {
+    serde_json::to_string(records).map_err(|e| StoreError::Invalid(format!("batch as JSON: {e}")))
+}
+
 /// PostgreSQL: a batch's new donations, its totals' increments and its first attempts,
 /// in one statement of fixed text (see `begin_donations_bulk`).
 const BEGIN_DONATIONS_PG: &str = "WITH v AS (SELECT * FROM json_to_recordset($1::json) AS v (public_id text, idempotency_key text, \
@@ -223,47 +270,56 @@ impl Store {
                     // The three inserts as one statement (data-modifying WITH) of fixed
                     // text, the batch as JSON record sets: one round trip while the
                     // donors' locks are held, prepared once per connection.
-                    let gifts: Vec<serde_json::Value> = planned
+                    // Serialized straight from borrowed fields: no JSON tree of copies.
+                    let gifts: Vec<GiftRecord<'_>> = planned
                         .iter()
                         .map(|g| {
                             let d = g.d;
-                            serde_json::json!({
-                                "public_id": d.public_id,
-                                "idempotency_key": d.idempotency_key.trim(),
-                                "request_hash": d.request_hash,
-                                "person_id": d.person_id.0,
-                                "amount_cents": d.amount_cents,
-                                "currency": d.currency,
-                                "state": g.state,
-                                "channel": d.channel,
-                                "refcode": d.refcode,
-                                "source": d.source,
-                                "donor": d.donor_json,
-                                "employer": d.employer,
-                                "occupation": d.occupation,
-                                "allocations": g.allocations,
-                                "itemized": g.itemized,
-                                "needs_followup": g.needs_followup,
-                                "payment_method": d.payment_method,
-                                "save_method": d.save_method,
-                                "plan_id": d.plan_id,
-                                "pledge_token_hash": d.pledge_token_hash,
-                                "client_ip": d.client_ip,
-                            })
+                            GiftRecord {
+                                public_id: &d.public_id,
+                                idempotency_key: d.idempotency_key.trim(),
+                                request_hash: &d.request_hash,
+                                person_id: d.person_id.0,
+                                amount_cents: d.amount_cents,
+                                currency: &d.currency,
+                                state: g.state,
+                                channel: &d.channel,
+                                refcode: d.refcode.as_deref(),
+                                source: d.source.as_deref(),
+                                donor: &d.donor_json,
+                                employer: d.employer.as_deref(),
+                                occupation: d.occupation.as_deref(),
+                                allocations: &g.allocations,
+                                itemized: g.itemized,
+                                needs_followup: g.needs_followup,
+                                payment_method: d.payment_method.as_deref(),
+                                save_method: d.save_method,
+                                plan_id: d.plan_id,
+                                pledge_token_hash: d.pledge_token_hash.as_deref(),
+                                client_ip: d.client_ip.as_deref(),
+                            }
                         })
                         .collect();
-                    let totals_json: Vec<serde_json::Value> = deltas
+                    let totals_json: Vec<TotalRecord<'_>> = deltas
                         .iter()
-                        .map(|((person, period), cents)| serde_json::json!({"person_id": person, "period": period, "total_cents": cents}))
+                        .map(|((person, period), cents)| TotalRecord {
+                            person_id: *person,
+                            period: period.as_str(),
+                            total_cents: *cents,
+                        })
                         .collect();
-                    let attempts_json: Vec<serde_json::Value> = attempts
+                    let attempts_json: Vec<AttemptRecord<'_>> = attempts
                         .iter()
-                        .map(|(key, processor, attempt_key)| serde_json::json!({"idempotency_key": key, "processor": processor, "attempt_key": attempt_key}))
+                        .map(|&(idempotency_key, processor, attempt_key)| AttemptRecord {
+                            idempotency_key,
+                            processor,
+                            attempt_key,
+                        })
                         .collect();
                     for r in sqlx::query(BEGIN_DONATIONS_PG)
-                        .bind(serde_json::Value::Array(gifts).to_string())
-                        .bind(serde_json::Value::Array(totals_json).to_string())
-                        .bind(serde_json::Value::Array(attempts_json).to_string())
+                        .bind(record_set(&gifts)?)
+                        .bind(record_set(&totals_json)?)
+                        .bind(record_set(&attempts_json)?)
                         .bind(now)
                         .bind(attempt::STARTED)
                         .fetch_all(&mut *tx)
