@@ -128,9 +128,22 @@ impl Default for HttpConfig {
     }
 }
 
-/// Everything a handler needs. Cheap to clone.
+/// Everything a handler needs, behind one shared pointer: every request clones the
+/// state for each extractor and middleware that takes it, and one reference count is
+/// cheaper to touch than one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+#[derive(Clone)]
+pub struct AppParts {
     /// Storage: the only way to the database.
     pub store: narwhal_store::Store,
     /// The people service: identity resolution, edits, merges.
@@ -159,7 +172,7 @@ pub struct AppState {
 impl AppState {
     /// State over `store` with a hub, fresh metrics and the parsed console templates.
     pub fn new(store: narwhal_store::Store, config: HttpConfig) -> Self {
-        Self {
+        Self(Arc::new(AppParts {
             hub: narwhal_people::Hub::new(store.clone()),
             turnout: turnout::TurnoutEdge::new(&store),
             store,
@@ -170,24 +183,24 @@ impl AppState {
             donations: None,
             compat: None,
             tokens: Arc::new(auth::TokenCache::default()),
-        }
+        }))
     }
 
     /// With the donation side.
     pub fn with_donations(mut self, donations: donations::DonationsEdge) -> Self {
-        self.donations = Some(donations);
+        Arc::make_mut(&mut self.0).donations = Some(donations);
         self
     }
 
     /// With the Stripe-compatible API.
     pub fn with_compat(mut self, compat: narwhal_pay::compat::Compat) -> Self {
-        self.compat = Some(compat);
+        Arc::make_mut(&mut self.0).compat = Some(compat);
         self
     }
 
     /// With the mail side.
     pub fn with_mail(mut self, mail: blasts::MailEdge) -> Self {
-        self.mail = Some(mail);
+        Arc::make_mut(&mut self.0).mail = Some(mail);
         self
     }
 }
