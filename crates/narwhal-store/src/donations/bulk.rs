@@ -300,7 +300,7 @@ impl Store {
                             }
                         })
                         .collect();
-                    let totals_json: Vec<TotalRecord<'_>> = deltas
+                    let total_records: Vec<TotalRecord<'_>> = deltas
                         .iter()
                         .map(|((person, period), cents)| TotalRecord {
                             person_id: *person,
@@ -308,7 +308,7 @@ impl Store {
                             total_cents: *cents,
                         })
                         .collect();
-                    let attempts_json: Vec<AttemptRecord<'_>> = attempts
+                    let attempt_records: Vec<AttemptRecord<'_>> = attempts
                         .iter()
                         .map(|&(idempotency_key, processor, attempt_key)| AttemptRecord {
                             idempotency_key,
@@ -318,8 +318,8 @@ impl Store {
                         .collect();
                     for r in sqlx::query(BEGIN_DONATIONS_PG)
                         .bind(record_set(&gifts)?)
-                        .bind(record_set(&totals_json)?)
-                        .bind(record_set(&attempts_json)?)
+                        .bind(record_set(&total_records)?)
+                        .bind(record_set(&attempt_records)?)
                         .bind(now)
                         .bind(attempt::STARTED)
                         .fetch_all(&mut *tx)
