@@ -397,6 +397,11 @@ async fn measure(
     // (`admit_wait`), and a worker turned away by a busy pool would fail a whole batch
     // (a 60 s PostgreSQL run with the shedding pool there collapsed to 10/s).
     let serving = store.shedding(crate::serve::SHED_AFTER);
+    // Connected before the load, as `narwhal serve` does: the group-commit workers'
+    // pool and the requests' own.
+    for s in [store, &serving] {
+        s.open_connections(crate::serve::WARM_CONNECTIONS).await?;
+    }
     let service = Donations::new(store.clone(), router.clone(), PayConfig::default());
     let mut edge = DonationsEdge::new(service.clone());
     // One loopback address sends everything: the card-testing limits would (rightly)

@@ -40,6 +40,10 @@ pub const BULK_POOL: u32 = 4;
 /// short queue that turns callers away beats a long one every caller waits out.
 pub const SHED_AFTER: std::time::Duration = std::time::Duration::from_millis(1000);
 
+/// Connections of the serving pool opened at start, before any request: enough for
+/// a burst's group commits (two per stage) and the requests' own reads.
+pub const WARM_CONNECTIONS: u32 = 8;
+
 pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(settings).await?;
     serve_store(settings, store, &args, None).await
@@ -96,6 +100,10 @@ pub async fn serve_store(
     // Background work waits for connections as long as it must; requests are shed.
     let bulk = store.for_bulk(BULK_POOL);
     let store = store.shedding(SHED_AFTER);
+    // Connected before the first request rather than by it (see `Store::open_connections`).
+    if let Err(e) = store.open_connections(WARM_CONNECTIONS).await {
+        tracing::warn!(error = %e, "could not open the database connections ahead of requests");
+    }
     let worker = narwhal_people::worker::spawn(
         bulk.clone(),
         node_id.clone(),
