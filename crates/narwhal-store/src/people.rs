@@ -628,6 +628,10 @@ impl Store {
                 return insert_new_people_one_statement(p, cs, now).await;
             }
         }
+        let encoded = match backend {
+            Backend::Sqlite if n > 0 => Some(EncodedPeople::sqlite(&cs.inserts, now)?),
+            _ => None,
+        };
         on_write!(self, p => {
             let mut tx = p.begin().await?;
             // Reserve ids so that keys and tags can be written without relying on RETURNING order.
@@ -656,7 +660,7 @@ impl Store {
             }
 
             // People rows.
-            BulkInsert::insert_people(&mut tx, &cs.inserts, &ids, now).await?;
+            BulkInsert::insert_people(&mut tx, &cs.inserts, &ids, now, encoded).await?;
 
             // Updates, each guarded by its version.
             for u in &cs.updates {
@@ -872,11 +876,73 @@ async fn insert_new_people_one_statement(
         .collect()
 }
 
+/// New people's rows bound as statement arguments before the write transaction
+/// begins (SQLite, one set per multi-row INSERT of [`INSERT_CHUNK`] rows): cloning
+/// and encoding 25 values a row, the provenance serialized among them, then happens
+/// while the single writer still serves the batch before, instead of inside this
+/// batch's transaction with the writer waiting. The ids are not among them:
+/// AUTOINCREMENT gives the rows the same consecutive ids that `apply_changes`
+/// reserves from the sequence, which the insert checks.
+pub(crate) struct EncodedPeople(Vec<sqlx::sqlite::SqliteArguments<'static>>);
+
+impl EncodedPeople {
+    pub(crate) fn sqlite(inserts: &[NewPerson], now: i64) -> Result<Self> {
+        use sqlx::Arguments;
+        let per = N_ROW_COLS + 3;
+        let mut out = Vec::with_capacity(inserts.len().div_ceil(INSERT_CHUNK));
+        for chunk in inserts.chunks(INSERT_CHUNK) {
+            let mut a = sqlx::sqlite::SqliteArguments::default();
+            a.reserve(chunk.len() * per, 0);
+            for np in chunk {
+                let r = &np.row;
+                let (custom, prov) = (np.custom_text(), json_text(&r.provenance));
+                for t in text_fields(r, &custom, &prov) {
+                    a.add(t.map(str::to_owned)).map_err(encode_error)?;
+                }
+                a.add(r.row_hash).map_err(encode_error)?;
+                a.add(1i64).map_err(encode_error)?;
+                a.add(now).map_err(encode_error)?;
+                a.add(now).map_err(encode_error)?;
+            }
+            out.push(a);
+        }
+        Ok(Self(out))
+    }
+}
+
+fn encode_error(e: sqlx::error::BoxDynError) -> StoreError {
+    StoreError::Invalid(format!("a value could not be bound: {e}"))
+}
+
+/// The multi-row INSERT of `n` new people on SQLite, without their ids (AUTOINCREMENT).
+fn sqlite_people_insert(n: usize) -> String {
+    let one = format!("({})", placeholders(Backend::Sqlite, 1, N_ROW_COLS + 3));
+    format!(
+        "INSERT INTO people ({ROW_COLS}, version, created_at, updated_at) VALUES {}",
+        vec![one; n].join(", ")
+    )
+}
+
+/// [`sqlite_people_insert`] of a whole chunk, made once.
+fn sqlite_people_insert_full() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| sqlite_people_insert(INSERT_CHUNK))
+}
+
 /// The fastest way each backend takes many new rows: on SQLite multi-row INSERTs for
 /// people and, for keys and tags (two scalars a row), the batch as one JSON array
 /// walked by `json_each` (one bound value per statement); on PostgreSQL COPY and arrays.
 pub(crate) trait BulkInsert {
-    async fn insert_people(&mut self, inserts: &[NewPerson], ids: &[i64], now: i64) -> Result<()>;
+    /// Inserts the new people with the ids `ids` (consecutive from the table's
+    /// sequence). `encoded` is their rows as [`EncodedPeople::sqlite`] made them
+    /// before the transaction, where the backend takes them so.
+    async fn insert_people(
+        &mut self,
+        inserts: &[NewPerson],
+        ids: &[i64],
+        now: i64,
+        encoded: Option<EncodedPeople>,
+    ) -> Result<()>;
     /// Inserts (person id, key) pairs, skipping keys already held; returns how many landed.
     async fn insert_keys(
         &mut self,
@@ -947,33 +1013,39 @@ impl BulkInsert for sqlx::Transaction<'_, sqlx::Sqlite> {
         Ok(rows.into_iter().collect())
     }
 
-    async fn insert_people(&mut self, inserts: &[NewPerson], ids: &[i64], now: i64) -> Result<()> {
-        // Bound values, not JSON: json_each renders each row's array back to text for
-        // `->>` to parse again, which cost more than sqlx's binding.
-        for (ci, chunk) in inserts.chunks(INSERT_CHUNK).enumerate() {
-            let per = N_ROW_COLS + 4;
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(Backend::Sqlite, 1 + i * per, per)))
-                .collect();
-            let sql = format!(
-                "INSERT INTO people (id, {ROW_COLS}, version, created_at, updated_at) VALUES {}",
-                values.join(", ")
-            );
-            let mut q = sqlx::query(&sql);
-            for (i, np) in chunk.iter().enumerate() {
-                let r = &np.row;
-                q = q.bind(ids[ci * INSERT_CHUNK + i]);
-                q = bind_row!(
-                    q,
-                    r,
-                    np.custom_text().into_owned(),
-                    json_text(&r.provenance)
-                );
-                q = q.bind(1i64).bind(now).bind(now);
-            }
-            q.execute(&mut **self)
+    async fn insert_people(
+        &mut self,
+        inserts: &[NewPerson],
+        ids: &[i64],
+        now: i64,
+        encoded: Option<EncodedPeople>,
+    ) -> Result<()> {
+        let EncodedPeople(chunks) = match encoded {
+            Some(e) => e,
+            None => EncodedPeople::sqlite(inserts, now)?,
+        };
+        // AUTOINCREMENT numbers the rows one after another from the sequence, as
+        // `ids` does; the last one proves it.
+        let mut last = None;
+        for (args, rows) in chunks.into_iter().zip(inserts.chunks(INSERT_CHUNK)) {
+            let partial;
+            let sql = if rows.len() == INSERT_CHUNK {
+                sqlite_people_insert_full()
+            } else {
+                partial = sqlite_people_insert(rows.len());
+                &partial
+            };
+            let r = sqlx::query_with(sql, args)
+                .execute(&mut **self)
                 .await
                 .map_err(|e| StoreError::from_unique(e, "a person with that voter id"))?;
+            last = Some(r.last_insert_rowid());
+        }
+        if last != ids.last().copied() {
+            return Err(StoreError::Corrupt(format!(
+                "new people were numbered up to {last:?}, not {:?}",
+                ids.last()
+            )));
         }
         Ok(())
     }
@@ -1036,7 +1108,13 @@ impl BulkInsert for sqlx::Transaction<'_, sqlx::Postgres> {
         Ok(rows.into_iter().collect())
     }
 
-    async fn insert_people(&mut self, inserts: &[NewPerson], ids: &[i64], now: i64) -> Result<()> {
+    async fn insert_people(
+        &mut self,
+        inserts: &[NewPerson],
+        ids: &[i64],
+        now: i64,
+        _encoded: Option<EncodedPeople>,
+    ) -> Result<()> {
         if inserts.is_empty() {
             return Ok(());
         }
