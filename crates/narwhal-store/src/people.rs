@@ -882,7 +882,9 @@ async fn insert_new_people_one_statement(
 /// while the single writer still serves the batch before, instead of inside this
 /// batch's transaction with the writer waiting. The ids are not among them:
 /// AUTOINCREMENT gives the rows the same consecutive ids that `apply_changes`
-/// reserves from the sequence, which the insert checks.
+/// reserves from the sequence, which the insert checks. Bound values, not one JSON
+/// array: `json_each` renders each row's array back to text for `->>` to parse
+/// again, which cost more than sqlx's binding.
 pub(crate) struct EncodedPeople(Vec<sqlx::sqlite::SqliteArguments<'static>>);
 
 impl EncodedPeople {
