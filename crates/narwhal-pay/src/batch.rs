@@ -32,33 +32,9 @@ pub enum Workers {
     CommitThread,
 }
 
-/// A thread of its own that runs the batch workers of SQLite's single writer.
-///
-/// A batch is a transaction of several statements, each a round trip to sqlx's SQLite
-/// worker thread, and the write connection is held from the first to the commit.
-/// On the shared runtime, a worker woken by a statement's result waits in line behind
-/// the request handlers (a wake from another thread joins the runtime's global queue),
-/// so under load most of the time the writer was held went to waiting for the next
-/// statement to be sent. On a thread of its own the next statement goes at once.
-/// One thread for every batcher: they share the one writer anyway. It lives as long
-/// as the process, so connections a pool opens from it stay usable everywhere.
-pub fn commit_thread() -> Option<&'static tokio::runtime::Handle> {
-    static HANDLE: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            let handle = rt.handle().clone();
-            std::thread::Builder::new()
-                .name("narwhal-commit".into())
-                .spawn(move || rt.block_on(std::future::pending::<()>()))
-                .ok()?;
-            Some(handle)
-        })
-        .as_ref()
-}
+/// The process's one commit thread, where SQLite's batches run (it lives with the
+/// store, whose hub writes run there too: see [`narwhal_store::commit_thread`]).
+pub use narwhal_store::commit_thread::commit_thread;
 
 /// A queue of items processed in batches by `workers` tasks.
 pub struct Batcher<I, O> {

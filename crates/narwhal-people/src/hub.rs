@@ -448,7 +448,8 @@ impl Hub {
         if cs.inserts.is_empty() && cs.updates.is_empty() {
             return Ok((results.into_iter().flatten().collect(), totals));
         }
-        let new_ids = self.store.apply_changes(&cs).await?;
+        let cs = std::sync::Arc::new(cs);
+        let new_ids = self.store.apply_changes_on_writer(cs.clone()).await?;
         if let Some(ix) = index {
             let mut ix = ix
                 .write()

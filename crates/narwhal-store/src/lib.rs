@@ -18,6 +18,7 @@ mod db;
 pub mod audit;
 pub mod api_idempotency;
 pub mod auth;
+pub mod commit_thread;
 pub mod error;
 #[macro_use]
 pub mod people;
