@@ -9,8 +9,9 @@
 /// the request handlers (a wake from another thread joins the runtime's global queue),
 /// so under load most of the time the writer was held went to waiting for the next
 /// statement to be sent. On a thread of its own the next statement goes at once.
-/// One thread for every writer of the process: they share the one connection anyway. It lives as long
-/// as the process, so connections a pool opens from it stay usable everywhere.
+/// One thread for every writer of the process: they share the one connection anyway.
+/// It lives as long as the process, so connections a pool opens from it stay usable
+/// everywhere.
 pub fn commit_thread() -> Option<&'static tokio::runtime::Handle> {
     static HANDLE: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
     HANDLE
