@@ -31,6 +31,7 @@ use crate::router::Router;
 use narwhal_domain::card::contains_card_number;
 use narwhal_domain::limits::{LimitRefusal, LimitTable};
 use narwhal_domain::{Cents, Email, PersonDraft, PersonId, PhoneE164, PostalAddress};
+use narwhal_people::hub::Planned;
 use narwhal_people::Hub;
 use narwhal_store::donations::{
     attempt, year_of_ms, Begun, CardOnFile, Completion, DonationRow, FailOver, Finish, NewDonation,
@@ -494,10 +495,49 @@ impl Donations {
                 async move {
                     let (drafts, mut gifts): (Vec<PersonDraft>, Vec<NewDonation>) =
                         batch.into_iter().map(|i| (i.draft, i.gift)).unzip();
-                    let (people, _) = hub
-                        .upsert_batch(drafts, "donations", "donation", true)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let people = if store.backend() == Backend::Postgres {
+                        // Donors who are all new people are written in the statement
+                        // that begins their gifts: one round trip and one commit for
+                        // the stage (see `Store::begin_donations_for_new_people`).
+                        let fallback = drafts.clone();
+                        match hub
+                            .upsert_or_plan_new(drafts, "donations", "donation", true)
+                            .await
+                            .map_err(|e| e.to_string())?
+                        {
+                            Planned::Written(people, _) => people,
+                            Planned::New(plan) => {
+                                let donor_of = plan.person_of_input.clone();
+                                if let Some((ids, begun)) = store
+                                    .begin_donations_for_new_people(
+                                        &plan.changes,
+                                        &donor_of,
+                                        &gifts,
+                                        &config.limits,
+                                    )
+                                    .await
+                                    .map_err(|e| e.to_string())?
+                                {
+                                    return Ok(donor_of
+                                        .iter()
+                                        .map(|&i| ids[i])
+                                        .zip(begun)
+                                        .collect());
+                                }
+                                // Over a limit, a key stored before, or someone
+                                // else's new person: the usual path sorts it out.
+                                hub.upsert_batch(fallback, "donations", "donation", true)
+                                    .await
+                                    .map_err(|e| e.to_string())?
+                                    .0
+                            }
+                        }
+                    } else {
+                        hub.upsert_batch(drafts, "donations", "donation", true)
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .0
+                    };
                     if people.len() != gifts.len() {
                         return Err(format!(
                             "{} donors resolved for {} gifts",

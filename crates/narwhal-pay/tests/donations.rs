@@ -418,7 +418,244 @@ async fn recurring_plans_charge_each_installment_once_retry_and_cancel(db: TestD
     assert_eq!(keys.len(), 3);
 }
 
+/// A batch's gift as the intake hands it to the store (its donor resolved later).
+fn new_gift(key: &str, cents: i64) -> narwhal_store::donations::NewDonation {
+    narwhal_store::donations::NewDonation {
+        public_id: format!("don_{key}"),
+        idempotency_key: key.into(),
+        request_hash: format!("hash-{key}"),
+        person_id: narwhal_domain::PersonId(0),
+        amount_cents: cents,
+        currency: "usd".into(),
+        channel: "api".into(),
+        refcode: None,
+        source: None,
+        donor_json: "{}".into(),
+        employer: Some("Acme".into()),
+        occupation: Some("Engineer".into()),
+        payment_method: Some("pm_card_visa".into()),
+        save_method: false,
+        client_ip: None,
+        plan_id: None,
+        first_attempt: Some(("stripe-primary".into(), format!("don_{key}-1"))),
+        pledge_token_hash: None,
+        year: 2026,
+    }
+}
+
+fn drafts(emails: &[&str]) -> Vec<narwhal_domain::PersonDraft> {
+    emails
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            narwhal_pay::service::validate(&gift(&format!("d{i}"), e, 100, "pm_card_visa")).unwrap()
+        })
+        .collect()
+}
+
+async fn holder_of(store: &narwhal_store::Store, email: &str) -> Option<narwhal_domain::PersonId> {
+    store
+        .find_by_keys(&[], &[email.to_string()], &[])
+        .await
+        .unwrap()
+        .email
+        .get(email)
+        .map(|(id, _)| *id)
+}
+
+/// New donors and their first gifts in one statement (PostgreSQL): each gift points at
+/// its own donor, two gifts of one new donor share that person and add up, the people
+/// are audited as the hub would audit them; and when the path does not fit (a gift
+/// over the limit, a key someone took meanwhile, SQLite) nothing at all is written.
+async fn new_donors_and_their_gifts_are_stored_together_or_not_at_all(db: TestDb) {
+    use narwhal_people::hub::Planned;
+    let store = db.store.clone();
+    let hub = narwhal_people::Hub::new(store.clone());
+    let table = narwhal_domain::limits::LimitTable::default();
+    let plan = |emails: &'static [&'static str]| {
+        let hub = hub.clone();
+        async move {
+            match hub
+                .upsert_or_plan_new(drafts(emails), "donations", "donation", true)
+                .await
+                .unwrap()
+            {
+                Planned::New(plan) => plan,
+                Planned::Written(..) => panic!("{emails:?} are all new people"),
+            }
+        }
+    };
+    let emails: &'static [&'static str] = &["na@example.org", "nb@example.org", "na@example.org"];
+    let p = plan(emails).await;
+    assert_eq!(
+        p.changes.inserts.len(),
+        2,
+        "the two gifts of na@ fold into one person"
+    );
+    assert_eq!(p.person_of_input, vec![0, 1, 0]);
+    let gifts = vec![
+        new_gift("g1", 100_000),
+        new_gift("g2", 5_000),
+        new_gift("g3", 50_000),
+    ];
+    let done = store
+        .begin_donations_for_new_people(&p.changes, &p.person_of_input, &gifts, &table)
+        .await
+        .unwrap();
+    if store.backend() == narwhal_store::Backend::Sqlite {
+        assert!(done.is_none(), "SQLite takes the usual path");
+        assert_eq!(
+            holder_of(&store, "na@example.org").await,
+            None,
+            "nothing was written"
+        );
+        return;
+    }
+    let (people, begun) = done.expect("PostgreSQL takes the one statement");
+    assert_eq!(people.len(), 2);
+    assert_eq!(holder_of(&store, "na@example.org").await, Some(people[0]));
+    assert_eq!(holder_of(&store, "nb@example.org").await, Some(people[1]));
+    for (i, b) in begun.iter().enumerate() {
+        let narwhal_store::donations::Begun::Created { id, .. } = b else {
+            panic!("{b:?}");
+        };
+        let row = store.donation_by_id(*id).await.unwrap().unwrap();
+        assert_eq!(row.idempotency_key, gifts[i].idempotency_key);
+        assert_eq!(
+            row.person_id, people[p.person_of_input[i]].0,
+            "gift {i}'s donor"
+        );
+        assert_eq!(row.state, "processing");
+        let attempts = store.donation_attempts(*id).await.unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(
+            attempts[0].attempt_key,
+            format!("don_{}-1", gifts[i].idempotency_key)
+        );
+        assert_eq!(attempts[0].state, "started");
+    }
+    let totals = store.contribution_totals(people[0]).await.unwrap();
+    assert_eq!(totals.get("E:P2026"), Some(&150_000), "{totals:?}");
+    let totals = store.contribution_totals(people[1]).await.unwrap();
+    assert_eq!(totals.get("E:P2026"), Some(&5_000), "{totals:?}");
+    for id in &people {
+        let audit = store
+            .audit_log(Some(("person", &id.0.to_string())), None, 10)
+            .await
+            .unwrap();
+        assert!(
+            audit.iter().any(|a| a.entry.action == "person.create"),
+            "{audit:?}"
+        );
+    }
+
+    // Over the limit within the batch: nothing written, the usual path decides.
+    let p = plan(&["nc@example.org", "nc@example.org"]).await;
+    let over = vec![new_gift("g4", 300_000), new_gift("g5", 300_000)];
+    let done = store
+        .begin_donations_for_new_people(&p.changes, &p.person_of_input, &over, &table)
+        .await
+        .unwrap();
+    assert!(done.is_none());
+    assert_eq!(holder_of(&store, "nc@example.org").await, None);
+    assert!(store
+        .donation_by_idempotency_key("g4")
+        .await
+        .unwrap()
+        .is_none());
+
+    // Someone else creates the donor between the plan and the write: nothing written.
+    let p = plan(&["nd@example.org", "ne@example.org"]).await;
+    hub.upsert_batch(drafts(&["nd@example.org"]), "signup", "test", true)
+        .await
+        .unwrap();
+    let first = holder_of(&store, "nd@example.org").await;
+    let done = store
+        .begin_donations_for_new_people(
+            &p.changes,
+            &p.person_of_input,
+            &[new_gift("g6", 1_000), new_gift("g7", 1_000)],
+            &table,
+        )
+        .await
+        .unwrap();
+    assert!(done.is_none());
+    assert_eq!(holder_of(&store, "nd@example.org").await, first);
+    assert_eq!(holder_of(&store, "ne@example.org").await, None);
+    assert!(store
+        .donation_by_idempotency_key("g7")
+        .await
+        .unwrap()
+        .is_none());
+
+    // A key stored before: nothing written either.
+    let p = plan(&["nf@example.org"]).await;
+    let done = store
+        .begin_donations_for_new_people(
+            &p.changes,
+            &p.person_of_input,
+            &[new_gift("g1", 100_000)],
+            &table,
+        )
+        .await
+        .unwrap();
+    assert!(done.is_none());
+    assert_eq!(holder_of(&store, "nf@example.org").await, None);
+}
+
+/// Through the service, many new donors at once (so that their gifts share batches),
+/// one of them twice: every gift is charged once and belongs to its own donor.
+async fn concurrent_new_donors_each_get_their_own_person(db: TestDb) {
+    let r = rig(db).await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let d = r.donations.clone();
+        let email = format!("crowd{}@example.org", i % 39);
+        tasks.push(tokio::spawn(async move {
+            let t = d
+                .take(gift(
+                    &format!("crowd-{i}"),
+                    &email,
+                    1_000 + i,
+                    "pm_card_visa",
+                ))
+                .await
+                .unwrap();
+            (email, t)
+        }));
+    }
+    let store = r._db.store.clone();
+    let mut donors = std::collections::HashMap::new();
+    for t in tasks {
+        let (email, taken) = t.await.unwrap();
+        assert_eq!(taken.outcome, Outcome::Succeeded);
+        let holder = holder_of(&store, &email)
+            .await
+            .expect("the donor is a person");
+        assert_eq!(taken.donation.person_id, holder.0, "{email}");
+        donors
+            .entry(email)
+            .or_insert_with(Vec::new)
+            .push(taken.donation.amount_cents);
+    }
+    assert_eq!(donors.len(), 39);
+    assert_eq!(r.primary.ledger().len(), 40);
+    let twice = &donors["crowd0@example.org"];
+    assert_eq!(twice.len(), 2);
+    let holder = holder_of(&store, "crowd0@example.org").await.unwrap();
+    // Whichever election the date designates: both gifts count against it.
+    let totals = store.contribution_totals(holder).await.unwrap();
+    let elections: i64 = totals
+        .iter()
+        .filter(|(period, _)| period.starts_with("E:"))
+        .map(|(_, cents)| *cents)
+        .sum();
+    assert_eq!(elections, twice.iter().sum::<i64>(), "{totals:?}");
+}
+
 both_backends!(
+    new_donors_and_their_gifts_are_stored_together_or_not_at_all,
+    concurrent_new_donors_each_get_their_own_person,
     a_not_found_answer_too_soon_is_not_believed,
     one_click_links_give_once_and_expire,
     recurring_plans_charge_each_installment_once_retry_and_cancel,

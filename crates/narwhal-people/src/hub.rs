@@ -14,7 +14,7 @@ use narwhal_domain::{
     Tag,
 };
 use narwhal_store::audit::AuditEntry;
-use narwhal_store::people::{ChangeSet, KeyKind, PersonRecord, PersonUpdate};
+use narwhal_store::people::{ChangeSet, KeyKind, KeyMatches, PersonRecord, PersonUpdate};
 use narwhal_store::{now_ms, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -89,9 +89,135 @@ pub(crate) fn keys_of(d: &PersonDraft) -> impl Iterator<Item = (KeyKind, &str)> 
         .chain(d.phones.iter().map(|p| (KeyKind::Phone, p.as_str())))
 }
 
+/// The audit entry of the `n`th new person of a change set (its id filled in when
+/// written).
+fn created(actor: &str, source: &str, n: usize) -> AuditEntry {
+    AuditEntry::new(
+        actor,
+        "person.create",
+        "person",
+        format!("#{n}"),
+        serde_json::json!({"source": source}),
+    )
+}
+
+/// Folds records of the same person within a batch: the folded records, in order of
+/// first appearance, and for each input the index of the record it joined. First
+/// which group each record joins (keys borrowed, nothing copied), then the records.
+fn fold(drafts: Vec<PersonDraft>) -> (Vec<PersonDraft>, Vec<usize>) {
+    let mut owner_of_input: Vec<usize> = Vec::with_capacity(drafts.len());
+    let mut groups = 0usize;
+    {
+        let mut by_key: HashMap<(KeyKind, &str), usize> = HashMap::new();
+        for d in &drafts {
+            let i = match keys_of(d).find_map(|k| by_key.get(&k).copied()) {
+                Some(i) => i,
+                None => {
+                    groups += 1;
+                    groups - 1
+                }
+            };
+            for k in keys_of(d) {
+                by_key.entry(k).or_insert(i);
+            }
+            owner_of_input.push(i);
+        }
+    }
+    let mut folded: Vec<PersonDraft> = Vec::with_capacity(groups);
+    for (d, &i) in drafts.into_iter().zip(&owner_of_input) {
+        if i == folded.len() {
+            folded.push(d);
+        } else {
+            folded[i].absorb(d);
+        }
+    }
+    (folded, owner_of_input)
+}
+
+/// The people a batch of records would create when none of its keys is held by
+/// anyone: see [`Hub::upsert_or_plan_new`].
+#[derive(Debug)]
+pub struct NewPeoplePlan {
+    /// The new people (and their audit entries), as [`Hub::upsert_batch`] would write
+    /// them.
+    pub changes: ChangeSet,
+    /// For each input record, the index in `changes.inserts` of its person.
+    pub person_of_input: Vec<usize>,
+}
+
+/// What [`Hub::upsert_or_plan_new`] did.
+#[derive(Debug)]
+pub enum Planned {
+    /// Nothing was written: every record is a new person, to be written by the caller.
+    New(NewPeoplePlan),
+    /// Some record named someone in the hub: written as `upsert_batch` writes.
+    Written(Vec<Upserted>, BatchTotals),
+}
+
 impl Hub {
     pub fn new(store: Store) -> Self {
         Self { store }
+    }
+
+    /// [`Hub::upsert_batch`], except when every record is a new person (no voter id,
+    /// email or phone of the batch is held by anyone): then nothing is written, and
+    /// the people it would create come back as a plan, for a caller that writes them
+    /// together with its own rows in one transaction (the donation intake). Either
+    /// way the keys are read once. A person someone else creates meanwhile makes the
+    /// caller's write fail on the unique keys, as it would fail `upsert_batch`'s, and
+    /// the caller then takes `upsert_batch`.
+    pub async fn upsert_or_plan_new(
+        &self,
+        drafts: Vec<PersonDraft>,
+        source: &str,
+        actor: &str,
+        audit_inserts: bool,
+    ) -> Result<Planned, PeopleError> {
+        let (folded, person_of_input) = fold(drafts);
+        let (mut voter_ids, mut emails, mut phones) = (Vec::new(), Vec::new(), Vec::new());
+        for d in &folded {
+            voter_ids.extend(d.voter_id.iter().map(|v| v.as_str().to_string()));
+            emails.extend(d.emails.iter().map(|e| e.as_str().to_string()));
+            phones.extend(d.phones.iter().map(|p| p.as_str().to_string()));
+        }
+        let km = self
+            .store
+            .find_by_keys(&voter_ids, &emails, &phones)
+            .await?;
+        let all_new = km.voter.is_empty() && km.email.is_empty() && km.phone.is_empty();
+        if folded.is_empty() || !all_new || !folded.iter().all(PersonDraft::has_strong_key) {
+            let (out, totals) = self
+                .upsert_folded(
+                    &folded,
+                    &person_of_input,
+                    source,
+                    actor,
+                    audit_inserts,
+                    None,
+                    Some(km),
+                )
+                .await?;
+            return Ok(Planned::Written(out, totals));
+        }
+        let now = now_ms();
+        let mut changes = ChangeSet {
+            source: Some(source.to_string()),
+            ..Default::default()
+        };
+        for d in &folded {
+            if audit_inserts {
+                changes
+                    .audit
+                    .push(created(actor, source, changes.inserts.len()));
+            }
+            changes
+                .inserts
+                .push(new_person_with(d, source, now, d.fingerprint()));
+        }
+        Ok(Planned::New(NewPeoplePlan {
+            changes,
+            person_of_input,
+        }))
     }
 
     /// Creates or updates one person from a record. `direct` is true when the person
@@ -137,41 +263,46 @@ impl Hub {
         audit_inserts: bool,
         index: Option<&std::sync::RwLock<KeyIndex>>,
     ) -> Result<(Vec<Upserted>, BatchTotals), PeopleError> {
-        // Fold records of the same person within the batch: first which group each
-        // record joins (keys borrowed, nothing copied), then the records themselves.
-        let mut owner_of_input: Vec<usize> = Vec::with_capacity(drafts.len());
-        let mut groups = 0usize;
-        {
-            let mut by_key: HashMap<(KeyKind, &str), usize> = HashMap::new();
-            for d in &drafts {
-                let i = match keys_of(d).find_map(|k| by_key.get(&k).copied()) {
-                    Some(i) => i,
-                    None => {
-                        groups += 1;
-                        groups - 1
-                    }
-                };
-                for k in keys_of(d) {
-                    by_key.entry(k).or_insert(i);
-                }
-                owner_of_input.push(i);
-            }
-        }
-        // Groups are numbered in order of first appearance.
-        let mut folded: Vec<PersonDraft> = Vec::with_capacity(groups);
-        for (d, &i) in drafts.into_iter().zip(&owner_of_input) {
-            if i == folded.len() {
-                folded.push(d);
-            } else {
-                folded[i].absorb(d);
-            }
-        }
+        let (folded, owner_of_input) = fold(drafts);
+        self.upsert_folded(
+            &folded,
+            &owner_of_input,
+            source,
+            actor,
+            audit_inserts,
+            index,
+            None,
+        )
+        .await
+    }
+
+    /// Writes folded records (see [`fold`]), resolving again after a conflict.
+    /// `prefetched` is who holds the records' keys, read just before, for the first
+    /// try (it saves that read).
+    #[allow(clippy::too_many_arguments)]
+    async fn upsert_folded(
+        &self,
+        folded: &[PersonDraft],
+        owner_of_input: &[usize],
+        source: &str,
+        actor: &str,
+        audit_inserts: bool,
+        index: Option<&std::sync::RwLock<KeyIndex>>,
+        mut prefetched: Option<KeyMatches>,
+    ) -> Result<(Vec<Upserted>, BatchTotals), PeopleError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let index = index.filter(|_| attempt == 1);
             match self
-                .write_folded(&folded, source, actor, audit_inserts, index)
+                .write_folded(
+                    folded,
+                    source,
+                    actor,
+                    audit_inserts,
+                    index,
+                    prefetched.take(),
+                )
                 .await
             {
                 Ok((per_folded, totals)) => {
@@ -202,6 +333,7 @@ impl Hub {
         actor: &str,
         audit_inserts: bool,
         index: Option<&std::sync::RwLock<KeyIndex>>,
+        prefetched: Option<KeyMatches>,
     ) -> Result<(Vec<Upserted>, BatchTotals), PeopleError> {
         let now = now_ms();
         // Every record's fingerprint, once: it tells an unchanged record apart, and
@@ -227,10 +359,14 @@ impl Hub {
             emails.extend(d.emails.iter().map(|e| e.as_str().to_string()));
             phones.extend(d.phones.iter().map(|p| p.as_str().to_string()));
         }
-        let mut km = self
-            .store
-            .find_by_keys(&voter_ids, &emails, &phones)
-            .await?;
+        let mut km = match prefetched.filter(|_| index.is_none()) {
+            Some(km) => km,
+            None => {
+                self.store
+                    .find_by_keys(&voter_ids, &emails, &phones)
+                    .await?
+            }
+        };
         for (d, h) in folded.iter().zip(&hints) {
             if let Hint::Unchanged(id, row_hash) = *h {
                 let held = (id, row_hash);
@@ -356,13 +492,7 @@ impl Hub {
             match matches[i].first() {
                 None => {
                     if audit_inserts {
-                        cs.audit.push(AuditEntry::new(
-                            actor,
-                            "person.create",
-                            "person",
-                            format!("#{}", cs.inserts.len()),
-                            serde_json::json!({"source": source}),
-                        ));
+                        cs.audit.push(created(actor, source, cs.inserts.len()));
                     }
                     insert_of.push(i);
                     // Keys that another person holds (one with a different voter id) stay theirs.

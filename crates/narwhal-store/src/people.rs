@@ -670,7 +670,7 @@ impl Store {
         tag_names.dedup();
 
         if let crate::db::Pools::Postgres(p) = &self.pools {
-            if n > 0 && n <= ONE_STATEMENT_MAX && cs.updates.is_empty() && tag_names.is_empty() {
+            if one_statement_fits(cs) {
                 return insert_new_people_one_statement(p, cs, now).await;
             }
         }
@@ -811,7 +811,12 @@ const ONE_STATEMENT_MAX: i64 = 256;
 /// resolution costs when the database is far away. A key or voter id another writer
 /// took meanwhile fails the whole statement (unique violation), so nothing is written
 /// and the caller resolves again, as with the general path's strict key check.
-const INSERT_NEW_PEOPLE: &str = "WITH v AS MATERIALIZED ( \
+/// The common table expressions of [`INSERT_NEW_PEOPLE`], ending with the audit
+/// entries' `a`; `v` holds each new person's `ord` (1-based) and `id`. The donation
+/// service's intake appends its own (see `Store::begin_donations_for_new_people`).
+macro_rules! new_people_ctes {
+    () => {
+        "WITH v AS MATERIALIZED ( \
        SELECT nextval('people_id_seq') AS id, u.* FROM unnest( \
          $1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
          $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], \
@@ -832,14 +837,52 @@ const INSERT_NEW_PEOPLE: &str = "WITH v AS MATERIALIZED ( \
      a AS (INSERT INTO audit_log (at, actor, action, entity, entity_id, detail) \
        SELECT $23, x.actor, x.action, x.entity, COALESCE(v.id::text, x.entity_id), x.detail \
        FROM unnest($28::int[], $29::text[], $30::text[], $31::text[], $32::text[], $33::text[]) \
-         AS x (ord, actor, action, entity, entity_id, detail) LEFT JOIN v USING (ord)) \
-     SELECT ord, id FROM v ORDER BY ord";
+         AS x (ord, actor, action, entity, entity_id, detail) LEFT JOIN v USING (ord)) "
+    };
+}
+pub(crate) use new_people_ctes;
+
+const INSERT_NEW_PEOPLE: &str = concat!(new_people_ctes!(), " SELECT ord, id FROM v ORDER BY ord");
 
 async fn insert_new_people_one_statement(
     p: &sqlx::PgPool,
     cs: &ChangeSet,
     now: i64,
 ) -> Result<Vec<PersonId>> {
+    let n = cs.inserts.len();
+    let rows = new_people_statement(p, cs, now, INSERT_NEW_PEOPLE, Vec::new()).await?;
+    if rows.len() != n {
+        return Err(StoreError::Corrupt(format!(
+            "{} of {n} new people were written",
+            rows.len()
+        )));
+    }
+    rows.iter()
+        .map(|r| Ok(PersonId(r.try_get("id")?)))
+        .collect()
+}
+
+/// Whether PostgreSQL writes these changes as [`INSERT_NEW_PEOPLE`]: new people only,
+/// at most [`ONE_STATEMENT_MAX`] of them, without tags.
+pub(crate) fn one_statement_fits(cs: &ChangeSet) -> bool {
+    let n = cs.inserts.len() as i64;
+    n > 0
+        && n <= ONE_STATEMENT_MAX
+        && cs.updates.is_empty()
+        && cs.inserts.iter().all(|i| i.tags.is_empty())
+}
+
+/// Runs `sql`, which starts with [`new_people_ctes`], with the new people of `cs`
+/// bound as its parameters `$1` to `$33` and `extra` (text) from `$34` on. The
+/// statement is its own transaction; a unique key another writer took meanwhile fails
+/// it whole, as [`StoreError::Conflict`].
+pub(crate) async fn new_people_statement(
+    p: &sqlx::PgPool,
+    cs: &ChangeSet,
+    now: i64,
+    sql: &str,
+    extra: Vec<String>,
+) -> Result<Vec<sqlx::postgres::PgRow>> {
     let n = cs.inserts.len();
     let mut cols: [Vec<Option<&str>>; N_ROW_COLS - 1] =
         std::array::from_fn(|_| Vec::with_capacity(n));
@@ -882,11 +925,11 @@ async fn insert_new_people_one_statement(
         a_id.push(a.entity_id.as_str());
         a_detail.push(a.detail.to_string());
     }
-    let mut q = sqlx::query(INSERT_NEW_PEOPLE).bind(ords);
+    let mut q = sqlx::query(sql).bind(ords);
     for c in cols {
         q = q.bind(c);
     }
-    let rows = q
+    q = q
         .bind(hashes)
         .bind(now)
         .bind(e_ord)
@@ -898,24 +941,16 @@ async fn insert_new_people_one_statement(
         .bind(a_action)
         .bind(a_entity)
         .bind(a_id)
-        .bind(a_detail)
-        .fetch_all(p)
-        .await
-        .map_err(|e| {
-            StoreError::from_unique(
-                e,
-                "a key of a new person was claimed by another writer; retry",
-            )
-        })?;
-    if rows.len() != n {
-        return Err(StoreError::Corrupt(format!(
-            "{} of {n} new people were written",
-            rows.len()
-        )));
+        .bind(a_detail);
+    for x in extra {
+        q = q.bind(x);
     }
-    rows.iter()
-        .map(|r| Ok(PersonId(r.try_get("id")?)))
-        .collect()
+    q.fetch_all(p).await.map_err(|e| {
+        StoreError::from_unique(
+            e,
+            "a key of a new person was claimed by another writer; retry",
+        )
+    })
 }
 
 /// New people's rows bound as statement arguments before the write transaction
