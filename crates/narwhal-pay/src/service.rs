@@ -31,10 +31,10 @@ use crate::router::Router;
 use narwhal_domain::card::contains_card_number;
 use narwhal_domain::limits::{LimitRefusal, LimitTable};
 use narwhal_domain::{Cents, Email, PersonDraft, PersonId, PhoneE164, PostalAddress};
-use narwhal_people::hub::Planned;
 use narwhal_people::Hub;
 use narwhal_store::donations::{
     attempt, year_of_ms, Begun, CardOnFile, Completion, DonationRow, FailOver, Finish, NewDonation,
+    NewDonors,
 };
 use narwhal_store::{now_ms, Backend, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -497,36 +497,45 @@ impl Donations {
                         batch.into_iter().map(|i| (i.draft, i.gift)).unzip();
                     let people = if store.backend() == Backend::Postgres {
                         // Donors who are all new people are written in the statement
-                        // that begins their gifts: one round trip and one commit for
-                        // the stage (see `Store::begin_donations_for_new_people`).
-                        let fallback = drafts.clone();
-                        match hub
-                            .upsert_or_plan_new(drafts, "donations", "donation", true)
-                            .await
-                            .map_err(|e| e.to_string())?
-                        {
-                            Planned::Written(people, _) => people,
-                            Planned::New(plan) => {
-                                let donor_of = plan.person_of_input.clone();
-                                if let Some((ids, begun)) = store
+                        // that checks their keys and begins their gifts: one round trip
+                        // and one commit for the stage (see
+                        // `Store::begin_donations_for_new_people`).
+                        match hub.plan_new_people(drafts, "donations", "donation", true) {
+                            Err(drafts) => {
+                                hub.upsert_batch(drafts, "donations", "donation", true)
+                                    .await
+                                    .map_err(|e| e.to_string())?
+                                    .0
+                            }
+                            Ok(plan) => {
+                                let [v, e, p] = &plan.keys;
+                                let done = store
                                     .begin_donations_for_new_people(
                                         &plan.changes,
-                                        &donor_of,
+                                        [v, e, p],
+                                        &plan.person_of_input,
                                         &gifts,
                                         &config.limits,
                                     )
                                     .await
-                                    .map_err(|e| e.to_string())?
-                                {
-                                    return Ok(donor_of
-                                        .iter()
-                                        .map(|&i| ids[i])
-                                        .zip(begun)
-                                        .collect());
-                                }
-                                // Over a limit, a key stored before, or someone
-                                // else's new person: the usual path sorts it out.
-                                hub.upsert_batch(fallback, "donations", "donation", true)
+                                    .map_err(|e| e.to_string())?;
+                                let held = match done {
+                                    NewDonors::Begun(ids, begun) => {
+                                        return Ok(plan
+                                            .person_of_input
+                                            .iter()
+                                            .map(|&i| ids[i])
+                                            .zip(begun)
+                                            .collect());
+                                    }
+                                    // Someone is in the hub already: the statement was
+                                    // the lookup, and the usual path goes on from it.
+                                    NewDonors::Held(held) => Some(held),
+                                    // Over a limit, a key stored before, someone else's
+                                    // new person: the usual path, from a fresh lookup.
+                                    NewDonors::NotFit => None,
+                                };
+                                hub.upsert_plan(plan, "donations", "donation", true, held)
                                     .await
                                     .map_err(|e| e.to_string())?
                                     .0

@@ -463,30 +463,34 @@ async fn holder_of(store: &narwhal_store::Store, email: &str) -> Option<narwhal_
         .map(|(id, _)| *id)
 }
 
+async fn begin_new(
+    store: &narwhal_store::Store,
+    p: &narwhal_people::hub::NewPeoplePlan,
+    gifts: &[narwhal_store::donations::NewDonation],
+    table: &narwhal_domain::limits::LimitTable,
+) -> narwhal_store::donations::NewDonors {
+    let [v, e, ph] = &p.keys;
+    store
+        .begin_donations_for_new_people(&p.changes, [v, e, ph], &p.person_of_input, gifts, table)
+        .await
+        .unwrap()
+}
+
 /// New donors and their first gifts in one statement (PostgreSQL): each gift points at
 /// its own donor, two gifts of one new donor share that person and add up, the people
-/// are audited as the hub would audit them; and when the path does not fit (a gift
-/// over the limit, a key someone took meanwhile, SQLite) nothing at all is written.
+/// are audited as the hub would audit them; when a donor is in the hub already the
+/// statement writes nothing and says who holds which key; and when the path does not
+/// fit (a gift over the limit, a key stored before, SQLite) nothing at all is written.
 async fn new_donors_and_their_gifts_are_stored_together_or_not_at_all(db: TestDb) {
-    use narwhal_people::hub::Planned;
+    use narwhal_store::donations::NewDonors;
     let store = db.store.clone();
     let hub = narwhal_people::Hub::new(store.clone());
     let table = narwhal_domain::limits::LimitTable::default();
-    let plan = |emails: &'static [&'static str]| {
-        let hub = hub.clone();
-        async move {
-            match hub
-                .upsert_or_plan_new(drafts(emails), "donations", "donation", true)
-                .await
-                .unwrap()
-            {
-                Planned::New(plan) => plan,
-                Planned::Written(..) => panic!("{emails:?} are all new people"),
-            }
-        }
+    let plan = |emails: &[&str]| {
+        hub.plan_new_people(drafts(emails), "donations", "donation", true)
+            .unwrap_or_else(|_| panic!("{emails:?} have strong keys"))
     };
-    let emails: &'static [&'static str] = &["na@example.org", "nb@example.org", "na@example.org"];
-    let p = plan(emails).await;
+    let p = plan(&["na@example.org", "nb@example.org", "na@example.org"]);
     assert_eq!(
         p.changes.inserts.len(),
         2,
@@ -498,12 +502,12 @@ async fn new_donors_and_their_gifts_are_stored_together_or_not_at_all(db: TestDb
         new_gift("g2", 5_000),
         new_gift("g3", 50_000),
     ];
-    let done = store
-        .begin_donations_for_new_people(&p.changes, &p.person_of_input, &gifts, &table)
-        .await
-        .unwrap();
+    let done = begin_new(&store, &p, &gifts, &table).await;
     if store.backend() == narwhal_store::Backend::Sqlite {
-        assert!(done.is_none(), "SQLite takes the usual path");
+        assert!(
+            matches!(done, NewDonors::NotFit),
+            "SQLite takes the usual path"
+        );
         assert_eq!(
             holder_of(&store, "na@example.org").await,
             None,
@@ -511,7 +515,9 @@ async fn new_donors_and_their_gifts_are_stored_together_or_not_at_all(db: TestDb
         );
         return;
     }
-    let (people, begun) = done.expect("PostgreSQL takes the one statement");
+    let NewDonors::Begun(people, begun) = done else {
+        panic!("PostgreSQL takes the one statement: {done:?}");
+    };
     assert_eq!(people.len(), 2);
     assert_eq!(holder_of(&store, "na@example.org").await, Some(people[0]));
     assert_eq!(holder_of(&store, "nb@example.org").await, Some(people[1]));
@@ -550,13 +556,15 @@ async fn new_donors_and_their_gifts_are_stored_together_or_not_at_all(db: TestDb
     }
 
     // Over the limit within the batch: nothing written, the usual path decides.
-    let p = plan(&["nc@example.org", "nc@example.org"]).await;
-    let over = vec![new_gift("g4", 300_000), new_gift("g5", 300_000)];
-    let done = store
-        .begin_donations_for_new_people(&p.changes, &p.person_of_input, &over, &table)
-        .await
-        .unwrap();
-    assert!(done.is_none());
+    let p = plan(&["nc@example.org", "nc@example.org"]);
+    let done = begin_new(
+        &store,
+        &p,
+        &[new_gift("g4", 300_000), new_gift("g5", 300_000)],
+        &table,
+    )
+    .await;
+    assert!(matches!(done, NewDonors::NotFit), "{done:?}");
     assert_eq!(holder_of(&store, "nc@example.org").await, None);
     assert!(store
         .donation_by_idempotency_key("g4")
@@ -564,42 +572,45 @@ async fn new_donors_and_their_gifts_are_stored_together_or_not_at_all(db: TestDb
         .unwrap()
         .is_none());
 
-    // Someone else creates the donor between the plan and the write: nothing written.
-    let p = plan(&["nd@example.org", "ne@example.org"]).await;
+    // A donor someone else put in the hub (here, between the plan and the write): the
+    // statement writes nothing and names the holder; the usual path goes on from it.
+    let p = plan(&["nd@example.org", "ne@example.org"]);
     hub.upsert_batch(drafts(&["nd@example.org"]), "signup", "test", true)
         .await
         .unwrap();
-    let first = holder_of(&store, "nd@example.org").await;
-    let done = store
-        .begin_donations_for_new_people(
-            &p.changes,
-            &p.person_of_input,
-            &[new_gift("g6", 1_000), new_gift("g7", 1_000)],
-            &table,
-        )
-        .await
-        .unwrap();
-    assert!(done.is_none());
-    assert_eq!(holder_of(&store, "nd@example.org").await, first);
+    let first = holder_of(&store, "nd@example.org").await.unwrap();
+    let done = begin_new(
+        &store,
+        &p,
+        &[new_gift("g6", 1_000), new_gift("g7", 1_000)],
+        &table,
+    )
+    .await;
+    let NewDonors::Held(held) = done else {
+        panic!("{done:?}");
+    };
+    assert_eq!(held.email.get("nd@example.org").map(|h| h.0), Some(first));
+    assert_eq!(held.email.len(), 1, "{held:?}");
     assert_eq!(holder_of(&store, "ne@example.org").await, None);
     assert!(store
         .donation_by_idempotency_key("g7")
         .await
         .unwrap()
         .is_none());
-
-    // A key stored before: nothing written either.
-    let p = plan(&["nf@example.org"]).await;
-    let done = store
-        .begin_donations_for_new_people(
-            &p.changes,
-            &p.person_of_input,
-            &[new_gift("g1", 100_000)],
-            &table,
-        )
+    let (people, _) = hub
+        .upsert_plan(p, "donations", "donation", true, Some(held))
         .await
         .unwrap();
-    assert!(done.is_none());
+    assert_eq!(people[0].id, first);
+    assert_eq!(
+        holder_of(&store, "ne@example.org").await,
+        Some(people[1].id)
+    );
+
+    // A gift's key stored before: nothing written either.
+    let p = plan(&["nf@example.org"]);
+    let done = begin_new(&store, &p, &[new_gift("g1", 100_000)], &table).await;
+    assert!(matches!(done, NewDonors::NotFit), "{done:?}");
     assert_eq!(holder_of(&store, "nf@example.org").await, None);
 }
 

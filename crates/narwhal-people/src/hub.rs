@@ -134,8 +134,8 @@ fn fold(drafts: Vec<PersonDraft>) -> (Vec<PersonDraft>, Vec<usize>) {
     (folded, owner_of_input)
 }
 
-/// The people a batch of records would create when none of its keys is held by
-/// anyone: see [`Hub::upsert_or_plan_new`].
+/// The people a batch of records would create if none of its keys were held by
+/// anyone: see [`Hub::plan_new_people`].
 #[derive(Debug)]
 pub struct NewPeoplePlan {
     /// The new people (and their audit entries), as [`Hub::upsert_batch`] would write
@@ -143,15 +143,10 @@ pub struct NewPeoplePlan {
     pub changes: ChangeSet,
     /// For each input record, the index in `changes.inserts` of its person.
     pub person_of_input: Vec<usize>,
-}
-
-/// What [`Hub::upsert_or_plan_new`] did.
-#[derive(Debug)]
-pub enum Planned {
-    /// Nothing was written: every record is a new person, to be written by the caller.
-    New(NewPeoplePlan),
-    /// Some record named someone in the hub: written as `upsert_batch` writes.
-    Written(Vec<Upserted>, BatchTotals),
+    /// The records' voter ids, emails and phones, to check that no one holds them.
+    pub keys: [Vec<String>; 3],
+    /// The records folded (one per new person), for [`Hub::upsert_plan`].
+    folded: Vec<PersonDraft>,
 }
 
 impl Hub {
@@ -159,52 +154,32 @@ impl Hub {
         Self { store }
     }
 
-    /// [`Hub::upsert_batch`], except when every record is a new person (no voter id,
-    /// email or phone of the batch is held by anyone): then nothing is written, and
-    /// the people it would create come back as a plan, for a caller that writes them
-    /// together with its own rows in one transaction (the donation intake). Either
-    /// way the keys are read once. A person someone else creates meanwhile makes the
-    /// caller's write fail on the unique keys, as it would fail `upsert_batch`'s, and
-    /// the caller then takes `upsert_batch`.
-    pub async fn upsert_or_plan_new(
+    /// The people [`Hub::upsert_batch`] would create for `drafts` if none of them is in
+    /// the hub yet, without asking the database: for a caller that checks the keys
+    /// and writes them with its own rows in one statement (the donation intake), and
+    /// otherwise finishes with [`Hub::upsert_plan`]. The records come back when one
+    /// has no strong key (then the caller takes `upsert_batch`).
+    pub fn plan_new_people(
         &self,
         drafts: Vec<PersonDraft>,
         source: &str,
         actor: &str,
         audit_inserts: bool,
-    ) -> Result<Planned, PeopleError> {
+    ) -> Result<NewPeoplePlan, Vec<PersonDraft>> {
+        if drafts.is_empty() || !drafts.iter().all(PersonDraft::has_strong_key) {
+            return Err(drafts);
+        }
         let (folded, person_of_input) = fold(drafts);
-        let (mut voter_ids, mut emails, mut phones) = (Vec::new(), Vec::new(), Vec::new());
-        for d in &folded {
-            voter_ids.extend(d.voter_id.iter().map(|v| v.as_str().to_string()));
-            emails.extend(d.emails.iter().map(|e| e.as_str().to_string()));
-            phones.extend(d.phones.iter().map(|p| p.as_str().to_string()));
-        }
-        let km = self
-            .store
-            .find_by_keys(&voter_ids, &emails, &phones)
-            .await?;
-        let all_new = km.voter.is_empty() && km.email.is_empty() && km.phone.is_empty();
-        if folded.is_empty() || !all_new || !folded.iter().all(PersonDraft::has_strong_key) {
-            let (out, totals) = self
-                .upsert_folded(
-                    &folded,
-                    &person_of_input,
-                    source,
-                    actor,
-                    audit_inserts,
-                    None,
-                    Some(km),
-                )
-                .await?;
-            return Ok(Planned::Written(out, totals));
-        }
         let now = now_ms();
         let mut changes = ChangeSet {
             source: Some(source.to_string()),
             ..Default::default()
         };
+        let (mut voter_ids, mut emails, mut phones) = (Vec::new(), Vec::new(), Vec::new());
         for d in &folded {
+            voter_ids.extend(d.voter_id.iter().map(|v| v.as_str().to_string()));
+            emails.extend(d.emails.iter().map(|e| e.as_str().to_string()));
+            phones.extend(d.phones.iter().map(|p| p.as_str().to_string()));
             if audit_inserts {
                 changes
                     .audit
@@ -214,10 +189,35 @@ impl Hub {
                 .inserts
                 .push(new_person_with(d, source, now, d.fingerprint()));
         }
-        Ok(Planned::New(NewPeoplePlan {
+        Ok(NewPeoplePlan {
             changes,
             person_of_input,
-        }))
+            keys: [voter_ids, emails, phones],
+            folded,
+        })
+    }
+
+    /// Writes a plan's records as [`Hub::upsert_batch`] would, when they were not all
+    /// new: `held` is who holds their keys, as just read (it saves that read); `None`
+    /// reads them. One result per input record of the plan.
+    pub async fn upsert_plan(
+        &self,
+        plan: NewPeoplePlan,
+        source: &str,
+        actor: &str,
+        audit_inserts: bool,
+        held: Option<KeyMatches>,
+    ) -> Result<(Vec<Upserted>, BatchTotals), PeopleError> {
+        self.upsert_folded(
+            &plan.folded,
+            &plan.person_of_input,
+            source,
+            actor,
+            audit_inserts,
+            None,
+            held,
+        )
+        .await
     }
 
     /// Creates or updates one person from a record. `direct` is true when the person

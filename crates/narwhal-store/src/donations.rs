@@ -1215,5 +1215,6 @@ mod tests {
 
 // After the macros above, which they use.
 mod bulk;
+pub use bulk::NewDonors;
 mod notices;
 pub use notices::NoticeKind;

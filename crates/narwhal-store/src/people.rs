@@ -152,6 +152,19 @@ pub struct KeyMatches {
     pub phone: HashMap<String, (PersonId, i64)>,
 }
 
+impl KeyMatches {
+    /// Records that `person` (row hash `row_hash`) holds `key` of kind `kind` (0 a
+    /// voter id, 1 an email, 2 a phone: as PostgreSQL's lookups number them).
+    pub(crate) fn holds(&mut self, kind: i32, key: String, person: PersonId, row_hash: i64) {
+        let dst = match kind {
+            0 => &mut self.voter,
+            1 => &mut self.email,
+            _ => &mut self.phone,
+        };
+        dst.insert(key, (person, row_hash));
+    }
+}
+
 /// Which strong key a [`Store::scan_keys`] entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyKind {
@@ -327,14 +340,11 @@ impl Store {
             .fetch_all(p)
             .await?;
             for r in rows {
-                let dst = match r.try_get::<i32, _>("kind")? {
-                    0 => &mut m.voter,
-                    1 => &mut m.email,
-                    _ => &mut m.phone,
-                };
-                dst.insert(
+                m.holds(
+                    r.try_get("kind")?,
                     r.try_get("k")?,
-                    (PersonId(r.try_get("id")?), r.try_get("row_hash")?),
+                    PersonId(r.try_get("id")?),
+                    r.try_get("row_hash")?,
                 );
             }
             return Ok(m);
@@ -812,18 +822,20 @@ const ONE_STATEMENT_MAX: i64 = 256;
 /// took meanwhile fails the whole statement (unique violation), so nothing is written
 /// and the caller resolves again, as with the general path's strict key check.
 /// The common table expressions of [`INSERT_NEW_PEOPLE`], ending with the audit
-/// entries' `a`; `v` holds each new person's `ord` (1-based) and `id`. The donation
-/// service's intake appends its own (see `Store::begin_donations_for_new_people`).
+/// entries' `a`; `v` holds each new person's `ord` (1-based) and `id`. `$pre` is
+/// common table expressions put first (each ending with a comma), and nothing is
+/// written unless `$guard` holds (a condition on them). The donation service's
+/// intake adds its own (see `Store::begin_donations_for_new_people`).
 macro_rules! new_people_ctes {
-    () => {
-        "WITH v AS MATERIALIZED ( \
+    ($pre:literal, $guard:literal) => {
+        concat!("WITH ", $pre, "v AS MATERIALIZED ( \
        SELECT nextval('people_id_seq') AS id, u.* FROM unnest( \
          $1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
          $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], \
          $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::bigint[]) \
        AS u (ord, voter_id, first_name, middle_name, last_name, suffix, search_name, email, phone, \
          addr_line1, addr_line2, city, state, zip, county, precinct, addr_key, email_consent, sms_consent, \
-         custom, provenance, row_hash)), \
+         custom, provenance, row_hash) WHERE ", $guard, "), \
      p AS (INSERT INTO people (id, voter_id, first_name, middle_name, last_name, suffix, search_name, email, phone, \
          addr_line1, addr_line2, city, state, zip, county, precinct, addr_key, email_consent, sms_consent, \
          custom, provenance, row_hash, version, created_at, updated_at) \
@@ -837,12 +849,15 @@ macro_rules! new_people_ctes {
      a AS (INSERT INTO audit_log (at, actor, action, entity, entity_id, detail) \
        SELECT $23, x.actor, x.action, x.entity, COALESCE(v.id::text, x.entity_id), x.detail \
        FROM unnest($28::int[], $29::text[], $30::text[], $31::text[], $32::text[], $33::text[]) \
-         AS x (ord, actor, action, entity, entity_id, detail) LEFT JOIN v USING (ord)) "
+         AS x (ord, actor, action, entity, entity_id, detail) LEFT JOIN v USING (ord) WHERE ", $guard, ") ")
     };
 }
 pub(crate) use new_people_ctes;
 
-const INSERT_NEW_PEOPLE: &str = concat!(new_people_ctes!(), " SELECT ord, id FROM v ORDER BY ord");
+const INSERT_NEW_PEOPLE: &str = concat!(
+    new_people_ctes!("", "TRUE"),
+    " SELECT ord, id FROM v ORDER BY ord"
+);
 
 async fn insert_new_people_one_statement(
     p: &sqlx::PgPool,
@@ -872,8 +887,14 @@ pub(crate) fn one_statement_fits(cs: &ChangeSet) -> bool {
         && cs.inserts.iter().all(|i| i.tags.is_empty())
 }
 
+/// A parameter of a statement built on [`new_people_ctes`], after the people's own.
+pub(crate) enum Extra {
+    Text(String),
+    Texts(Vec<String>),
+}
+
 /// Runs `sql`, which starts with [`new_people_ctes`], with the new people of `cs`
-/// bound as its parameters `$1` to `$33` and `extra` (text) from `$34` on. The
+/// bound as its parameters `$1` to `$33` and `extra` from `$34` on. The
 /// statement is its own transaction; a unique key another writer took meanwhile fails
 /// it whole, as [`StoreError::Conflict`].
 pub(crate) async fn new_people_statement(
@@ -881,7 +902,7 @@ pub(crate) async fn new_people_statement(
     cs: &ChangeSet,
     now: i64,
     sql: &str,
-    extra: Vec<String>,
+    extra: Vec<Extra>,
 ) -> Result<Vec<sqlx::postgres::PgRow>> {
     let n = cs.inserts.len();
     let mut cols: [Vec<Option<&str>>; N_ROW_COLS - 1] =
@@ -943,7 +964,10 @@ pub(crate) async fn new_people_statement(
         .bind(a_id)
         .bind(a_detail);
     for x in extra {
-        q = q.bind(x);
+        q = match x {
+            Extra::Text(t) => q.bind(t),
+            Extra::Texts(t) => q.bind(t),
+        };
     }
     q.fetch_all(p).await.map_err(|e| {
         StoreError::from_unique(

@@ -15,10 +15,11 @@
 //! path assumes every key is new and every gift fits: a repeated key (a replay, or
 //! another node's gift) or a refusal sends the whole batch, rolled back, down the
 //! careful path, which reads the keys first. When every donor of the batch is a new
-//! person, PostgreSQL takes one statement for the donors and their gifts together
-//! (`begin_donations_for_new_people`): no locks (no one else sees those people before
-//! the commit), one round trip and one commit where the donors' own statement and
-//! this transaction took six and two. To finish charges on PostgreSQL: one
+//! person, PostgreSQL takes one statement that checks so and writes the donors and
+//! their gifts together (`begin_donations_for_new_people`): no locks (no one else sees
+//! those people before the commit), one round trip and one commit where the donors'
+//! lookup, their own statement and this transaction took seven and two. To finish
+//! charges on PostgreSQL: one
 //! statement, its own transaction, that closes the attempts, moves the donations,
 //! posts the ledger and returns the rows the donors are answered from: 1 (about 9,
 //! and a read after). The item-by-item versions stay for what is rare and
@@ -169,6 +170,20 @@ const BEGIN_DONATIONS_PG: &str = "WITH v AS (SELECT * FROM json_to_recordset($1:
        FROM d JOIN json_to_recordset($3::json) AS x (idempotency_key text, processor text, attempt_key text) USING (idempotency_key)) \
      SELECT id, idempotency_key FROM d";
 
+/// What [`Store::begin_donations_for_new_people`] did.
+#[derive(Debug)]
+pub enum NewDonors {
+    /// Stored: the new people's ids (in the change set's order) and one result per
+    /// gift.
+    Begun(Vec<narwhal_domain::PersonId>, Vec<Begun>),
+    /// Some of the donors' keys are held (by these people): nothing was written.
+    Held(crate::people::KeyMatches),
+    /// This path does not fit (SQLite, a gift over a limit, a key repeated in the
+    /// batch, a key someone took meanwhile): nothing was written, and nothing was
+    /// looked up.
+    NotFit,
+}
+
 /// Increments of donors' totals: (person, period) to cents.
 type Deltas = BTreeMap<(i64, String), i64>;
 
@@ -259,11 +274,21 @@ fn gift_record<'a>(g: &'a Planned<'_>, person_id: i64) -> GiftRecord<'a> {
 /// transaction. The people's common table expressions come first (`v` holds each new
 /// person's `ord` and id), then the donations, their totals and first attempts, with
 /// each gift's donor given by `ord`. Parameters after the people's 33: the gifts, the
-/// totals' increments and the attempts as JSON record sets, and the attempts' state.
-/// No `ON CONFLICT` here: a key stored before fails the statement whole, and the
-/// intake takes the careful path.
+/// totals' increments, the attempts' state and the attempts as JSON record sets, then
+/// the donors' voter ids, emails and phones. The statement first reads who holds
+/// those keys (`held`): if anyone does, it writes nothing and returns them instead
+/// (it is then the intake's key lookup). No `ON CONFLICT` here: a key stored before
+/// fails the statement whole, and the intake takes the careful path.
 const BEGIN_WITH_NEW_PEOPLE_PG: &str = concat!(
-    crate::people::new_people_ctes!(),
+    crate::people::new_people_ctes!(
+        "held AS MATERIALIZED ( \
+           SELECT 0::int4 AS hk, voter_id AS k, id AS hid, row_hash AS hh FROM people WHERE voter_id = ANY($38) \
+           UNION ALL SELECT 1, e.email, pp.id, pp.row_hash FROM person_emails e JOIN people pp ON pp.id = e.person_id \
+             WHERE e.email = ANY($39) \
+           UNION ALL SELECT 2, e.phone, pp.id, pp.row_hash FROM person_phones e JOIN people pp ON pp.id = e.person_id \
+             WHERE e.phone = ANY($40)), ",
+        "NOT EXISTS (SELECT 1 FROM held)"
+    ),
     ", g AS (INSERT INTO donations (public_id, idempotency_key, request_hash, person_id, amount_cents, currency, state, channel, \
        refcode, source, donor, employer, occupation, allocations, itemized, needs_followup, payment_method, save_method, plan_id, \
        pledge_token_hash, client_ip, created_at, updated_at) \
@@ -282,45 +307,45 @@ const BEGIN_WITH_NEW_PEOPLE_PG: &str = concat!(
      ga AS (INSERT INTO donation_attempts (donation_id, seq, processor, attempt_key, state, started_at) \
        SELECT g.id, 1, x.processor, x.attempt_key, $36, $23 \
        FROM g JOIN json_to_recordset($37::json) AS x (idempotency_key text, processor text, attempt_key text) USING (idempotency_key)) \
-     SELECT 'p' AS kind, v.ord, v.id, NULL::text AS idempotency_key FROM v \
-     UNION ALL SELECT 'd', NULL::int, g.id, g.idempotency_key FROM g"
+     SELECT 'p' AS kind, v.ord, v.id, NULL::text AS k, NULL::int8 AS hh FROM v \
+     UNION ALL SELECT 'd', NULL::int4, g.id, g.idempotency_key, NULL::int8 FROM g \
+     UNION ALL SELECT 'h', held.hk, held.hid, held.k, held.hh FROM held"
 );
 
 impl Store {
-    /// PostgreSQL: a batch of gifts whose donors are all new people (`people`, made by
-    /// the hub as it would write them), stored with those people in one statement and
-    /// one durable commit: one round trip where resolving the donors and then
-    /// beginning their gifts took six (the people's statement and its commit, then
-    /// BEGIN, the donors' locks, the inserts, COMMIT). No lock is needed: until the
-    /// commit no one else can see these people, so their totals start at zero.
-    /// `donor_of[i]` is the index in `people.inserts` of gift `i`'s donor. Returns the
-    /// new people's ids (in `people.inserts` order) and one result per gift, or `None`
-    /// when this path does not fit (SQLite, a gift over a limit, a key repeated in
-    /// the batch, or a key, person's or gift's, that someone else holds): nothing was
-    /// written and the caller takes the usual path.
+    /// PostgreSQL: a batch of gifts whose donors would all be new people (`people`,
+    /// made by the hub as it would write them, without asking anyone), stored with
+    /// those people in one statement and one durable commit, which first checks that
+    /// none of the donors' keys (`keys`: voter ids, emails, phones) is held. One round
+    /// trip where looking the donors up, writing them and beginning their gifts took
+    /// seven (the lookup, the people's statement and its commit, then BEGIN, the
+    /// donors' locks, the inserts, COMMIT). No lock is needed: until the commit no one
+    /// else can see these people, so their totals start at zero. `donor_of[i]` is the
+    /// index in `people.inserts` of gift `i`'s donor.
     pub async fn begin_donations_for_new_people(
         &self,
         people: &crate::people::ChangeSet,
+        keys: [&[String]; 3],
         donor_of: &[usize],
         batch: &[NewDonation],
         table: &LimitTable,
-    ) -> Result<Option<(Vec<narwhal_domain::PersonId>, Vec<Begun>)>> {
+    ) -> Result<NewDonors> {
         let crate::db::Pools::Postgres(p) = &self.pools else {
-            return Ok(None);
+            return Ok(NewDonors::NotFit);
         };
-        let mut keys = HashSet::with_capacity(batch.len());
+        let mut seen = HashSet::with_capacity(batch.len());
         if batch.is_empty()
             || donor_of.len() != batch.len()
             || donor_of.iter().any(|&i| i >= people.inserts.len())
             || !crate::people::one_statement_fits(people)
-            || !batch.iter().all(|d| keys.insert(d.idempotency_key.trim()))
+            || !batch.iter().all(|d| seen.insert(d.idempotency_key.trim()))
         {
-            return Ok(None);
+            return Ok(NewDonors::NotFit);
         }
         // Each donor by its `ord` in the people's statement (1-based).
         let persons: Vec<i64> = donor_of.iter().map(|&i| i as i64 + 1).collect();
         let Some((planned, deltas)) = plan_gifts(batch, &persons, HashMap::new(), table)? else {
-            return Ok(None);
+            return Ok(NewDonors::NotFit);
         };
         let gifts: Vec<GiftRecord<'_>> = planned
             .iter()
@@ -338,11 +363,15 @@ impl Store {
                 })
             })
             .collect();
+        use crate::people::Extra;
         let extra = vec![
-            record_set(&gifts)?,
-            record_set(&total_records)?,
-            attempt::STARTED.to_string(),
-            record_set(&attempt_records)?,
+            Extra::Text(record_set(&gifts)?),
+            Extra::Text(record_set(&total_records)?),
+            Extra::Text(attempt::STARTED.to_string()),
+            Extra::Text(record_set(&attempt_records)?),
+            Extra::Texts(keys[0].to_vec()),
+            Extra::Texts(keys[1].to_vec()),
+            Extra::Texts(keys[2].to_vec()),
         ];
         let rows = match crate::people::new_people_statement(
             p,
@@ -354,25 +383,39 @@ impl Store {
         .await
         {
             Ok(rows) => rows,
-            Err(StoreError::Conflict(_)) => return Ok(None),
+            // A new person's key or a gift's key someone took since: nothing written.
+            Err(StoreError::Conflict(_)) => return Ok(NewDonors::NotFit),
             Err(e) => return Err(e),
         };
+        let mut held = crate::people::KeyMatches::default();
         let mut person_ids = vec![None; people.inserts.len()];
         let mut ids: HashMap<String, i64> = HashMap::with_capacity(planned.len());
         for r in rows {
             let kind: String = r.try_get("kind")?;
             let id: i64 = r.try_get("id")?;
-            if kind == "p" {
-                let ord: i32 = r.try_get("ord")?;
-                if let Some(slot) = usize::try_from(ord - 1)
-                    .ok()
-                    .and_then(|i| person_ids.get_mut(i))
-                {
-                    *slot = Some(narwhal_domain::PersonId(id));
+            match kind.as_str() {
+                "p" => {
+                    let ord: i32 = r.try_get("ord")?;
+                    if let Some(slot) = usize::try_from(ord - 1)
+                        .ok()
+                        .and_then(|i| person_ids.get_mut(i))
+                    {
+                        *slot = Some(narwhal_domain::PersonId(id));
+                    }
                 }
-            } else {
-                ids.insert(r.try_get("idempotency_key")?, id);
+                "d" => {
+                    ids.insert(r.try_get("k")?, id);
+                }
+                _ => held.holds(
+                    r.try_get("ord")?,
+                    r.try_get("k")?,
+                    narwhal_domain::PersonId(id),
+                    r.try_get("hh")?,
+                ),
             }
+        }
+        if !(held.voter.is_empty() && held.email.is_empty() && held.phone.is_empty()) {
+            return Ok(NewDonors::Held(held));
         }
         let person_ids = person_ids
             .into_iter()
@@ -395,7 +438,7 @@ impl Store {
                 o.ok_or_else(|| StoreError::Corrupt("a donation of the batch has no result".into()))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some((person_ids, begun)))
+        Ok(NewDonors::Begun(person_ids, begun))
     }
 
     /// Stores a batch of new donations in one durable commit: for each, checks its
