@@ -456,10 +456,27 @@ fn rand_bytes<const N: usize>() -> [u8; N] {
 const FINISH_TRIES: u32 = 4;
 const FINISH_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// A new public donation id.
+/// A new public donation id: `don_`, the current second as 8 hex digits, then 96
+/// random bits.
+///
+/// The time comes first so that ids (and the attempt keys built from them) sort by
+/// creation: a donation's unique index entries then land at the right edge of the
+/// index, a few pages every server keeps cached, instead of at random places in an
+/// index that outgrows the cache as the table grows (at 2,000 gifts a second, each
+/// random-keyed index is another 10 MB a minute to keep in memory). The random part
+/// alone keeps an id unguessable.
 pub fn new_public_id() -> String {
-    let raw: [u8; 12] = rand_bytes();
-    format!("don_{}", hex(&raw))
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    public_id_at(secs, rand_bytes())
+}
+
+/// The public id of a donation created at `secs` (Unix time) with random part `raw`.
+fn public_id_at(secs: u64, raw: [u8; 12]) -> String {
+    // 8 hex digits hold seconds until 2106; later ones keep their low 32 bits.
+    format!("don_{:08x}{}", secs & 0xffff_ffff, hex(&raw))
 }
 
 impl Donations {
@@ -1064,6 +1081,25 @@ pub fn outcome_of(state: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_ids_sort_by_creation_and_stay_unguessable() {
+        let early = public_id_at(1_800_000_000, [0xff; 12]);
+        let later = public_id_at(1_800_000_001, [0x00; 12]);
+        assert_eq!(early, format!("don_6b49d200{}", "ff".repeat(12)));
+        assert!(early < later, "a later second sorts after any earlier id");
+        let (a, b) = (new_public_id(), new_public_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "don_".len() + 8 + 24);
+        assert!(a[4..].bytes().all(|c| c.is_ascii_hexdigit()));
+        // Ids made now carry the current second.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let secs = u64::from_str_radix(&a[4..12], 16).unwrap();
+        assert!(now.abs_diff(secs) <= 1);
+    }
 
     fn req() -> DonationRequest {
         DonationRequest {

@@ -15,7 +15,7 @@
 //!   count; a gift that ends declined or failed gives its room back.
 //! - States only move forward, by the table in [`allowed_from`]: every UPDATE names
 //!   the states it may leave in its WHERE clause.
-//! - Ledger postings are idempotent by `(txn, account)`, and each `txn` sums to zero.
+//! - Ledger postings are idempotent by `(donation_id, txn, account)`, and each `txn` sums to zero.
 //!   A `txn` names the processor or our donation id with the processor's id, since two
 //!   processors may hand out the same ids (`charge:stripe-a:pi_1`, `refund:42:re_1`).
 
@@ -30,12 +30,12 @@ use sqlx::Row;
 use std::collections::BTreeMap;
 
 /// Inserts ledger postings `(txn, kind, account, cents)` in a transaction `$tx`,
-/// idempotently by `(txn, account)`. A macro, so one body serves both backends.
+/// idempotently by `(donation_id, txn, account)`. A macro, so one body serves both backends.
 macro_rules! post_ledger {
     ($tx:expr, $donation_id:expr, $postings:expr, $now:expr) => {{
         for (txn, kind, account, cents) in $postings.iter() {
             sqlx::query(
-                "INSERT INTO ledger_entries (txn, donation_id, kind, account, amount_cents, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (txn, account) DO NOTHING",
+                "INSERT INTO ledger_entries (txn, donation_id, kind, account, amount_cents, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (donation_id, txn, account) DO NOTHING",
             )
             .bind(txn.as_str())
             .bind($donation_id)
@@ -826,7 +826,8 @@ impl Store {
             // Refund and dispute ids are the processor's: keyed with our donation id, two
             // processors' ids can never collide.
             let txn = format!("refund:{donation_id}:{refund_ref}");
-            let seen: Option<i64> = sqlx::query_scalar("SELECT donation_id FROM ledger_entries WHERE txn = $1 LIMIT 1")
+            let seen: Option<i64> = sqlx::query_scalar("SELECT donation_id FROM ledger_entries WHERE donation_id = $1 AND txn = $2 LIMIT 1")
+                .bind(donation_id)
                 .bind(&txn)
                 .fetch_optional(&mut *tx)
                 .await?
@@ -1071,7 +1072,8 @@ impl Store {
         on_write!(self, p => {
             let mut tx = p.begin().await?;
             let txn = format!("dispute:{donation_id}:{dispute_ref}");
-            let seen: Option<i64> = sqlx::query_scalar("SELECT donation_id FROM ledger_entries WHERE txn = $1 LIMIT 1")
+            let seen: Option<i64> = sqlx::query_scalar("SELECT donation_id FROM ledger_entries WHERE donation_id = $1 AND txn = $2 LIMIT 1")
+                .bind(donation_id)
                 .bind(&txn)
                 .fetch_optional(&mut *tx)
                 .await?

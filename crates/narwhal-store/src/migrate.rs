@@ -149,6 +149,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0029_answers_from_indexes.sql"),
         include_str!("../migrations/postgres/0029_answers_from_indexes.sql"),
     ),
+    (
+        30,
+        "ledger_by_donation",
+        include_str!("../migrations/sqlite/0030_ledger_by_donation.sql"),
+        include_str!("../migrations/postgres/0030_ledger_by_donation.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<usize> {

@@ -786,7 +786,7 @@ impl Store {
                      ('fee:' || v.vproc || ':' || v.vref, 'fee', 'fees', v.vfee), \
                      ('fee:' || v.vproc || ':' || v.vref, 'fee', 'processor:' || v.vproc, -v.vfee)) AS x (txn, kind, account, cents) \
                    WHERE x.kind = 'charge' OR COALESCE(v.vfee, 0) > 0 \
-                   ON CONFLICT (txn, account) DO NOTHING) \
+                   ON CONFLICT (donation_id, txn, account) DO NOTHING) \
              SELECT {DONATION_COLUMNS} FROM d",
             succeeded = attempt::SUCCEEDED,
             from = from.join(", "),
@@ -942,7 +942,7 @@ impl Store {
                 }
             }
             // The ledger of each charge that moved a donation: charge (and fee) txns
-            // that sum to zero, idempotent by (txn, account).
+            // that sum to zero, idempotent by (donation_id, txn, account).
             let mut postings: Vec<(String, &'static str, String, i64, i64)> = Vec::new();
             for c in items {
                 if !changed.contains_key(&c.donation_id) {
@@ -963,7 +963,7 @@ impl Store {
             if !postings.is_empty() {
                 let sql = format!(
                     "INSERT INTO ledger_entries (txn, donation_id, kind, account, amount_cents, created_at) VALUES {} \
-                     ON CONFLICT (txn, account) DO NOTHING",
+                     ON CONFLICT (donation_id, txn, account) DO NOTHING",
                     placeholders(backend, postings.len(), 6, 1)
                 );
                 let mut q = sqlx::query(&sql);
