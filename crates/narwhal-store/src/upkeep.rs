@@ -13,7 +13,9 @@
 //! So a node checks `pg_stat_user_tables` every few seconds and analyzes the tables
 //! of its schema that doubled (or changed as much) since their last analyze, and
 //! vacuums those where dead rows reached half the live ones (in one process, without
-//! parallel workers: upkeep runs beside requests). Where autovacuum keeps
+//! parallel workers: upkeep runs beside requests). Tables read by key stop being
+//! analyzed once their statistics are settled ([`COARSE_SETTLED_ROWS`]): every pass
+//! makes every connection plan its statements on that table again. Where autovacuum keeps
 //! up (its thresholds are lower), this finds nothing to do. `SKIP_LOCKED` makes
 //! several nodes, or autovacuum itself, never wait on each other. SQLite's planner
 //! does not cache plans across statements this way: nothing to do there.
@@ -58,6 +60,17 @@ pub const COARSE: &[&str] = &[
     "person_phones",
 ];
 
+/// Rows past which a coarse table's statistics are settled: once a table read by key
+/// holds this many rows, its plans are index probes at any size (and the planner
+/// scales its row estimates by the table's current pages anyway), so it is not
+/// analyzed again as it grows, and its vacuums skip the analyze. Each pass over a
+/// table changes its statistics, which throws away every plan that reads the table
+/// on every connection of every node: each is made again at its next execution. In
+/// `narwhal bench donations` each such pass (about 75 ms of analyze) was followed by
+/// half a second to a second of slower answers while some forty connections
+/// replanned the donation statements on a server with no CPU to spare.
+pub const COARSE_SETTLED_ROWS: f64 = 20_000.0;
+
 /// The statistics target of the coarse tables' passes: `ANALYZE` samples 300 rows
 /// per unit of target, so 3,000 rows instead of the default 30,000. Measured in
 /// `narwhal bench donations` on PostgreSQL, where `donations` (wide rows: the
@@ -80,34 +93,39 @@ impl Store {
         let Pools::Postgres(p) = &self.pools else {
             return Ok(Upkeep::default());
         };
-        // (table, whether dead rows call for a vacuum) of the tables due.
-        let due: Vec<(String, bool)> = sqlx::query_as(
-            "SELECT relname, vacuum_due FROM (
+        // (table, whether dead rows call for a vacuum, whether its statistics are
+        // settled) of the tables due.
+        let coarse: Vec<&str> = COARSE.to_vec();
+        let due: Vec<(String, bool, bool)> = sqlx::query_as(
+            "SELECT relname, vacuum_due, settled FROM (
                 SELECT s.relname::TEXT AS relname,
                        s.n_mod_since_analyze > $1 + $2 * GREATEST(c.reltuples, 0) AS analyze_due,
-                       s.n_dead_tup > $3 + $4 * s.n_live_tup AS vacuum_due
+                       s.n_dead_tup > $3 + $4 * s.n_live_tup AS vacuum_due,
+                       s.relname = ANY ($5::text[]) AND c.reltuples >= $6 AS settled
                 FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
                 WHERE s.schemaname = current_schema()
-             ) t WHERE analyze_due OR vacuum_due
+             ) t WHERE (analyze_due AND NOT settled) OR vacuum_due
              ORDER BY relname",
         )
         .bind(ANALYZE_BASE)
         .bind(ANALYZE_SCALE)
         .bind(VACUUM_BASE)
         .bind(VACUUM_SCALE)
+        .bind(&coarse)
+        .bind(COARSE_SETTLED_ROWS)
         .fetch_all(p)
         .await?;
         let mut done = Upkeep::default();
-        for (table, vacuum) in due {
+        for (table, vacuum, settled) in due {
             let name = quote_ident(&table);
             // One process: a parallel vacuum of a table with several indexes starts
             // workers that take the cores the node's requests are queued for (four
             // alternated pairs of 30 s donation runs at 2,000/s: p99 108.6, 177.5,
             // 97.4 and 103.8 ms against 168.7, 231.2, 168.5 and 96.4 ms with them).
-            let sql = if vacuum {
-                format!("VACUUM (ANALYZE, SKIP_LOCKED, PARALLEL 0) {name}")
-            } else {
-                format!("ANALYZE (SKIP_LOCKED) {name}")
+            let sql = match (vacuum, settled) {
+                (true, true) => format!("VACUUM (SKIP_LOCKED, PARALLEL 0) {name}"),
+                (true, false) => format!("VACUUM (ANALYZE, SKIP_LOCKED, PARALLEL 0) {name}"),
+                (false, _) => format!("ANALYZE (SKIP_LOCKED) {name}"),
             };
             let coarse = COARSE.contains(&table.as_str());
             // The session's target is set around the statement on one connection

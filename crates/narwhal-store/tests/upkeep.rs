@@ -91,19 +91,9 @@ both_backends!(a_filled_table_is_analyzed_once, the_keeper_stops_when_told);
 /// goes back to the pool with the server's default target.
 #[tokio::test]
 async fn coarse_tables_are_sampled_small_and_the_connection_is_reset() {
-    use sqlx::ConnectOptions;
-    use std::str::FromStr;
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
+    let Some((db, schema, mut admin)) = postgres_with_admin().await else {
         return;
     };
-    let schema = db.schema().unwrap().to_string();
-    let mut admin =
-        sqlx::postgres::PgConnectOptions::from_str(&narwhal_store::test_support::pg_url())
-            .unwrap()
-            .options([("search_path", schema.as_str())])
-            .connect()
-            .await
-            .unwrap();
     // 5,000 distinct values in a coarse table (audit_log) and in one that is not (tags).
     sqlx::Executor::execute(
         &mut admin,
@@ -186,4 +176,94 @@ async fn a_url_that_sets_the_plan_cache_mode_keeps_it() {
         .await
         .unwrap();
     assert_eq!(mode.as_deref(), Some("auto"));
+}
+
+/// A coarse table whose statistics are settled (analyzed with at least
+/// `COARSE_SETTLED_ROWS` rows) is not analyzed again as it grows, and its vacuums
+/// leave its statistics alone, while a table whose filters need statistics still is.
+#[tokio::test]
+async fn settled_coarse_tables_are_not_analyzed_again_as_they_grow() {
+    let Some((db, schema, mut admin)) = postgres_with_admin().await else {
+        return;
+    };
+    let settled = narwhal_store::upkeep::COARSE_SETTLED_ROWS as i64;
+    let fill = |from: i64, to: i64| {
+        format!(
+            "INSERT INTO audit_log (at, actor, action, entity, entity_id, detail) \
+               SELECT g, 'test', 'x', 'thing', g::text, '{{}}' FROM generate_series({from}, {to}) g; \
+             INSERT INTO tags (name) SELECT 'tag' || g FROM generate_series({from}, {to}) g;"
+        )
+    };
+    let passes_until = |want: &'static str| {
+        let store = db.store.clone();
+        async move {
+            let until = Instant::now() + Duration::from_secs(15);
+            let mut seen: Vec<String> = Vec::new();
+            while !seen.iter().any(|t| t == want) {
+                assert!(Instant::now() < until, "{want} never came due: {seen:?}");
+                let done = store.keep_statistics().await.unwrap();
+                seen.extend(done.analyzed.into_iter().chain(done.vacuumed));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            seen
+        }
+    };
+    // Past the threshold: analyzed once, as any table is.
+    sqlx::Executor::execute(&mut admin, fill(1, settled + 1_000).as_str())
+        .await
+        .unwrap();
+    let seen = passes_until("audit_log").await;
+    assert!(seen.iter().any(|t| t == "audit_log"), "{seen:?}");
+    let first = last_analyze(&mut admin, &schema, "audit_log").await;
+    assert!(first.is_some());
+    // Both tables more than double: tags is analyzed again, audit_log is not.
+    sqlx::Executor::execute(&mut admin, fill(settled + 1_001, 3 * settled).as_str())
+        .await
+        .unwrap();
+    let seen = passes_until("tags").await;
+    assert!(!seen.iter().any(|t| t == "audit_log"), "{seen:?}");
+    assert_eq!(last_analyze(&mut admin, &schema, "audit_log").await, first);
+    // Dead rows still call for a vacuum, which leaves the statistics alone.
+    sqlx::Executor::execute(&mut admin, "DELETE FROM audit_log WHERE id % 3 <> 0")
+        .await
+        .unwrap();
+    passes_until("audit_log").await;
+    assert_eq!(last_analyze(&mut admin, &schema, "audit_log").await, first);
+    let vacuumed: Option<String> = sqlx::query_scalar(
+        "SELECT last_vacuum::text FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'audit_log'",
+    )
+    .bind(&schema)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(vacuumed.is_some());
+}
+
+/// When `table` of `schema` was last analyzed by hand or by the keeper, as text.
+async fn last_analyze(c: &mut sqlx::PgConnection, schema: &str, table: &str) -> Option<String> {
+    sqlx::query_scalar(
+        "SELECT last_analyze::text FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_one(c)
+    .await
+    .unwrap()
+}
+
+/// A PostgreSQL test database, its schema, and a connection of its own into that
+/// schema (the test's hand on the tables, outside the store's pools); `None` without
+/// a PostgreSQL server.
+async fn postgres_with_admin() -> Option<(TestDb, String, sqlx::PgConnection)> {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let db = TestDb::new(Backend::Postgres).await?;
+    let schema = db.schema().unwrap().to_string();
+    let admin = sqlx::postgres::PgConnectOptions::from_str(&narwhal_store::test_support::pg_url())
+        .unwrap()
+        .options([("search_path", schema.as_str())])
+        .connect()
+        .await
+        .unwrap();
+    Some((db, schema, admin))
 }
