@@ -525,11 +525,10 @@ impl Donations {
                                     .0
                             }
                             Ok(plan) => {
-                                let [v, e, p] = &plan.keys;
                                 let done = store
                                     .begin_donations_for_new_people(
                                         &plan.changes,
-                                        [v, e, p],
+                                        &plan.keys,
                                         &plan.person_of_input,
                                         &gifts,
                                         &config.limits,

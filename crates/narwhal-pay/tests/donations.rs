@@ -469,9 +469,8 @@ async fn begin_new(
     gifts: &[narwhal_store::donations::NewDonation],
     table: &narwhal_domain::limits::LimitTable,
 ) -> narwhal_store::donations::NewDonors {
-    let [v, e, ph] = &p.keys;
     store
-        .begin_donations_for_new_people(&p.changes, [v, e, ph], &p.person_of_input, gifts, table)
+        .begin_donations_for_new_people(&p.changes, &p.keys, &p.person_of_input, gifts, table)
         .await
         .unwrap()
 }

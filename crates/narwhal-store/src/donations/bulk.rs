@@ -325,7 +325,7 @@ impl Store {
     pub async fn begin_donations_for_new_people(
         &self,
         people: &crate::people::ChangeSet,
-        keys: [&[String]; 3],
+        keys: &[Vec<String>; 3],
         donor_of: &[usize],
         batch: &[NewDonation],
         table: &LimitTable,
