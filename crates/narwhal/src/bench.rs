@@ -6,6 +6,7 @@ use narwhal_domain::SegmentFilter;
 use narwhal_people::import::{self, ImportOptions};
 use narwhal_people::mapping::Mapping;
 use narwhal_people::{synth, Hub};
+use narwhal_store::bench::FloorSource;
 use narwhal_store::{Backend, DatabaseTarget, Store};
 use std::time::Instant;
 
@@ -19,6 +20,11 @@ pub struct BenchArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
     /// Import a generated 70-column voter file; compare with a raw bulk insert of the same rows.
+    ///
+    /// Also prints the engine floor: the imported rows copied again inside the
+    /// database into an empty hub (`INSERT ... SELECT`, unique keys in place, the other
+    /// indexes of people built afterwards), the database's own work with none of
+    /// Narwhal's, which no import can beat on the same machine.
     ///
     /// The PostgreSQL run uses --database when it is a postgres:// URL, else
     /// postgres://postgres@127.0.0.1:5432/test, inside a schema of its own that is
@@ -105,12 +111,68 @@ pub async fn run(settings: &crate::config::Settings, cmd: BenchCommand) -> anyho
         // As `narwhal import` and a node's import worker do (see `Store::for_bulk`).
         let out = run_import(&store.for_bulk(4), b, &file, &mapping, rows, seed).await;
         store.close().await;
+        let out = match out {
+            Ok(mut v) => {
+                let floor = engine_floor(b, &dir, &pg_url, &schema).await;
+                floor.map(|secs| {
+                    let done = v["rows"].as_f64().unwrap_or(0.0);
+                    let floor = done / secs;
+                    let rate = v["rows_per_s"].as_f64().unwrap_or(0.0);
+                    v["engine_floor_rows_per_s"] = serde_json::json!(floor.round());
+                    v["ratio_to_floor"] = serde_json::json!((rate / floor * 100.0).round() / 100.0);
+                    v
+                })
+            }
+            Err(e) => Err(e),
+        };
         if b == Backend::Postgres {
             let _ = Store::drop_postgres_schema(&pg_url, &schema).await;
         }
         println!("{}", out?);
     }
     Ok(())
+}
+
+/// Seconds of [`Store::bench_engine_floor`]: the imported rows copied inside the
+/// database into an empty hub of its own (a data directory beside the import's, or a
+/// schema beside it, dropped afterwards).
+async fn engine_floor(
+    b: Backend,
+    dir: &std::path::Path,
+    pg_url: &str,
+    schema: &str,
+) -> anyhow::Result<f64> {
+    eprintln!(
+        "[{}] engine floor: the same rows copied inside the database...",
+        b.as_str()
+    );
+    match b {
+        Backend::Sqlite => {
+            let floor =
+                Store::open(&DatabaseTarget::SqliteDir(dir.with_extension("floor"))).await?;
+            floor.migrate().await?;
+            let secs = floor
+                .bench_engine_floor(FloorSource::SqliteFile(&dir.join("narwhal.db")))
+                .await;
+            floor.close().await;
+            Ok(secs?)
+        }
+        Backend::Postgres => {
+            let own = format!("{schema}_floor");
+            let floor = Store::open_postgres_schema(pg_url, &own).await?;
+            let secs = match floor.migrate().await {
+                Ok(_) => {
+                    floor
+                        .bench_engine_floor(FloorSource::PostgresSchema(schema))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            floor.close().await;
+            let _ = Store::drop_postgres_schema(pg_url, &own).await;
+            Ok(secs?)
+        }
+    }
 }
 
 async fn run_import(
