@@ -589,12 +589,8 @@ async fn a_bulk_load_builds_the_query_indexes_once_at_its_end(db: TestDb) {
     let (c, seen) = import_watching_indexes(&db, &path, 10).await;
     assert_eq!((c.inserted, c.rejected), (40, 0), "{c:?}");
     assert!(!seen.is_empty());
-    let deferred = match db.store.backend() {
-        narwhal_store::Backend::Sqlite => 4,
-        narwhal_store::Backend::Postgres => 0,
-    };
     assert!(
-        seen.iter().all(|&n| n == deferred),
+        seen.iter().all(|&n| n == 4),
         "indexes missing after each batch: {seen:?}"
     );
     assert!(db.store.missing_people_indexes().await.unwrap().is_empty());
