@@ -5,6 +5,7 @@ use crate::hub::Hub;
 use crate::import::{self, ImportOptions};
 use crate::mapping::Mapping;
 use narwhal_domain::{ImportId, InboundId, PersonDraft};
+use narwhal_store::imports::ImportCounts;
 use narwhal_store::jobs::Job;
 use narwhal_store::Store;
 use std::time::Duration;
@@ -101,26 +102,16 @@ async fn run_import_job(
     let _ = store
         .update_import(id, "running", &run.counts, Some(&rejects), None)
         .await;
-    let (ptx, mut prx) = tokio::sync::watch::channel(run.counts.clone());
-    // Progress goes to the import row and renews the job's lease.
-    let reporter = {
-        let store = store.clone();
-        let node = node_id.to_string();
-        let rj = rejects.clone();
-        let job_id = job.id;
-        tokio::spawn(async move {
-            while prx.changed().await.is_ok() {
-                let c = prx.borrow_and_update().clone();
-                let _ = store
-                    .update_import(id, "running", &c, Some(&rj), None)
-                    .await;
-                let _ = store
-                    .heartbeat_job(job_id, &node, lease_ms, c.bytes_read, c.bytes_total)
-                    .await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        })
-    };
+    let (ptx, prx) = tokio::sync::watch::channel(run.counts.clone());
+    let reporter = report_progress(
+        store.clone(),
+        id,
+        job.id,
+        node_id.to_string(),
+        lease_ms,
+        rejects.clone(),
+        prx,
+    );
     let actor = format!("import:{}", id.0);
     let res = import::run(hub, &path, &mapping, &opts, &actor, &|c| {
         let _ = ptx.send(c.clone());
@@ -159,6 +150,40 @@ async fn run_import_job(
             Err((msg, permanent))
         }
     }
+}
+
+/// Writes an import's progress to its row and renews its job's lease, at most twice
+/// a second, until `progress` closes. The lease is renewed on a timer too (three
+/// times a lease), for the stretches when no batch commits: an import's end
+/// (building the query indexes of people after a bulk load, refreshing statistics)
+/// can outlast a lease on a large file, and another node would then take the job
+/// over and run the import again while this one is still finishing it.
+pub fn report_progress(
+    store: Store,
+    id: ImportId,
+    job_id: narwhal_domain::JobId,
+    node: String,
+    lease_ms: i64,
+    rejects: String,
+    mut progress: tokio::sync::watch::Receiver<ImportCounts>,
+) -> tokio::task::JoinHandle<()> {
+    let beat = Duration::from_millis((lease_ms / 3).max(1) as u64);
+    tokio::spawn(async move {
+        loop {
+            // Err(_) from `changed`: the import ended. A timeout: time to beat.
+            if let Ok(Err(_)) = tokio::time::timeout(beat, progress.changed()).await {
+                break;
+            }
+            let c = progress.borrow_and_update().clone();
+            let _ = store
+                .update_import(id, "running", &c, Some(&rejects), None)
+                .await;
+            let _ = store
+                .heartbeat_job(job_id, &node, lease_ms, c.bytes_read, c.bytes_total)
+                .await;
+            tokio::time::sleep(Duration::from_millis(500).min(beat)).await;
+        }
+    })
 }
 
 /// Translates one stored inbound payload into a person. Idempotent: a payload

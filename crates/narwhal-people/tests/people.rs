@@ -547,6 +547,55 @@ async fn records_sharing_a_key_in_a_batch_are_one_person(db: TestDb) {
     assert_eq!(db.store.count_people().await.unwrap(), 2);
 }
 
+/// An import's lease is renewed while no batch commits (its end, building indexes
+/// after a bulk load, can outlast a lease), so no other node takes the job over
+/// meanwhile; once the import ends the beats stop, and the lease runs out.
+async fn an_import_holds_its_lease_while_no_batch_commits(db: TestDb) {
+    use narwhal_people::worker;
+    use std::time::Duration;
+    let store = &db.store;
+    let lease_ms = 1200;
+    let id = store
+        .create_import("test", "/nowhere/voters.csv", MAPPING, "test", true)
+        .await
+        .unwrap();
+    let job = store
+        .claim_job(worker::KINDS, "node-a", lease_ms)
+        .await
+        .unwrap()
+        .expect("the import's job");
+    let (progress, watched) =
+        tokio::sync::watch::channel(narwhal_store::imports::ImportCounts::default());
+    let reporter = worker::report_progress(
+        store.clone(),
+        id,
+        job.id,
+        "node-a".into(),
+        lease_ms,
+        "rejects.csv".into(),
+        watched,
+    );
+    // Two and a half leases without any progress.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(
+        store
+            .claim_job(worker::KINDS, "node-b", lease_ms)
+            .await
+            .unwrap()
+            .is_none(),
+        "another node took over an import that is still running"
+    );
+    drop(progress);
+    reporter.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(lease_ms as u64 + 300)).await;
+    let taken = store
+        .claim_job(worker::KINDS, "node-b", lease_ms)
+        .await
+        .unwrap()
+        .expect("the lease runs out once its import has stopped beating");
+    assert_eq!(taken.id, job.id);
+}
+
 /// Imports `path` in batches of 3, and returns, per committed batch, how many of the
 /// query-only indexes of people were missing at that moment.
 async fn import_watching_indexes(
@@ -626,4 +675,5 @@ both_backends!(
     sources_resolve_to_one_person_with_provenance,
     inbound_payloads_become_people_once,
     queued_import_job_runs_on_the_worker,
+    an_import_holds_its_lease_while_no_batch_commits,
 );
