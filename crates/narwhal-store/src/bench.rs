@@ -1,5 +1,7 @@
-//! The benchmark baseline: the cheapest way each backend takes rows, with no parsing
-//! or resolution (prepared inserts in one transaction on SQLite, COPY on PostgreSQL).
+//! Yardsticks measured in the same run as a benchmark: the baseline, the cheapest way
+//! each backend takes rows, with no parsing or resolution (prepared inserts in one
+//! transaction on SQLite, COPY on PostgreSQL); durable single-row commits; and the
+//! engine floor of an import, what the database alone spends on the rows it stored.
 
 use crate::db::Pools;
 use crate::error::Result;
