@@ -183,14 +183,7 @@ impl Store {
                 out
             }
             (Pools::Postgres(p), FloorSource::PostgresSchema(schema)) => {
-                if !schema
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-                {
-                    return Err(StoreError::Invalid(
-                        "a schema name has only letters, digits and _".into(),
-                    ));
-                }
+                crate::db::check_schema_name(schema)?;
                 let mut conn = p.acquire().await?;
                 let indexes: Vec<(String, String)> = sqlx::query_as(
                     "SELECT indexname::text, indexdef FROM pg_indexes \

@@ -158,6 +158,21 @@ pub(crate) fn pool_beside(p: &sqlx::PgPool, max: u32, opts: PgConnectOptions) ->
     pg_pool_options(max, p.options().get_acquire_timeout()).connect_lazy_with(opts)
 }
 
+/// A PostgreSQL schema name is spliced into SQL, so it may hold only letters,
+/// digits and `_`.
+pub(crate) fn check_schema_name(schema: &str) -> Result<()> {
+    if schema
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        Ok(())
+    } else {
+        Err(crate::StoreError::Invalid(
+            "a schema name has only letters, digits and _".into(),
+        ))
+    }
+}
+
 impl Store {
     /// Opens (and for SQLite creates) the database. Does not migrate.
     pub async fn open(target: &DatabaseTarget) -> Result<Self> {
@@ -245,14 +260,7 @@ impl Store {
     /// server can then hold isolated databases for benchmarks and rehearsals.
     pub async fn open_postgres_schema(url: &str, schema: &str) -> Result<Self> {
         use sqlx::ConnectOptions;
-        if !schema
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(crate::StoreError::Invalid(
-                "a schema name has only letters, digits and _".into(),
-            ));
-        }
+        check_schema_name(schema)?;
         let base = PgConnectOptions::from_str(url)?;
         let mut admin = base.clone().connect().await?;
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
@@ -322,14 +330,7 @@ impl Store {
     /// Drops a schema made by [`Store::open_postgres_schema`].
     pub async fn drop_postgres_schema(url: &str, schema: &str) -> Result<()> {
         use sqlx::ConnectOptions;
-        if !schema
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(crate::StoreError::Invalid(
-                "a schema name has only letters, digits and _".into(),
-            ));
-        }
+        check_schema_name(schema)?;
         let mut admin = PgConnectOptions::from_str(url)?.connect().await?;
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
             .execute(&mut admin)
